@@ -1,0 +1,102 @@
+"""Argument checks and layout helpers shared by kseg's ops and layers."""
+
+import keras
+from keras import ops
+
+_DATA_FORMATS = ("channels_last", "channels_first")
+
+
+def standardize_data_format(data_format):
+    """Returns `data_format`, or Keras' global image data format when it is None."""
+    if data_format is None:
+        return keras.config.image_data_format()
+    if data_format not in _DATA_FORMATS:
+        raise ValueError(
+            "Expected `data_format` to be 'channels_last' or 'channels_first'. "
+            f"Received: data_format={data_format!r}"
+        )
+    return data_format
+
+
+def to_channels_last(x, data_format):
+    """Moves the channel axis of a rank-4 tensor last (a no-op for channels_last)."""
+    if data_format == "channels_first":
+        return ops.transpose(x, (0, 2, 3, 1))
+    return x
+
+
+def from_channels_last(x, data_format):
+    """Inverse of `to_channels_last`."""
+    if data_format == "channels_first":
+        return ops.transpose(x, (0, 3, 1, 2))
+    return x
+
+
+def check_choice(name, value, choices):
+    """Raises `ValueError` unless `value` is one of `choices`."""
+    if value not in choices:
+        raise ValueError(
+            f"Expected `{name}` to be one of {tuple(choices)}. Received: {name}={value!r}"
+        )
+    return value
+
+
+def check_int(name, value, minimum=1):
+    """Returns `value` as an int, or raises when it is not an integer `>= minimum`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        # numpy integers are fine; floats are not.
+        try:
+            import numpy as np
+
+            if isinstance(value, np.integer):
+                value = int(value)
+            else:
+                raise TypeError
+        except TypeError:
+            raise TypeError(
+                f"Expected `{name}` to be an integer. Received: {name}={value!r} "
+                f"of type {type(value).__name__}"
+            ) from None
+    if value < minimum:
+        raise ValueError(f"Expected `{name}` to be an integer >= {minimum}. Received: {name}={value}")
+    return value
+
+
+def check_float(name, value, minimum=None, maximum=None, inclusive=True):
+    """Returns `value` as a float, or raises when it is not a number in range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"Expected `{name}` to be a number. Received: {name}={value!r}") from None
+    value = float(value)
+    low_bad = minimum is not None and (value < minimum if inclusive else value <= minimum)
+    high_bad = maximum is not None and (value > maximum if inclusive else value >= maximum)
+    if low_bad or high_bad:
+        lo = "[" if inclusive else "("
+        hi = "]" if inclusive else ")"
+        raise ValueError(
+            f"Expected `{name}` in {lo}{minimum}, {maximum}{hi}. Received: {name}={value}"
+        )
+    return value
+
+
+def normalize_tuple(name, value, n=2, minimum=1):
+    """Turns an int or a sequence into a tuple of `n` ints, each `>= minimum`."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise ValueError(
+                f"Expected `{name}` to be an integer or a tuple of {n} integers. "
+                f"Received: {name}={value!r}"
+            )
+        return tuple(check_int(name, v, minimum) for v in value)
+    v = check_int(name, value, minimum)
+    return (v,) * n
+
+
+def check_rank(name, shape, rank):
+    """Raises `ValueError` unless a tensor of shape `shape` has rank `rank`."""
+    if len(shape) != rank:
+        raise ValueError(
+            f"Expected `{name}` to have rank {rank}. Received: {name}.shape={tuple(shape)}"
+        )

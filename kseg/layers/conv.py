@@ -1,0 +1,7 @@
+"""Convolution, batch normalisation and activation in one block."""
+
+import keras
+
+
+class ConvBNAct(keras.layers.Layer):
+    pass

@@ -1,0 +1,7 @@
+"""Graph convolutional unit (GCU, 'Beyond Grids')."""
+
+import keras
+
+
+class GraphConvolutionalUnit(keras.layers.Layer):
+    pass

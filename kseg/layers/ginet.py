@@ -1,0 +1,7 @@
+"""Graph interaction unit (GINet)."""
+
+import keras
+
+
+class GraphInteractionUnit(keras.layers.Layer):
+    pass

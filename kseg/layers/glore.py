@@ -1,0 +1,7 @@
+"""Global reasoning unit (GloRe)."""
+
+import keras
+
+
+class GloReUnit(keras.layers.Layer):
+    pass

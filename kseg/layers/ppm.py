@@ -1,0 +1,7 @@
+"""PSPNet pyramid pooling module."""
+
+import keras
+
+
+class PyramidPoolingModule(keras.layers.Layer):
+    pass

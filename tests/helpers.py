@@ -1,0 +1,162 @@
+"""Shared test helpers: the standard checks every kseg layer goes through."""
+
+import os
+import tempfile
+
+import keras
+import numpy as np
+
+BACKEND = keras.backend.backend()
+
+
+def random_array(shape, seed=0, dtype="float32", scale=1.0):
+    """Standard-normal test data, deterministic by seed."""
+    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(dtype)
+
+
+def to_numpy(x):
+    """Converts a backend tensor (or a nested structure of them) to NumPy."""
+    return keras.tree.map_structure(lambda t: np.asarray(keras.ops.convert_to_numpy(t)), x)
+
+
+def _as_list(x):
+    if isinstance(x, dict):
+        return [x[k] for k in sorted(x)]
+    if isinstance(x, (list, tuple)):
+        return list(x)
+    return [x]
+
+
+def _shape_of(x):
+    return tuple(int(d) for d in x.shape)
+
+
+def run_layer_test(
+    layer_cls,
+    init_kwargs,
+    input_shape=None,
+    expected_output_shape=None,
+    *,
+    input_data=None,
+    symbolic_input_shape=None,
+    train=True,
+    mixed_precision=True,
+    save=True,
+):
+    """Runs the checks every layer must pass and returns the eager output.
+
+    1. `get_config` / `from_config` round trip gives the same config.
+    2. Eager call: output shape equals `expected_output_shape` (a shape, or a
+       list/dict of shapes for several outputs) and `compute_output_shape`.
+    3. Symbolic call on `keras.Input` (by default with `None` spatial sizes):
+       the symbolic output matches the eager output where the size is known.
+    4. `.keras` save and `safe_mode=True` reload give equal outputs.
+    5. One `fit` step on float outputs leaves every weight finite.
+    6. Under the `mixed_bfloat16` policy a forward and a training step give
+       finite values.
+
+    `input_shape` is a full shape with batch (or a list of them for layers with
+    several inputs); `input_data` may be passed instead (array or list).
+    """
+    if input_data is None:
+        shapes = input_shape if isinstance(input_shape, list) else [input_shape]
+        input_data = [random_array(s, seed=i) for i, s in enumerate(shapes)]
+    multi_input = isinstance(input_data, list) and len(input_data) > 1
+    data = input_data if isinstance(input_data, list) else [input_data]
+    call_arg = data if multi_input else data[0]
+
+    # 1. Config round trip.
+    layer = layer_cls(**init_kwargs)
+    config = layer.get_config()
+    revived = layer_cls.from_config(config)
+    assert revived.get_config() == config, "config round trip changed the config"
+
+    # 2. Eager call and compute_output_shape.
+    out = layer(call_arg)
+    outs = _as_list(out)
+    if expected_output_shape is not None:
+        expected = _as_list(expected_output_shape) if not isinstance(expected_output_shape, tuple) else [expected_output_shape]
+        got = [_shape_of(o) for o in outs]
+        assert got == [tuple(e) for e in expected], f"eager shapes {got} != expected {expected}"
+    in_shapes = [tuple(d.shape) for d in data]
+    cos = layer.compute_output_shape(in_shapes if multi_input else in_shapes[0])
+    cos_list = _as_list(cos) if not (isinstance(cos, tuple) and all(isinstance(d, (int, type(None))) for d in cos)) else [cos]
+    for c, o in zip(cos_list, outs):
+        c = tuple(c)
+        assert len(c) == len(o.shape) and all(
+            cd is None or cd == od for cd, od in zip(c, _shape_of(o))
+        ), f"compute_output_shape {c} disagrees with eager shape {_shape_of(o)}"
+
+    # 3. Symbolic call with unknown spatial sizes.
+    if symbolic_input_shape is None:
+        symbolic_input_shape = [(None,) * (len(d.shape) - 2) + (d.shape[-1],) if keras.config.image_data_format() == "channels_last" or d.ndim < 4 else (d.shape[1],) + (None,) * (d.ndim - 2) for d in data]
+    elif not isinstance(symbolic_input_shape, list):
+        symbolic_input_shape = [symbolic_input_shape]
+    inputs = [keras.Input(shape=s, dtype=str(d.dtype)) for s, d in zip(symbolic_input_shape, data)]
+    sym_layer = layer_cls(**init_kwargs)
+    sym_out = sym_layer(inputs if multi_input else inputs[0])
+    for so, o in zip(_as_list(sym_out), outs):
+        assert len(so.shape) == len(o.shape)
+        for sd, od in zip(tuple(so.shape)[1:], _shape_of(o)[1:]):
+            assert sd is None or sd == od, f"symbolic shape {so.shape} vs eager {o.shape}"
+
+    # 4. Save and reload through a functional model.
+    model = keras.Model(inputs if multi_input else inputs[0], sym_out)
+    expected_np = to_numpy(model(call_arg, training=False))
+    if save:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "model.keras")
+            model.save(path)
+            reloaded = keras.saving.load_model(path, safe_mode=True)
+        got_np = to_numpy(reloaded(call_arg, training=False))
+        for e, g in zip(_as_list(expected_np), _as_list(got_np)):
+            np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
+
+    # 5. One training step.
+    float_outs = [str(o.dtype).endswith(("float32", "float16", "float64")) for o in _as_list(sym_out)]
+    if train and model.trainable_weights and any(float_outs):
+        _one_step(model, call_arg, expected_np)
+
+    # 6. Mixed precision.
+    if mixed_precision:
+        policy = keras.config.dtype_policy()
+        keras.config.set_dtype_policy("mixed_bfloat16")
+        try:
+            mp_layer = layer_cls(**init_kwargs)
+            mp_inputs = [keras.Input(shape=s, dtype=str(d.dtype)) for s, d in zip(symbolic_input_shape, data)]
+            mp_out = mp_layer(mp_inputs if multi_input else mp_inputs[0])
+            mp_model = keras.Model(mp_inputs if multi_input else mp_inputs[0], mp_out)
+            y = to_numpy(mp_model(call_arg, training=False))
+            for v in _as_list(y):
+                assert np.all(np.isfinite(v.astype("float32"))), "non-finite output under mixed_bfloat16"
+            if train and mp_model.trainable_weights and any(float_outs):
+                _one_step(mp_model, call_arg, y)
+        finally:
+            keras.config.set_dtype_policy(policy)
+    return to_numpy(out)
+
+
+def _one_step(model, x, y_like):
+    """One SGD step on an MSE loss towards zeros; every weight must stay finite."""
+    ys = keras.tree.map_structure(lambda v: np.zeros(v.shape, "float32"), y_like)
+    if isinstance(ys, tuple):
+        ys = list(ys)
+    float_mask = keras.tree.map_structure(lambda v: np.issubdtype(np.asarray(v).dtype, np.floating) or str(np.asarray(v).dtype) == "bfloat16", y_like)
+    if isinstance(ys, list):
+        losses = ["mse" if m else None for m in float_mask]
+    elif isinstance(ys, dict):
+        losses = {k: ("mse" if float_mask[k] else None) for k in ys}
+    else:
+        losses = "mse"
+    model.compile(optimizer=keras.optimizers.SGD(1e-3), loss=losses)
+    history = model.fit(x, ys, epochs=1, batch_size=len(x[0]) if isinstance(x, list) else len(x), verbose=0)
+    assert np.isfinite(history.history["loss"][-1]), "non-finite training loss"
+    for w in model.weights:
+        assert np.all(np.isfinite(to_numpy(w.value).astype("float32"))), f"non-finite weight {w.path}"
+
+
+def torch_or_skip():
+    """Imports torch for use as an independent reference, or skips the test."""
+    import pytest
+
+    return pytest.importorskip("torch")
