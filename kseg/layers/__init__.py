@@ -2,12 +2,14 @@
 
 from kseg.layers.aspp import ASPP
 from kseg.layers.conv import ConvBNAct
+from kseg.layers.crop import CropLike
 from kseg.layers.decoder import DeepLabV3PlusDecoder
 from kseg.layers.gcu import GraphConvolutionalUnit
 from kseg.layers.ginet import GraphInteractionUnit
 from kseg.layers.glore import GloReUnit
 from kseg.layers.pooling import AdaptiveAveragePooling2D, MaxPoolingWithArgmax2D, MaxUnpooling2D
 from kseg.layers.ppm import PyramidPoolingModule
+from kseg.layers.preprocessing import ImageNormalization
 from kseg.layers.resize import Resize2D, ResizeLike
 
 __all__ = [
@@ -23,4 +25,6 @@ __all__ = [
     "GraphConvolutionalUnit",
     "GloReUnit",
     "GraphInteractionUnit",
+    "CropLike",
+    "ImageNormalization",
 ]
