@@ -1,0 +1,309 @@
+"""Sliding-window, multi-scale and flip test-time inference, and evaluation with it.
+
+Backend-neutral (keras.ops and NumPy). Images go in channels_last, as float
+RGB in [0, 255] like the training data, `(B, H, W, 3)`; results come back as
+NumPy arrays at the input resolution, `(B, H, W, K)` probabilities or
+`(B, H, W)` class ids. A model whose input and output are channels_first is
+used by passing `data_format="channels_first"`.
+
+Procedure (as in mmsegmentation's `EncoderDecoder.slide_inference` and
+`aug_test`, and the PSPNet evaluation code):
+1. For each scale `s` in `scales`, resize the image bilinearly by `s`.
+2. With a `crop_size`: pad the image (bottom and right, with `pad_value`) to
+   at least the crop, slide a crop-sized window with `stride`, average the
+   *logits* of the windows where they overlap and crop the padding off.
+   Without a `crop_size`, run the model on the whole image.
+3. Resize the logits bilinearly to the input size and take the softmax.
+4. With `flip=True`, do the same for the horizontally flipped image and flip
+   the result back.
+5. Average the *probabilities* of all scales and flips.
+"""
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from kseg._common import normalize_tuple, standardize_data_format
+
+#: The ImageNet mean colour on the [0, 255] scale. The models subtract it,
+#: so it is the neutral colour for padding images.
+IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
+
+
+def _to_numpy(x):
+    if keras.ops.is_tensor(x):
+        return np.asarray(ops.convert_to_numpy(x))
+    return np.asarray(x)
+
+
+def _pair(name, value):
+    return normalize_tuple(name, value, 2, minimum=1)
+
+
+def _select_output(outputs, output_key):
+    if isinstance(outputs, dict):
+        if output_key not in outputs:
+            raise ValueError(
+                f"The model returns a dict without the key {output_key!r}. Pass `output_key` "
+                f"(one of {sorted(outputs)}). Received: output_key={output_key!r}"
+            )
+        return outputs[output_key]
+    if isinstance(outputs, (list, tuple)):
+        return outputs[0]
+    return outputs
+
+
+def _resize(x, size):
+    """Bilinear resize of a channels_last NumPy batch (no-op when the size already matches)."""
+    if tuple(x.shape[1:3]) == tuple(size):
+        return x
+    y = ops.image.resize(x, size, interpolation="bilinear", data_format="channels_last")
+    return _to_numpy(y).astype(np.float32)
+
+
+def _softmax(logits):
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _run_model(model, x, output_key, data_format):
+    """Runs the model on a channels_last batch and returns channels_last float32 logits."""
+    if data_format == "channels_first":
+        x = np.transpose(x, (0, 3, 1, 2))
+    if hasattr(model, "predict_on_batch"):
+        outputs = model.predict_on_batch(x)
+    else:
+        outputs = model(x)
+    logits = _to_numpy(_select_output(outputs, output_key)).astype(np.float32)
+    if logits.ndim != 4:
+        raise ValueError(
+            "Expected the model to return logits of rank 4 (B, H, W, K). "
+            f"Received: output shape {logits.shape}"
+        )
+    if data_format == "channels_first":
+        logits = np.transpose(logits, (0, 2, 3, 1))
+    return logits
+
+
+def _window_starts(length, crop, stride):
+    """Window offsets covering [0, length) with windows of `crop` (length >= crop)."""
+    count = max(math.ceil((length - crop) / stride), 0) + 1
+    return sorted({min(i * stride, length - crop) for i in range(count)})
+
+
+def sliding_window_logits(
+    model,
+    images,
+    crop_size,
+    *,
+    stride=None,
+    pad_value=IMAGENET_MEAN_RGB,
+    batch_size=4,
+    output_key="main",
+    data_format=None,
+):
+    """Predicts logits for images of any size with a sliding window.
+
+    The images are padded (bottom and right) with `pad_value` to at least
+    `crop_size`, windows of `crop_size` slide with `stride` (the last window
+    of a row or column is moved back to end at the border), the logits of
+    overlapping windows are averaged and the padding is cropped off. Logits
+    of a window are resized bilinearly to the window when the model returns
+    another size.
+
+    Args:
+        model: a `keras.Model` (or a callable) taking `(B, h, w, 3)` images
+            and returning logits, or a dict of outputs holding `output_key`.
+        images: `(B, H, W, 3)` channels_last array in [0, 255].
+        crop_size: int or `(height, width)` of the windows (the training crop).
+        stride: int or `(height, width)`. Defaults to two thirds of the crop
+            (rounded up), a third of overlap as in PSPNet's evaluation.
+        pad_value: scalar or RGB padding colour. Defaults to the ImageNet
+            mean (zero after the models' normalisation).
+        batch_size: windows per model call. Defaults to 4.
+        output_key: key of the logits when the model returns a dict.
+            Defaults to "main".
+        data_format: layout of the model's input and output. Defaults to
+            `keras.config.image_data_format()`.
+
+    Returns:
+        float32 NumPy logits `(B, H, W, K)`.
+    """
+    data_format = standardize_data_format(data_format)
+    crop_h, crop_w = _pair("crop_size", crop_size)
+    if stride is None:
+        stride = (math.ceil(2 * crop_h / 3), math.ceil(2 * crop_w / 3))
+    stride_h, stride_w = _pair("stride", stride)
+    images = _check_images(images)
+    n, height, width, _ = images.shape
+    pad_h, pad_w = max(crop_h - height, 0), max(crop_w - width, 0)
+    if pad_h or pad_w:
+        padded = np.empty((n, height + pad_h, width + pad_w, 3), np.float32)
+        padded[...] = np.asarray(pad_value, np.float32)
+        padded[:, :height, :width] = images
+        images = padded
+    full_h, full_w = images.shape[1:3]
+    windows = [
+        (b, top, left)
+        for b in range(n)
+        for top in _window_starts(full_h, crop_h, stride_h)
+        for left in _window_starts(full_w, crop_w, stride_w)
+    ]
+    total = None
+    count = np.zeros((n, full_h, full_w, 1), np.float32)
+    for start in range(0, len(windows), batch_size):
+        chunk = windows[start : start + batch_size]
+        batch = np.stack([images[b, t : t + crop_h, x0 : x0 + crop_w] for b, t, x0 in chunk])
+        logits = _resize(_run_model(model, batch, output_key, data_format), (crop_h, crop_w))
+        if total is None:
+            total = np.zeros((n, full_h, full_w, logits.shape[-1]), np.float32)
+        for (b, t, x0), window_logits in zip(chunk, logits):
+            total[b, t : t + crop_h, x0 : x0 + crop_w] += window_logits
+            count[b, t : t + crop_h, x0 : x0 + crop_w] += 1.0
+    return (total / count)[:, :height, :width]
+
+
+def predict_probabilities(
+    model,
+    images,
+    *,
+    crop_size=None,
+    stride=None,
+    scales=(1.0,),
+    flip=False,
+    pad_value=IMAGENET_MEAN_RGB,
+    batch_size=4,
+    output_key="main",
+    data_format=None,
+):
+    """Class probabilities with optional sliding window and test-time augmentation.
+
+    See the module docstring for the procedure. With the defaults it is the
+    softmax of one full-image prediction.
+
+    Args:
+        model: a `keras.Model` (or a callable) returning logits, or a dict of
+            outputs holding `output_key`.
+        images: `(B, H, W, 3)` or `(H, W, 3)` channels_last array, RGB in [0, 255].
+        crop_size: window size for sliding-window inference, or None for
+            whole-image inference. Defaults to None.
+        stride: window stride; see `sliding_window_logits`.
+        scales: image scale factors whose probabilities are averaged, e.g.
+            (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) as in DeepLab. Defaults to (1.0,).
+        flip: also average the horizontally flipped prediction. Defaults to False.
+        pad_value, batch_size, output_key, data_format: see
+            `sliding_window_logits`.
+
+    Returns:
+        float32 NumPy probabilities `(B, H, W, K)` (or `(H, W, K)` for one image).
+    """
+    data_format = standardize_data_format(data_format)
+    single = np.ndim(images) == 3
+    images = _check_images(images[None] if single else images)
+    scales = tuple(float(s) for s in (scales if isinstance(scales, (list, tuple)) else [scales]))
+    if not scales or any(s <= 0 for s in scales):
+        raise ValueError(f"Expected `scales` to be positive numbers. Received: scales={scales!r}")
+    height, width = images.shape[1:3]
+    total = None
+    views = 0
+    for scale in scales:
+        size = (max(int(round(height * scale)), 1), max(int(round(width * scale)), 1))
+        scaled = _resize(images, size)
+        for flipped in (False, True) if flip else (False,):
+            x = scaled[:, :, ::-1] if flipped else scaled
+            x = np.ascontiguousarray(x)
+            if crop_size is None:
+                logits = _run_model(model, x, output_key, data_format)
+            else:
+                logits = sliding_window_logits(
+                    model,
+                    x,
+                    crop_size,
+                    stride=stride,
+                    pad_value=pad_value,
+                    batch_size=batch_size,
+                    output_key=output_key,
+                    data_format=data_format,
+                )
+            probs = _softmax(_resize(logits, (height, width)))
+            if flipped:
+                probs = probs[:, :, ::-1]
+            total = probs if total is None else total + probs
+            views += 1
+    probs = (total / views).astype(np.float32)
+    return probs[0] if single else probs
+
+
+def predict(model, images, **kwargs):
+    """Predicted class ids `(B, H, W)` (int32): the argmax of `predict_probabilities`.
+
+    Takes the same keyword arguments as `predict_probabilities`.
+    """
+    return np.argmax(predict_probabilities(model, images, **kwargs), axis=-1).astype(np.int32)
+
+
+def evaluate(model, dataset, metrics, *, steps=None, reset=True, verbose=0, **predict_kwargs):
+    """Evaluates a model with `predict_probabilities` and returns the metric results.
+
+    Runs `predict_probabilities(model, images, **predict_kwargs)` on every
+    batch and calls `metric.update_state(masks, probabilities)` for each
+    metric (kseg's metrics take `(B, H, W)` labels with 255 ignored and
+    `(B, H, W, K)` scores). Feed full-size images with
+    `kseg.data.eval_pipeline(ds, batch_size=1)` and pass `crop_size` for
+    sliding-window inference, so that no pixel is resized or dropped.
+
+    Args:
+        model: see `predict_probabilities`.
+        dataset: an iterable of `(images, masks)` batches (a `tf.data.Dataset`
+            or a list of NumPy pairs); extra elements are ignored.
+        metrics: a metric object or a list of them.
+        steps: stop after this many batches. Defaults to the whole dataset.
+        reset: reset the metrics first. Defaults to True.
+        verbose: 1 shows a progress bar. Defaults to 0.
+        **predict_kwargs: `crop_size`, `stride`, `scales`, `flip`, ... for
+            `predict_probabilities`.
+
+    Returns:
+        A dict `{metric.name: result}`, results as floats (or NumPy arrays
+        for vector-valued metrics). The metric objects keep their state, so
+        e.g. `per_class_iou()` can be read afterwards.
+
+    Example:
+
+    >>> miou = kseg.metrics.MeanIoU(21)
+    >>> kseg.inference.evaluate(model, val_ds, [miou], crop_size=513, flip=True)
+    {'mean_iou': 0.78...}
+    """
+    if not isinstance(metrics, (list, tuple)):
+        metrics = [metrics]
+    if reset:
+        for metric in metrics:
+            metric.reset_state()
+    progbar = keras.utils.Progbar(steps) if verbose else None
+    for step, batch in enumerate(dataset):
+        if steps is not None and step >= steps:
+            break
+        images, masks = _to_numpy(batch[0]), _to_numpy(batch[1])
+        probs = predict_probabilities(model, images, **predict_kwargs)
+        for metric in metrics:
+            metric.update_state(masks, probs)
+        if progbar is not None:
+            progbar.update(step + 1)
+    results = {}
+    for metric in metrics:
+        value = _to_numpy(metric.result())
+        results[metric.name] = float(value) if value.ndim == 0 else value
+    return results
+
+
+def _check_images(images):
+    images = _to_numpy(images).astype(np.float32)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(
+            "Expected channels_last RGB images of shape (B, H, W, 3). "
+            f"Received: images.shape={images.shape}"
+        )
+    return images
