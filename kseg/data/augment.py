@@ -9,7 +9,8 @@ from kseg.inference import IMAGENET_MEAN_RGB
 _EVAL_POLICIES = ("pad", "resize", "none")
 
 
-def _size_pair(name, size):
+def _size_pair(name, value):
+    size = value
     if isinstance(size, numbers.Integral) and not isinstance(size, bool):
         size = (int(size), int(size))
     if (
@@ -21,7 +22,7 @@ def _size_pair(name, size):
     ):
         raise ValueError(
             f"Expected `{name}` to be a positive integer or a (height, width) pair of "
-            f"positive integers. Received: {name}={size!r}"
+            f"positive integers. Received: {name}={value!r}"
         )
     return int(size[0]), int(size[1])
 

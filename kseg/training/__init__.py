@@ -1,1 +1,26 @@
-"""kseg.training."""
+"""Training utilities: the poly learning-rate schedule and TensorBoard / checkpoint callbacks.
+
+Uses TensorFlow's `tf.summary` (imported here, whatever the Keras backend) to
+write images and scalars next to `keras.callbacks.TensorBoard`'s logs.
+"""
+
+from kseg.training.callbacks import (
+    LearningRateLogger,
+    PerClassIoULogger,
+    SegmentationImageLogger,
+    best_checkpoint,
+    segmentation_callbacks,
+    take_samples,
+)
+from kseg.training.schedules import PolyDecay, PolyLearningRateSchedule
+
+__all__ = [
+    "PolyDecay",
+    "PolyLearningRateSchedule",
+    "SegmentationImageLogger",
+    "PerClassIoULogger",
+    "LearningRateLogger",
+    "best_checkpoint",
+    "segmentation_callbacks",
+    "take_samples",
+]

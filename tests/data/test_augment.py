@@ -1,0 +1,211 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kseg.data import augment, voc
+from kseg.data.synthetic import write_fake_voc
+
+MEAN = (123.675, 116.28, 103.53)
+
+
+@pytest.fixture(scope="module")
+def fake_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("voc")
+    write_fake_voc(root, num_train=4, num_val=2)
+    return str(root)
+
+
+def _pair(height=10, width=12, seed=0, labels=(0, 3, 7, 255)):
+    rng = np.random.default_rng(seed)
+    image = rng.uniform(0, 255, (height, width, 3)).astype(np.float32)
+    mask = rng.choice(np.array(labels, np.int32), (height, width))
+    return image, mask
+
+
+def _seed(i):
+    return tf.constant([i, 17], tf.int64)
+
+
+def test_pipeline_shapes_and_dtypes(fake_root):
+    ds = augment.train_pipeline(voc.voc_dataset(fake_root, "train"), 2, (24, 32), seed=0)
+    batches = [(np.asarray(i), np.asarray(m)) for i, m in ds]
+    assert len(batches) == 2
+    for images, masks in batches:
+        assert images.shape == (2, 24, 32, 3) and images.dtype == np.float32
+        assert masks.shape == (2, 24, 32) and masks.dtype == np.int32
+        assert images.min() >= 0.0 and images.max() <= 255.0
+
+
+def test_augmentation_never_invents_labels(fake_root):
+    samples = [(np.asarray(i), np.asarray(m)) for i, m in voc.voc_dataset(fake_root, "train")]
+    for k, (image, mask) in enumerate(samples):
+        allowed = set(np.unique(mask).tolist()) | {255}
+        for i in range(6):
+            _, out = augment.augment_sample(
+                image, mask, _seed(10 * k + i), crop_size=48, color_jitter=0.3
+            )
+            assert set(np.unique(np.asarray(out)).tolist()) <= allowed
+
+
+def test_padding_uses_mean_colour_and_ignore_label():
+    image, mask = _pair(10, 12, labels=(1, 2))
+    out_image, out_mask = augment.augment_sample(
+        image, mask, _seed(0), crop_size=(16, 20), scale_range=(1.0, 1.0), flip=False
+    )
+    out_image, out_mask = np.asarray(out_image), np.asarray(out_mask)
+    # Padded bottom/right; a crop of the padded size has offset 0.
+    np.testing.assert_allclose(out_image[:10, :12], image, atol=1e-4)
+    np.testing.assert_array_equal(out_mask[:10, :12], mask)
+    np.testing.assert_allclose(out_image[10:], np.broadcast_to(MEAN, (6, 20, 3)), atol=1e-4)
+    np.testing.assert_allclose(out_image[:, 12:], np.broadcast_to(MEAN, (16, 8, 3)), atol=1e-4)
+    assert (out_mask[10:] == 255).all() and (out_mask[:, 12:] == 255).all()
+
+
+def test_scale_resizes_mask_with_nearest_neighbour():
+    image, mask = _pair(6, 5)
+    _, out = augment.augment_sample(
+        image, mask, _seed(1), crop_size=(12, 10), scale_range=(2.0, 2.0), flip=False
+    )
+    expected = np.repeat(np.repeat(mask, 2, axis=0), 2, axis=1)
+    np.testing.assert_array_equal(np.asarray(out), expected)
+
+
+def test_downscale_then_pad():
+    image, mask = _pair(8, 8, labels=(4, 5))
+    out_image, out_mask = augment.augment_sample(
+        image, mask, _seed(2), crop_size=8, scale_range=(0.5, 0.5), flip=False
+    )
+    out_mask = np.asarray(out_mask)
+    np.testing.assert_array_equal(out_mask[:4, :4], mask[1::2, 1::2])
+    assert (out_mask[4:] == 255).all() and (out_mask[:, 4:] == 255).all()
+
+
+def test_crop_is_a_window_of_the_input():
+    image, mask = _pair(20, 24)
+    for i in range(5):
+        out_image, out_mask = augment.augment_sample(
+            image, mask, _seed(i), crop_size=(8, 9), scale_range=(1.0, 1.0), flip=False
+        )
+        out_mask = np.asarray(out_mask)
+        hits = [
+            (t, l)
+            for t in range(20 - 8 + 1)
+            for l in range(24 - 9 + 1)  # noqa: E741
+            if np.array_equal(mask[t : t + 8, l : l + 9], out_mask)
+            and np.allclose(image[t : t + 8, l : l + 9], np.asarray(out_image), atol=1e-4)
+        ]
+        assert hits
+
+
+def test_flip_is_horizontal_and_both_outcomes_occur():
+    image, mask = _pair(6, 7)
+    outcomes = set()
+    for i in range(16):
+        out_image, out_mask = augment.augment_sample(
+            image, mask, _seed(i), crop_size=(6, 7), scale_range=(1.0, 1.0)
+        )
+        out_image, out_mask = np.asarray(out_image), np.asarray(out_mask)
+        if np.array_equal(out_mask, mask):
+            np.testing.assert_allclose(out_image, image, atol=1e-4)
+            outcomes.add("same")
+        else:
+            np.testing.assert_array_equal(out_mask, mask[:, ::-1])
+            np.testing.assert_allclose(out_image, image[:, ::-1], atol=1e-4)
+            outcomes.add("flipped")
+    assert outcomes == {"same", "flipped"}
+
+
+def test_color_jitter_keeps_range_and_mask():
+    image, mask = _pair(8, 8)
+    out_image, out_mask = augment.augment_sample(
+        image, mask, _seed(3), crop_size=8, scale_range=(1.0, 1.0), flip=False, color_jitter=0.9
+    )
+    out_image = np.asarray(out_image)
+    assert out_image.min() >= 0.0 and out_image.max() <= 255.0
+    assert not np.allclose(out_image, image)
+    np.testing.assert_array_equal(np.asarray(out_mask), mask)
+
+
+def _batches(ds):
+    return [(np.asarray(i), np.asarray(m)) for i, m in ds]
+
+
+def test_deterministic_under_seed(fake_root):
+    def make(seed):
+        return augment.train_pipeline(
+            voc.voc_dataset(fake_root, "train", shuffle=True, seed=seed),
+            2,
+            24,
+            seed=seed,
+            color_jitter=0.2,
+        )
+
+    first = _batches(make(5))
+    second = _batches(make(5))
+    other = _batches(make(6))
+    for (a, b), (c, d) in zip(first, second):
+        np.testing.assert_array_equal(a, c)
+        np.testing.assert_array_equal(b, d)
+    assert any(not np.array_equal(a[0], c[0]) for a, c in zip(first, other))
+    # A new epoch draws new augmentations, reproducibly.
+    ds = make(5)
+    epoch1, epoch2 = _batches(ds), _batches(ds)
+    assert any(not np.array_equal(a[0], b[0]) for a, b in zip(epoch1, epoch2))
+    for (a, _), (b, _) in zip(epoch1, first):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_repeat_and_remainder(fake_root):
+    ds = augment.train_pipeline(voc.voc_dataset(fake_root, "train"), 3, 16, seed=0)
+    assert len(_batches(ds)) == 1  # 4 samples, drop_remainder
+    ds = augment.train_pipeline(
+        voc.voc_dataset(fake_root, "train"), 3, 16, seed=0, drop_remainder=False
+    )
+    assert [b[0].shape[0] for b in _batches(ds)] == [3, 1]
+    ds = augment.train_pipeline(voc.voc_dataset(fake_root, "train"), 3, 16, seed=0, repeat=True)
+    assert len(_batches(ds.take(5))) == 5
+
+
+def test_eval_pipeline_pad_resize_none(fake_root):
+    source = voc.voc_dataset(fake_root, "val")
+    originals = _batches(source)
+    padded = _batches(augment.eval_pipeline(source, 2, size=80))
+    images, masks = padded[0]
+    assert images.shape == (2, 80, 80, 3) and masks.shape == (2, 80, 80)
+    for k, (image, mask) in enumerate(originals):
+        h, w = mask.shape
+        np.testing.assert_allclose(images[k, :h, :w], image, atol=1e-4)
+        np.testing.assert_array_equal(masks[k, :h, :w], mask)
+        assert (masks[k, h:] == 255).all() and (masks[k, :, w:] == 255).all()
+        np.testing.assert_allclose(
+            images[k, h:, :], np.broadcast_to(MEAN, images[k, h:].shape), atol=1e-4
+        )
+    resized = _batches(augment.eval_pipeline(source, 2, size=(30, 40), policy="resize"))
+    assert resized[0][0].shape == (2, 30, 40, 3)
+    allowed = set(np.unique(np.concatenate([m.ravel() for _, m in originals])).tolist())
+    assert set(np.unique(resized[0][1]).tolist()) <= allowed
+    full = _batches(augment.eval_pipeline(source))
+    assert [m.shape for _, m in full] == [(1,) + m.shape for _, m in originals]
+
+
+def test_eval_pad_rejects_larger_images(fake_root):
+    source = voc.voc_dataset(fake_root, "val")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="larger than size"):
+        _batches(augment.eval_pipeline(source, 1, size=16))
+
+
+def test_bad_arguments():
+    image, mask = _pair()
+    with pytest.raises(ValueError, match="Received: crop_size=0"):
+        augment.augment_sample(image, mask, _seed(0), crop_size=0)
+    with pytest.raises(ValueError, match="Received: scale_range"):
+        augment.augment_sample(image, mask, _seed(0), crop_size=4, scale_range=(2.0, 1.0))
+    with pytest.raises(ValueError, match="Received: color_jitter=1.5"):
+        augment.augment_sample(image, mask, _seed(0), crop_size=4, color_jitter=1.5)
+    ds = tf.data.Dataset.from_tensors((image, mask))
+    with pytest.raises(ValueError, match="Received: batch_size=0"):
+        augment.train_pipeline(ds, 0, 4)
+    with pytest.raises(ValueError, match="Received: policy='crop'"):
+        augment.eval_pipeline(ds, 1, size=4, policy="crop")
+    with pytest.raises(ValueError, match="Received: size=None"):
+        augment.eval_pipeline(ds, 1, policy="pad")
