@@ -1,0 +1,110 @@
+"""What a backbone's named outputs are: channels, true stride, dilation and roles."""
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+    """One named output of a backbone.
+
+    Attributes:
+        key: the output's key in the backbone's output dict (e.g. `"stage3"`).
+        layer: name of the layer that produces it (a `keras.applications` name
+            where one exists, e.g. `"conv4_block6_out"`).
+        channels: number of channels.
+        stride: true stride with respect to the input: the feature map has
+            `ceil(H / stride)` rows for a ResNet (see each backbone's docstring
+            for the exact size arithmetic of the VGG variants).
+        dilation: dilation rate(s) of the 3x3 convolutions that produce it, one
+            per residual block (ResNet) or per convolution (VGG).
+    """
+
+    key: str
+    layer: str
+    channels: int
+    stride: int
+    dilation: tuple = (1,)
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneInfo:
+    """Everything a model builder needs to know about a kseg backbone.
+
+    Attributes:
+        family: `"resnet"` or `"vgg16"`.
+        variant: `"v1"` for ResNet (Caffe-style `keras.applications` layout),
+            the VGG variant name otherwise.
+        output_stride: the largest true stride among the outputs.
+        features: tuple of `FeatureSpec`, in output order.
+        low_level: key of the stride-4 low-level feature used by the
+            DeepLab v3+ decoder (`None` when the backbone has none).
+        aux: key of the feature an auxiliary head reads (ResNet layer3,
+            1024 channels; `None` when not applicable).
+        high_level: key of the deepest feature (ResNet layer4 with 2048
+            channels; VGG `"pool5"`).
+        preprocessing: input preprocessing the ImageNet weights of
+            `keras.applications` expect (`"caffe"`: BGR order, ImageNet mean
+            subtracted, no scaling).
+    """
+
+    family: str
+    variant: str
+    output_stride: int
+    features: tuple
+    low_level: str | None
+    aux: str | None
+    high_level: str
+    preprocessing: str = "caffe"
+
+    def __getitem__(self, key):
+        for spec in self.features:
+            if spec.key == key:
+                return spec
+        raise KeyError(
+            f"Expected a feature key in {self.keys()}. Received: key={key!r}"
+        )
+
+    def keys(self):
+        """Output keys in order."""
+        return tuple(spec.key for spec in self.features)
+
+    def channels(self, key):
+        """Channels of output `key`."""
+        return self[key].channels
+
+    def stride(self, key):
+        """True stride of output `key`."""
+        return self[key].stride
+
+
+def feature_info(model):
+    """Returns the `BackboneInfo` of a backbone built by `kseg.backbones`.
+
+    Args:
+        model: a `keras.Model` returned by `kseg.backbones.ResNet50`,
+            `ResNet101`, `ResNet` or `VGG16`.
+
+    Returns:
+        A `BackboneInfo` (keys, channels, true strides, dilations, and the
+        roles `low_level`, `aux` and `high_level`).
+
+    The information is attached at build time as `model.feature_info`. A
+    backbone reloaded from a `.keras` file is a plain functional model and no
+    longer carries it; rebuild it with the same arguments instead.
+
+    Example:
+
+    >>> backbone = kseg.backbones.ResNet50(output_stride=16)
+    >>> info = kseg.backbones.feature_info(backbone)
+    >>> info.low_level, info.stride("stage4"), info.channels(info.aux)
+    ('stage1', 16, 1024)
+    """
+    info = getattr(model, "feature_info", None)
+    if not isinstance(info, BackboneInfo):
+        raise ValueError(
+            "Expected a backbone built by `kseg.backbones` (it carries a "
+            "`feature_info` attribute; a model reloaded from a file does not, "
+            "so rebuild it with the same arguments). "
+            f"Received: model={getattr(model, 'name', model)!r}"
+        )
+    return info

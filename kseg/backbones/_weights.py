@@ -1,0 +1,99 @@
+"""Copies keras.applications weights into kseg backbones, layer by layer, by name."""
+
+import os
+
+_URL_HINT = "https://storage.googleapis.com/tensorflow/keras-applications/"
+
+
+def check_weights(weights):
+    """Validates `weights`: None, "imagenet" or the path of an existing file."""
+    if weights is None or weights == "imagenet":
+        return weights
+    if isinstance(weights, os.PathLike):
+        weights = os.fspath(weights)
+    if not isinstance(weights, str):
+        raise TypeError(
+            "Expected `weights` to be None, 'imagenet' or the path of a "
+            "keras.applications weights file (.h5 or .weights.h5). "
+            f"Received: weights={weights!r} of type {type(weights).__name__}"
+        )
+    if not os.path.isfile(weights):
+        raise ValueError(
+            "Expected `weights` to be None, 'imagenet' or the path of an "
+            "existing keras.applications weights file (.h5 or .weights.h5); "
+            f"no such file. Received: weights={weights!r}"
+        )
+    return weights
+
+
+def _reference(app_fn, weights, file_stem):
+    """Builds the keras.applications model `app_fn` holding `weights`."""
+    if weights == "imagenet":
+        try:
+            return app_fn(include_top=False, weights="imagenet")
+        except Exception as error:  # get_file raises a bare Exception offline.
+            raise OSError(
+                f"Could not obtain the ImageNet weights of keras.applications "
+                f"({error}). Download `{file_stem}_weights_tf_dim_ordering_tf_kernels_notop.h5` "
+                f"from {_URL_HINT} (or copy it from a machine where "
+                "`~/.keras/models/` has it) and pass its path: `weights='/path/to/"
+                f"{file_stem}_weights_tf_dim_ordering_tf_kernels_notop.h5'`."
+            ) from error
+    # A local file: the notop layout first, then the full classifier layout.
+    errors = []
+    for include_top in (False, True):
+        model = app_fn(include_top=include_top, weights=None)
+        try:
+            model.load_weights(weights)
+            return model
+        except Exception as error:  # the file does not fit this layout
+            errors.append(f"include_top={include_top}: {error}")
+    raise ValueError(
+        f"Could not load `weights` into keras.applications' {app_fn.__name__} "
+        f"(tried without and with the classifier top: {'; '.join(errors)}). "
+        f"Expected a weights file saved from that model. Received: weights={weights!r}"
+    )
+
+
+def load_reference_weights(model, app_fn, weights, file_stem, skip=()):
+    """Copies weights from keras.applications' `app_fn` into `model` by layer name.
+
+    Args:
+        model: the kseg backbone.
+        app_fn: e.g. `keras.applications.ResNet50`.
+        weights: "imagenet" or an existing file path.
+        file_stem: keras.applications' weights file stem, for the error message.
+        skip: layer classes of `model` that the reference does not have and
+            that keep their initial values (BatchNormalization for VGG16-BN).
+
+    Every weighted layer of `model` must receive weights, except those of a
+    class in `skip`; anything else raises, so a name mismatch cannot pass
+    silently.
+    """
+    reference = _reference(app_fn, weights, file_stem)
+    by_name = {layer.name: layer for layer in reference.layers if layer.weights}
+    missing = []
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        source = by_name.get(layer.name)
+        if source is None:
+            if not isinstance(layer, tuple(skip)):
+                missing.append(layer.name)
+            continue
+        values = source.get_weights()
+        expected = [tuple(w.shape) for w in layer.weights]
+        received = [tuple(v.shape) for v in values]
+        if expected != received:
+            raise ValueError(
+                f"Weight shapes of layer {layer.name!r} differ from keras.applications' "
+                f"{app_fn.__name__}: expected {expected}, received {received}."
+            )
+        layer.set_weights(values)
+    if missing:
+        raise ValueError(
+            f"keras.applications' {app_fn.__name__} has no weights for the layers "
+            f"{missing} of {model.name!r}."
+        )
+    del reference
+    return model
