@@ -75,12 +75,20 @@ def run_layer_test(
     out = layer(call_arg)
     outs = _as_list(out)
     if expected_output_shape is not None:
-        expected = _as_list(expected_output_shape) if not isinstance(expected_output_shape, tuple) else [expected_output_shape]
+        expected = (
+            _as_list(expected_output_shape)
+            if not isinstance(expected_output_shape, tuple)
+            else [expected_output_shape]
+        )
         got = [_shape_of(o) for o in outs]
         assert got == [tuple(e) for e in expected], f"eager shapes {got} != expected {expected}"
     in_shapes = [tuple(d.shape) for d in data]
     cos = layer.compute_output_shape(in_shapes if multi_input else in_shapes[0])
-    cos_list = _as_list(cos) if not (isinstance(cos, tuple) and all(isinstance(d, (int, type(None))) for d in cos)) else [cos]
+    cos_list = (
+        _as_list(cos)
+        if not (isinstance(cos, tuple) and all(isinstance(d, (int, type(None))) for d in cos))
+        else [cos]
+    )
     for c, o in zip(cos_list, outs):
         c = tuple(c)
         assert len(c) == len(o.shape) and all(
@@ -89,7 +97,12 @@ def run_layer_test(
 
     # 3. Symbolic call with unknown spatial sizes.
     if symbolic_input_shape is None:
-        symbolic_input_shape = [(None,) * (len(d.shape) - 2) + (d.shape[-1],) if keras.config.image_data_format() == "channels_last" or d.ndim < 4 else (d.shape[1],) + (None,) * (d.ndim - 2) for d in data]
+        symbolic_input_shape = [
+            (None,) * (len(d.shape) - 2) + (d.shape[-1],)
+            if keras.config.image_data_format() == "channels_last" or d.ndim < 4
+            else (d.shape[1],) + (None,) * (d.ndim - 2)
+            for d in data
+        ]
     elif not isinstance(symbolic_input_shape, list):
         symbolic_input_shape = [symbolic_input_shape]
     inputs = [keras.Input(shape=s, dtype=str(d.dtype)) for s, d in zip(symbolic_input_shape, data)]
@@ -113,7 +126,9 @@ def run_layer_test(
             np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
 
     # 5. One training step.
-    float_outs = [str(o.dtype).endswith(("float32", "float16", "float64")) for o in _as_list(sym_out)]
+    float_outs = [
+        str(o.dtype).endswith(("float32", "float16", "float64")) for o in _as_list(sym_out)
+    ]
     if train and model.trainable_weights and any(float_outs):
         _one_step(model, call_arg, expected_np)
 
@@ -123,12 +138,16 @@ def run_layer_test(
         keras.config.set_dtype_policy("mixed_bfloat16")
         try:
             mp_layer = layer_cls(**init_kwargs)
-            mp_inputs = [keras.Input(shape=s, dtype=str(d.dtype)) for s, d in zip(symbolic_input_shape, data)]
+            mp_inputs = [
+                keras.Input(shape=s, dtype=str(d.dtype)) for s, d in zip(symbolic_input_shape, data)
+            ]
             mp_out = mp_layer(mp_inputs if multi_input else mp_inputs[0])
             mp_model = keras.Model(mp_inputs if multi_input else mp_inputs[0], mp_out)
             y = to_numpy(mp_model(call_arg, training=False))
             for v in _as_list(y):
-                assert np.all(np.isfinite(v.astype("float32"))), "non-finite output under mixed_bfloat16"
+                assert np.all(np.isfinite(v.astype("float32"))), (
+                    "non-finite output under mixed_bfloat16"
+                )
             if train and mp_model.trainable_weights and any(float_outs):
                 _one_step(mp_model, call_arg, y)
         finally:
@@ -141,7 +160,13 @@ def _one_step(model, x, y_like):
     ys = keras.tree.map_structure(lambda v: np.zeros(v.shape, "float32"), y_like)
     if isinstance(ys, tuple):
         ys = list(ys)
-    float_mask = keras.tree.map_structure(lambda v: np.issubdtype(np.asarray(v).dtype, np.floating) or str(np.asarray(v).dtype) == "bfloat16", y_like)
+    float_mask = keras.tree.map_structure(
+        lambda v: (
+            np.issubdtype(np.asarray(v).dtype, np.floating)
+            or str(np.asarray(v).dtype) == "bfloat16"
+        ),
+        y_like,
+    )
     if isinstance(ys, list):
         losses = ["mse" if m else None for m in float_mask]
     elif isinstance(ys, dict):
@@ -149,10 +174,14 @@ def _one_step(model, x, y_like):
     else:
         losses = "mse"
     model.compile(optimizer=keras.optimizers.SGD(1e-3), loss=losses)
-    history = model.fit(x, ys, epochs=1, batch_size=len(x[0]) if isinstance(x, list) else len(x), verbose=0)
+    history = model.fit(
+        x, ys, epochs=1, batch_size=len(x[0]) if isinstance(x, list) else len(x), verbose=0
+    )
     assert np.isfinite(history.history["loss"][-1]), "non-finite training loss"
     for w in model.weights:
-        assert np.all(np.isfinite(to_numpy(w.value).astype("float32"))), f"non-finite weight {w.path}"
+        assert np.all(np.isfinite(to_numpy(w.value).astype("float32"))), (
+            f"non-finite weight {w.path}"
+        )
 
 
 def torch_or_skip():
@@ -160,3 +189,42 @@ def torch_or_skip():
     import pytest
 
     return pytest.importorskip("torch")
+
+
+def run_model_test(model, input_shape, num_classes, *, train=True, save=True):
+    """Checks a model builder's output: logits at the input size in float32.
+
+    Runs an odd-sized image batch through `model`, checks every output named
+    like logits (`main`, `aux` or a lone tensor) is `(B, H, W, num_classes)`
+    float32 and finite, reloads the `.keras` file with `safe_mode=True` and
+    compares outputs, and runs one training step. Returns the outputs.
+    """
+    x = np.random.default_rng(0).uniform(0, 255, input_shape).astype("float32")
+    out = model(x, training=False)
+    logits = out if not isinstance(out, dict) else {k: out[k] for k in ("main", "aux") if k in out}
+    for name, y in logits.items() if isinstance(logits, dict) else [("logits", logits)]:
+        assert _shape_of(y) == (*input_shape[:3], num_classes), f"{name}: {y.shape}"
+        assert str(y.dtype).endswith("float32"), f"{name} dtype {y.dtype}"
+        assert np.all(np.isfinite(to_numpy(y))), f"{name} not finite"
+    expected = to_numpy(out)
+    if save:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "model.keras")
+            model.save(path)
+            reloaded = keras.saving.load_model(path, safe_mode=True)
+        got = to_numpy(reloaded(x, training=False))
+        for e, g in zip(_as_list(expected), _as_list(got)):
+            np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
+    if train:
+        labels = np.random.default_rng(1).integers(0, num_classes, input_shape[:3]).astype("int32")
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        ys, losses = labels, loss
+        if isinstance(out, dict):
+            ys = {k: labels for k in logits}
+            losses = {k: loss for k in logits}
+        model.compile(optimizer=keras.optimizers.SGD(1e-3), loss=losses)
+        history = model.fit(x, ys, epochs=1, batch_size=input_shape[0], verbose=0)
+        assert np.isfinite(history.history["loss"][-1])
+        for w in model.weights:
+            assert np.all(np.isfinite(to_numpy(w.value).astype("float32"))), w.path
+    return expected

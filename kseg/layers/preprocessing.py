@@ -37,7 +37,8 @@ class ImageNormalization(keras.layers.Layer):
             `keras.config.image_data_format()`.
 
     Input shape:
-        `(batch, height, width, 3)` (or channels first), any float or int dtype.
+        `(batch, height, width, 3)` (or channels first), any float or int dtype;
+        mode `"unit"` takes any number of channels.
 
     Output shape:
         Same as the input, in the layer's compute dtype.
@@ -67,7 +68,7 @@ class ImageNormalization(keras.layers.Layer):
         if self.mode is None:
             return x
         axis = -1 if self.data_format == "channels_last" else 1
-        if x.shape[axis] is not None and x.shape[axis] != 3:
+        if self.mode != "unit" and x.shape[axis] not in (None, 3):
             raise ValueError(
                 f"ImageNormalization expects 3 (RGB) channels. Received: inputs.shape={x.shape}"
             )

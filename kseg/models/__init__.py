@@ -1,1 +1,28 @@
-"""kseg.models."""
+"""Model builders: CamelCase functions returning a `keras.Model` that outputs logits."""
+
+from kseg.models.deeplab import DeepLabV1, DeepLabV2, DeepLabV3, DeepLabV3Plus
+from kseg.models.fcn import FCN8s, FCN16s, FCN32s
+from kseg.models.gcunet import GCUNet
+from kseg.models.ginet import GINet, class_embedding_names, shipped_class_embeddings
+from kseg.models.glorenet import GloReNet
+from kseg.models.pspnet import PSPNet
+from kseg.models.segnet import SegNet
+from kseg.models.unet import UNet
+
+__all__ = [
+    "FCN32s",
+    "FCN16s",
+    "FCN8s",
+    "UNet",
+    "SegNet",
+    "PSPNet",
+    "DeepLabV1",
+    "DeepLabV2",
+    "DeepLabV3",
+    "DeepLabV3Plus",
+    "GCUNet",
+    "GloReNet",
+    "GINet",
+    "shipped_class_embeddings",
+    "class_embedding_names",
+]

@@ -1,0 +1,293 @@
+"""DeepLab v1 (LargeFOV), v2 (ASPP-L), v3 and v3+ model builders."""
+
+import keras
+
+from kseg.backbones import VGG16
+from kseg.layers import ASPP, DeepLabV3PlusDecoder
+from kseg.models._base import (
+    RESNETS,
+    aux_logits,
+    check_num_classes,
+    classifier_initializer,
+    classify,
+    image_input,
+    outputs_dict,
+    resolve_backbone,
+    upsample_logits,
+)
+
+
+def default_atrous_rates(output_stride):
+    """DeepLab v3 rates: (6, 12, 18) at output stride 16, doubled at 8 (Chen et al. 2017, 3.3)."""
+    return tuple(r * 16 // output_stride for r in (6, 12, 18))
+
+
+def DeepLabV1(
+    num_classes,
+    input_shape=(None, None, 3),
+    backbone="vgg16",
+    backbone_weights=None,
+    fc_filters=1024,
+    fc6_dilation=12,
+    dropout=0.5,
+    align_corners=True,
+    normalization="auto",
+    name="deeplabv1",
+):
+    """DeepLab v1 "LargeFOV" on VGG-16 (Chen et al., ICLR 2015).
+
+    Layout (SPEC 4.5, the official train.prototxt): the `deeplab_v1` VGG-16
+    variant (3x3/2 ceil-mode pools 1-3, 3x3/1 pools 4-5, dilation 2 in block 5;
+    output stride 8), then pool5a (3x3/1 average pool, zero padding counted as
+    in Caffe), fc6 (3x3, dilation 12, 1024) + ReLU + Dropout 0.5, fc7 (1x1,
+    1024) + ReLU + Dropout 0.5, fc8 (1x1, `num_classes`, N(0, 0.01^2)), and a
+    bilinear upsampling of the logits to the input size. The paper's dense CRF
+    post-processing is not part of the model. With 21 classes the model has
+    20,505,429 parameters.
+
+    Args:
+        num_classes: number of classes.
+        input_shape: `(height, width, 3)`, RGB in [0, 255]; any size works.
+        backbone: `"vgg16"` or a `kseg.backbones.VGG16(variant="deeplab_v1")`.
+        backbone_weights: None, `"imagenet"` or a path (see `kseg.backbones`).
+        fc_filters: width of fc6 and fc7. Defaults to 1024.
+        fc6_dilation: dilation of fc6. Defaults to 12 (LargeFOV).
+        dropout: dropout rate after fc6 and fc7. Defaults to 0.5.
+        align_corners: of the final upsampling. Defaults to True (as the ports
+            of the Caffe model do).
+        normalization: input normalisation, `"auto"` (what the backbone's
+            weights expect), `"caffe"`, `"torch"`, `"unit"` or None.
+        name: model name.
+
+    Returns:
+        A `keras.Model` mapping images `(B, H, W, 3)` to float32 logits
+        `(B, H, W, num_classes)`.
+    """
+    num_classes = check_num_classes(num_classes)
+    bb, info = resolve_backbone(
+        backbone,
+        names={"vgg16": VGG16},
+        input_shape=input_shape,
+        backbone_weights=backbone_weights,
+        family="vgg16",
+        required_variant="deeplab_v1",
+        variant="deeplab_v1",
+    )
+    inputs, x = image_input(input_shape, normalization, info.preprocessing)
+    x = bb(x)[info.high_level]
+    # pool5a: Caffe average pooling counts the zero padding (count_include_pad).
+    x = keras.layers.ZeroPadding2D(1, name="pool5a_pad")(x)
+    x = keras.layers.AveragePooling2D(3, strides=1, name="pool5a")(x)
+    x = keras.layers.Conv2D(
+        fc_filters, 3, padding="same", dilation_rate=fc6_dilation, activation="relu", name="fc6"
+    )(x)
+    x = keras.layers.Dropout(dropout, name="drop6")(x)
+    x = keras.layers.Conv2D(fc_filters, 1, activation="relu", name="fc7")(x)
+    x = keras.layers.Dropout(dropout, name="drop7")(x)
+    x = keras.layers.Conv2D(
+        num_classes, 1, kernel_initializer=classifier_initializer(), name="fc8"
+    )(x)
+    logits = upsample_logits(x, inputs, align_corners)
+    return keras.Model(inputs, logits, name=name)
+
+
+def DeepLabV2(
+    num_classes,
+    input_shape=(None, None, 3),
+    backbone="resnet101",
+    output_stride=8,
+    backbone_weights=None,
+    atrous_rates=(6, 12, 18, 24),
+    align_corners=False,
+    normalization="auto",
+    name="deeplabv2",
+):
+    """DeepLab v2 with ASPP-L on a dilated ResNet (Chen et al., TPAMI 2017).
+
+    Layout (SPEC 4.1): ResNet-101 at output stride 8, four parallel 3x3
+    convolutions straight to `num_classes` with dilation 6, 12, 18 and 24
+    (with bias, N(0, 0.01^2)), summed (not concatenated), then bilinear
+    upsampling of the logits to the input size. No dense CRF.
+
+    Args:
+        num_classes: number of classes.
+        input_shape: `(height, width, 3)`, RGB in [0, 255]; any size works.
+        backbone: `"resnet101"` (default), `"resnet50"` or a ResNet from
+            `kseg.backbones`.
+        output_stride: 8 (default), 16 or 32, for a backbone given by name.
+        backbone_weights: None, `"imagenet"` or a path (see `kseg.backbones`).
+        atrous_rates: ASPP rates. Defaults to ASPP-L, `(6, 12, 18, 24)`.
+        align_corners: of the final upsampling. Defaults to False.
+        normalization: input normalisation (see `DeepLabV1`).
+        name: model name.
+
+    Returns:
+        A `keras.Model` mapping images to float32 logits at the input size.
+    """
+    num_classes = check_num_classes(num_classes)
+    bb, info = resolve_backbone(
+        backbone,
+        names=RESNETS,
+        input_shape=input_shape,
+        backbone_weights=backbone_weights,
+        family="resnet",
+        output_stride=output_stride,
+    )
+    inputs, x = image_input(input_shape, normalization, info.preprocessing)
+    x = bb(x)[info.high_level]
+    x = ASPP(filters=num_classes, atrous_rates=atrous_rates, mode="v2", name="aspp")(x)
+    return keras.Model(inputs, upsample_logits(x, inputs, align_corners), name=name)
+
+
+def DeepLabV3(
+    num_classes,
+    input_shape=(None, None, 3),
+    backbone="resnet50",
+    output_stride=16,
+    multi_grid=(1, 2, 4),
+    backbone_weights=None,
+    atrous_rates=None,
+    filters=256,
+    dropout=0.1,
+    aux_head=False,
+    align_corners=False,
+    normalization="auto",
+    name="deeplabv3",
+):
+    """DeepLab v3 (Chen et al., "Rethinking Atrous Convolution", 2017).
+
+    Layout (SPEC 4.2): a dilated ResNet at output stride 16 (or 8) with
+    multi-grid (1, 2, 4) in the last stage, ASPP (1x1 branch, three atrous 3x3
+    branches at rates (6, 12, 18) at output stride 16 and doubled at 8, and
+    image pooling; concatenated and projected by a 1x1 ConvBNReLU to 256,
+    dropout), a 1x1 classifier, and bilinear upsampling to the input size.
+    `aux_head=True` adds torchvision's/mmseg's FCN auxiliary head on stage 3;
+    the outputs then become `{"main", "aux"}` (mmseg weighs the aux loss 0.4).
+
+    Args:
+        num_classes: number of classes.
+        input_shape: `(height, width, 3)`, RGB in [0, 255]; any size works.
+        backbone: `"resnet50"` (default), `"resnet101"` or a ResNet from
+            `kseg.backbones`.
+        output_stride: 16 (default), 8 or 32, for a backbone given by name.
+        multi_grid: per-block rate multipliers of the last stage. Defaults to
+            `(1, 2, 4)` (the paper's best); None for plain dilation.
+        backbone_weights: None, `"imagenet"` or a path (see `kseg.backbones`).
+        atrous_rates: ASPP rates. Defaults to `default_atrous_rates(os)`.
+        filters: ASPP width. Defaults to 256.
+        dropout: after the ASPP projection. Defaults to 0.1 (TF DeepLab).
+        aux_head: add the auxiliary FCN head. Defaults to False.
+        align_corners: of the upsamplings. Defaults to False.
+        normalization: input normalisation (see `DeepLabV1`).
+        name: model name.
+
+    Returns:
+        A `keras.Model` mapping images to float32 logits at the input size,
+        or to `{"main": ..., "aux": ...}` with `aux_head=True`.
+    """
+    num_classes = check_num_classes(num_classes)
+    bb, info = resolve_backbone(
+        backbone,
+        names=RESNETS,
+        input_shape=input_shape,
+        backbone_weights=backbone_weights,
+        family="resnet",
+        output_stride=output_stride,
+        multi_grid=multi_grid,
+    )
+    inputs, x = image_input(input_shape, normalization, info.preprocessing)
+    feats = bb(x)
+    rates = atrous_rates or default_atrous_rates(info.output_stride)
+    x = ASPP(
+        filters=filters,
+        atrous_rates=rates,
+        dropout=dropout,
+        pool_align_corners=align_corners,
+        name="aspp",
+    )(feats[info.high_level])
+    main = classify(x, inputs, num_classes, align_corners)
+    aux = aux_logits(feats[info.aux], inputs, num_classes, align_corners) if aux_head else None
+    return keras.Model(inputs, outputs_dict(main, aux), name=name)
+
+
+def DeepLabV3Plus(
+    num_classes,
+    input_shape=(None, None, 3),
+    backbone="resnet50",
+    output_stride=16,
+    multi_grid=None,
+    backbone_weights=None,
+    atrous_rates=None,
+    filters=256,
+    low_level_filters=48,
+    decoder_filters=256,
+    separable=False,
+    dropout=0.1,
+    align_corners=False,
+    normalization="auto",
+    name="deeplabv3plus",
+):
+    """DeepLab v3+ encoder-decoder (Chen et al., ECCV 2018).
+
+    Layout (SPEC 4.3): the DeepLab v3 encoder (dilated ResNet at output stride
+    16, ASPP to 256), then the decoder: the stride-4 feature (stage 1) projected
+    by a 1x1 ConvBNReLU to 48 channels, the ASPP output resized to its size and
+    concatenated, two 3x3 ConvBNReLU to 256, a 1x1 classifier, and bilinear
+    upsampling to the input size. `separable=True` makes the ASPP and decoder
+    3x3 convolutions depthwise-separable (as with Xception in the paper).
+
+    Args:
+        num_classes: number of classes.
+        input_shape: `(height, width, 3)`, RGB in [0, 255]; any size works.
+        backbone: `"resnet50"` (default), `"resnet101"` or a ResNet from
+            `kseg.backbones`.
+        output_stride: 16 (default) or 8, for a backbone given by name.
+        multi_grid: last-stage rate multipliers. Defaults to None.
+        backbone_weights: None, `"imagenet"` or a path (see `kseg.backbones`).
+        atrous_rates: ASPP rates. Defaults to (6, 12, 18) at output stride 16.
+        filters: ASPP width. Defaults to 256.
+        low_level_filters: width of the low-level projection. Defaults to 48.
+        decoder_filters: width of the decoder convs. Defaults to 256.
+        separable: depthwise-separable ASPP and decoder convs. Defaults to False.
+        dropout: after the ASPP projection. Defaults to 0.1.
+        align_corners: of the resizes. Defaults to False.
+        normalization: input normalisation (see `DeepLabV1`).
+        name: model name.
+
+    Returns:
+        A `keras.Model` mapping images to float32 logits at the input size.
+
+    Example:
+
+    >>> model = kseg.models.DeepLabV3Plus(num_classes=21)
+    >>> model.compile("sgd", kseg.losses.SegmentationCrossEntropy())
+    """
+    num_classes = check_num_classes(num_classes)
+    bb, info = resolve_backbone(
+        backbone,
+        names=RESNETS,
+        input_shape=input_shape,
+        backbone_weights=backbone_weights,
+        family="resnet",
+        output_stride=output_stride,
+        multi_grid=multi_grid,
+    )
+    inputs, x = image_input(input_shape, normalization, info.preprocessing)
+    feats = bb(x)
+    rates = atrous_rates or default_atrous_rates(info.output_stride)
+    x = ASPP(
+        filters=filters,
+        atrous_rates=rates,
+        dropout=dropout,
+        separable=separable,
+        pool_align_corners=align_corners,
+        name="aspp",
+    )(feats[info.high_level])
+    x = DeepLabV3PlusDecoder(
+        filters=decoder_filters,
+        low_level_filters=low_level_filters,
+        separable=separable,
+        align_corners=align_corners,
+        name="decoder",
+    )([x, feats[info.low_level]])
+    return keras.Model(inputs, classify(x, inputs, num_classes, align_corners), name=name)

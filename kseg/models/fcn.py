@@ -1,0 +1,154 @@
+"""Fully convolutional networks: FCN-32s, FCN-16s and FCN-8s on VGG-16."""
+
+import keras
+
+from kseg.backbones import VGG16
+from kseg.initializers import BilinearUpsampling
+from kseg.layers import CropLike
+from kseg.models._base import check_num_classes, image_input, resolve_backbone
+
+# Crop offsets of the official voc-fcn{32,16,8}s nets (shelhamer/fcn.berkeleyvision.org),
+# which follow from conv1_1's padding of 100.
+_OFFSETS = {"pool4": 5, "pool3": 9, 32: 19, 16: 27, 8: 31}
+
+
+def _upscore(x, num_classes, factor, trainable, name):
+    """Transposed conv with FCN's bilinear kernel: kernel 2 * factor, stride factor, no bias."""
+    return keras.layers.Conv2DTranspose(
+        num_classes,
+        2 * factor,
+        strides=factor,
+        use_bias=False,
+        kernel_initializer=BilinearUpsampling(),
+        trainable=trainable,
+        name=name,
+    )(x)
+
+
+def _score(x, num_classes, name):
+    # The reference Caffe-to-PyTorch port initialises the score layers to zero.
+    return keras.layers.Conv2D(num_classes, 1, kernel_initializer="zeros", name=name)(x)
+
+
+def _fcn(
+    num_classes,
+    stride,
+    input_shape,
+    backbone,
+    backbone_weights,
+    fc_filters,
+    dropout,
+    at_once,
+    trainable_upsampling,
+    normalization,
+    name,
+):
+    num_classes = check_num_classes(num_classes)
+    bb, info = resolve_backbone(
+        backbone,
+        names={"vgg16": VGG16},
+        input_shape=input_shape,
+        backbone_weights=backbone_weights,
+        family="vgg16",
+        required_variant="fcn",
+        variant="fcn",
+    )
+    inputs, x = image_input(input_shape, normalization, info.preprocessing)
+    feats = bb(x)
+    x = keras.layers.Conv2D(fc_filters, 7, activation="relu", name="fc6")(feats["pool5"])
+    x = keras.layers.Dropout(dropout, name="drop6")(x)
+    x = keras.layers.Conv2D(fc_filters, 1, activation="relu", name="fc7")(x)
+    x = keras.layers.Dropout(dropout, name="drop7")(x)
+    x = _score(x, num_classes, "score_fr")
+    for skip, scale in (("pool4", 0.01), ("pool3", 1e-4))[: {32: 0, 16: 1, 8: 2}[stride]]:
+        x = _upscore(x, num_classes, 2, trainable_upsampling, f"upscore_{skip}_in")
+        s = feats[skip]
+        if at_once:  # voc-fcn8s-atonce scales the skips so all can be trained at once
+            s = keras.layers.Rescaling(scale, name=f"scale_{skip}")(s)
+        s = _score(s, num_classes, f"score_{skip}")
+        s = CropLike(offset=_OFFSETS[skip], name=f"score_{skip}_crop")([s, x])
+        x = keras.layers.Add(name=f"fuse_{skip}")([x, s])
+    x = _upscore(x, num_classes, stride, trainable_upsampling, f"upscore{stride}")
+    logits = CropLike(offset=_OFFSETS[stride], dtype="float32", name="logits")([x, inputs])
+    return keras.Model(inputs, logits, name=name)
+
+
+_DOC = """FCN-{stride}s on VGG-16 (Long, Shelhamer & Darrell, CVPR 2015).
+
+    Layout (SPEC 4.6, the official voc-fcn{stride}s): the `fcn` VGG-16 variant
+    (conv1_1 padded by 100, ceil-mode 2x2 pools), fc6 as a 7x7 valid conv to
+    4096 + ReLU + Dropout 0.5, fc7 1x1 to 4096 + ReLU + Dropout 0.5, a 1x1
+    score layer to `num_classes`{skips}, and a final transposed conv (kernel
+    {kernel}, stride {stride}) cropped at offset {offset} to the input size.
+    Every transposed conv has no bias and starts as bilinear upsampling
+    (`kseg.initializers.BilinearUpsampling`); the score layers start at zero.
+    With 21 classes the model has {params} parameters.
+
+    Args:
+        num_classes: number of classes.
+        input_shape: `(height, width, 3)`, RGB in [0, 255]; any size works.
+        backbone: `"vgg16"` or a `kseg.backbones.VGG16(variant="fcn")`.
+        backbone_weights: None, `"imagenet"` or a path (see `kseg.backbones`).
+        fc_filters: width of fc6 and fc7. Defaults to 4096.
+        dropout: after fc6 and fc7. Defaults to 0.5.
+        at_once: scale pool4 by 0.01 and pool3 by 1e-4 before their score
+            layers, as the "at-once" Caffe recipe does. Defaults to False.
+        trainable_upsampling: train the transposed convs. Defaults to True
+            (the PyTorch port); the Caffe nets freeze them (`lr_mult: 0`).
+        normalization: input normalisation, `"auto"` (what the backbone's
+            weights expect), `"caffe"`, `"torch"`, `"unit"` or None.
+        name: model name.
+
+    Returns:
+        A `keras.Model` mapping images to float32 logits at the input size.
+    """
+
+
+def _builder(stride, params, skips, kernel):
+    def builder(
+        num_classes,
+        input_shape=(None, None, 3),
+        backbone="vgg16",
+        backbone_weights=None,
+        fc_filters=4096,
+        dropout=0.5,
+        at_once=False,
+        trainable_upsampling=True,
+        normalization="auto",
+        name=f"fcn{stride}s",
+    ):
+        return _fcn(
+            num_classes,
+            stride,
+            input_shape,
+            backbone,
+            backbone_weights,
+            fc_filters,
+            dropout,
+            at_once,
+            trainable_upsampling,
+            normalization,
+            name,
+        )
+
+    builder.__name__ = builder.__qualname__ = f"FCN{stride}s"
+    builder.__doc__ = _DOC.format(
+        stride=stride, params=params, skips=skips, kernel=kernel, offset=_OFFSETS[stride]
+    )
+    return builder
+
+
+FCN32s = _builder(32, "136,152,917", "", 64)
+FCN16s = _builder(
+    16,
+    "134,815,994",
+    ", then the 2x-upsampled scores plus pool4's 1x1 scores (cropped at offset 5)",
+    32,
+)
+FCN8s = _builder(
+    8,
+    "134,489,759",
+    ", then twice: 2x-upsampled scores plus the 1x1 scores of pool4 (offset 5), then of "
+    "pool3 (offset 9)",
+    16,
+)

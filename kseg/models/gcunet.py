@@ -1,0 +1,90 @@
+"""GCU network: a dilated ResNet with graph convolutional units ("Beyond Grids")."""
+
+import keras
+
+from kseg.layers import ConvBNAct, GraphConvolutionalUnit
+from kseg.models._base import (
+    RESNETS,
+    aux_logits,
+    check_num_classes,
+    classify,
+    image_input,
+    outputs_dict,
+    resolve_backbone,
+)
+
+
+def GCUNet(
+    num_classes,
+    input_shape=(None, None, 3),
+    backbone="resnet50",
+    output_stride=8,
+    backbone_weights=None,
+    num_vertices=(2, 4, 8, 32),
+    unit_filters=512,
+    filters=512,
+    dropout=0.1,
+    aux_head=False,
+    align_corners=False,
+    normalization="auto",
+    name="gcunet",
+):
+    """GCU segmentation network (Li & Gupta, "Beyond Grids", NeurIPS 2018).
+
+    Layout (SPEC 1.6; the paper builds on PSPNet and replaces its pyramid
+    pooling): a dilated ResNet at output stride 8; one graph convolutional unit
+    per entry of `num_vertices` (2, 4, 8 and 32 vertices), each on stage 4 and
+    each producing `unit_filters` channels; `[X, GCU_2(X), ..., GCU_32(X)]`
+    concatenated; a 3x3 ConvBNReLU to 512; dropout 0.1; a 1x1 classifier;
+    bilinear upsampling to the input size. `unit_filters=512` (= 2048 / 4)
+    makes the fusion conv see 4096 channels as in PSPNet; the paper does not
+    state this width (SPEC 8). `aux_head=True` adds the PSPNet-style auxiliary
+    head on stage 3 (loss weight 0.4 in PSPNet's recipe).
+
+    Args:
+        num_classes: number of classes.
+        input_shape: `(height, width, 3)`, RGB in [0, 255]; any size works.
+        backbone: `"resnet50"` (default), `"resnet101"` or a ResNet from
+            `kseg.backbones`.
+        output_stride: 8 (default), 16 or 32, for a backbone given by name.
+        backbone_weights: None, `"imagenet"` or a path (see `kseg.backbones`).
+        num_vertices: vertex count of each unit. Defaults to (2, 4, 8, 32).
+        unit_filters: output channels of each unit. Defaults to 512.
+        filters: width of the fusion conv. Defaults to 512.
+        dropout: before the classifier. Defaults to 0.1.
+        aux_head: add the auxiliary head. Defaults to False.
+        align_corners: of the final resize. Defaults to False.
+        normalization: input normalisation, `"auto"` (what the backbone's
+            weights expect), `"caffe"`, `"torch"`, `"unit"` or None.
+        name: model name.
+
+    Returns:
+        A `keras.Model` mapping images to float32 logits at the input size
+        (or `{"main", "aux"}`).
+    """
+    num_classes = check_num_classes(num_classes)
+    if not isinstance(num_vertices, (list, tuple)) or not num_vertices:
+        raise ValueError(
+            "Expected `num_vertices` to be a non-empty list of vertex counts. "
+            f"Received: num_vertices={num_vertices!r}"
+        )
+    bb, info = resolve_backbone(
+        backbone,
+        names=RESNETS,
+        input_shape=input_shape,
+        backbone_weights=backbone_weights,
+        family="resnet",
+        output_stride=output_stride,
+    )
+    inputs, x = image_input(input_shape, normalization, info.preprocessing)
+    feats = bb(x)
+    high = feats[info.high_level]
+    units = [
+        GraphConvolutionalUnit(num_vertices=v, filters=unit_filters, name=f"gcu_{v}")(high)
+        for v in num_vertices
+    ]
+    x = keras.layers.Concatenate(name="gcu_concat")([high, *units])
+    x = ConvBNAct(filters, 3, name="fusion")(x)
+    main = classify(x, inputs, num_classes, align_corners, dropout)
+    aux = aux_logits(feats[info.aux], inputs, num_classes, align_corners) if aux_head else None
+    return keras.Model(inputs, outputs_dict(main, aux), name=name)

@@ -1,0 +1,78 @@
+"""GloRe segmentation network: a dilated ResNet with a global reasoning head."""
+
+import keras
+
+from kseg.layers import ConvBNAct, GloReUnit
+from kseg.models._base import (
+    RESNETS,
+    aux_logits,
+    check_num_classes,
+    classify,
+    image_input,
+    outputs_dict,
+    resolve_backbone,
+)
+
+
+def GloReNet(
+    num_classes,
+    input_shape=(None, None, 3),
+    backbone="resnet50",
+    output_stride=8,
+    backbone_weights=None,
+    filters=512,
+    num_state=128,
+    num_node=64,
+    dropout=0.1,
+    aux_head=False,
+    align_corners=False,
+    normalization="auto",
+    name="glorenet",
+):
+    """GloRe network for segmentation (Chen et al., "Graph-Based Global Reasoning Networks", CVPR 2019).
+
+    Layout (SPEC 2.3, PaddleSeg's GloRe head, the same unit sizes as the
+    official `GloRe_Unit_2D(512, num_mid=64)`): a dilated ResNet at output
+    stride 8; stage 4 reduced by a 1x1 ConvBNReLU to 512; one GloRe unit (state
+    width 128, 64 nodes, official computation and initialisation, so the unit
+    starts as the identity); dropout 0.1; a 1x1 classifier; bilinear upsampling
+    to the input size. `aux_head=True` adds the FCN head on stage 3 (PaddleSeg
+    loss coefficients `[1, 0.4]`).
+
+    Args:
+        num_classes: number of classes.
+        input_shape: `(height, width, 3)`, RGB in [0, 255]; any size works.
+        backbone: `"resnet50"` (default), `"resnet101"` or a ResNet from
+            `kseg.backbones`.
+        output_stride: 8 (default), 16 or 32, for a backbone given by name.
+        backbone_weights: None, `"imagenet"` or a path (see `kseg.backbones`).
+        filters: width of the reduction conv (the unit's C). Defaults to 512.
+        num_state: GloRe state width C'. Defaults to 128.
+        num_node: GloRe node count N. Defaults to 64.
+        dropout: before the classifier. Defaults to 0.1.
+        aux_head: add the auxiliary head. Defaults to False.
+        align_corners: of the final resize. Defaults to False.
+        normalization: input normalisation, `"auto"` (what the backbone's
+            weights expect), `"caffe"`, `"torch"`, `"unit"` or None.
+        name: model name.
+
+    Returns:
+        A `keras.Model` mapping images to float32 logits at the input size
+        (or `{"main", "aux"}`).
+    """
+    num_classes = check_num_classes(num_classes)
+    bb, info = resolve_backbone(
+        backbone,
+        names=RESNETS,
+        input_shape=input_shape,
+        backbone_weights=backbone_weights,
+        family="resnet",
+        output_stride=output_stride,
+    )
+    inputs, x = image_input(input_shape, normalization, info.preprocessing)
+    feats = bb(x)
+    x = ConvBNAct(filters, 1, name="reduce")(feats[info.high_level])
+    x = GloReUnit(num_state=num_state, num_node=num_node, name="glore")(x)
+    main = classify(x, inputs, num_classes, align_corners, dropout)
+    aux = aux_logits(feats[info.aux], inputs, num_classes, align_corners) if aux_head else None
+    return keras.Model(inputs, outputs_dict(main, aux), name=name)

@@ -1,0 +1,81 @@
+"""PSPNet: pyramid scene parsing network."""
+
+import keras
+
+from kseg.layers import ConvBNAct, PyramidPoolingModule
+from kseg.models._base import (
+    RESNETS,
+    aux_logits,
+    check_num_classes,
+    classify,
+    image_input,
+    outputs_dict,
+    resolve_backbone,
+)
+
+
+def PSPNet(
+    num_classes,
+    input_shape=(None, None, 3),
+    backbone="resnet50",
+    output_stride=8,
+    backbone_weights=None,
+    bins=(1, 2, 3, 6),
+    filters=512,
+    dropout=0.1,
+    aux_head=False,
+    align_corners=False,
+    normalization="auto",
+    name="pspnet",
+):
+    """PSPNet (Zhao et al., "Pyramid Scene Parsing Network", CVPR 2017).
+
+    Layout (SPEC 4.4, following hszhao/semseg and mmseg): a dilated ResNet at
+    output stride 8; the pyramid pooling module (adaptive average pools to 1,
+    2, 3 and 6 bins with PyTorch's bin boundaries, a 1x1 ConvBNReLU to C/4 each,
+    bilinear upsampling, concatenated after the input as `[X, P1, P2, P3, P6]`);
+    a 3x3 ConvBNReLU to 512, channel dropout 0.1 (`Dropout2d`), a 1x1
+    classifier, and bilinear upsampling to the input size. The paper's
+    auxiliary head on stage 3 (3x3 ConvBNReLU to 256, dropout 0.1, 1x1) comes
+    with `aux_head=True`; outputs then become `{"main", "aux"}`, and the paper
+    weighs the aux loss 0.4 (`loss_weights={"main": 1.0, "aux": 0.4}`).
+
+    Args:
+        num_classes: number of classes.
+        input_shape: `(height, width, 3)`, RGB in [0, 255]; any size works.
+        backbone: `"resnet50"` (default), `"resnet101"` or a ResNet from
+            `kseg.backbones`.
+        output_stride: 8 (default), 16 or 32, for a backbone given by name.
+        backbone_weights: None, `"imagenet"` or a path (see `kseg.backbones`).
+        bins: pyramid bin sizes. Defaults to (1, 2, 3, 6).
+        filters: width of the fusion conv. Defaults to 512.
+        dropout: channel dropout before the classifier. Defaults to 0.1.
+        aux_head: add the auxiliary head. Defaults to False.
+        align_corners: of the resizes. Defaults to False (mmseg; the original
+            code uses True with 473/713 crops).
+        normalization: input normalisation, `"auto"` (what the backbone's
+            weights expect), `"caffe"`, `"torch"`, `"unit"` or None.
+        name: model name.
+
+    Returns:
+        A `keras.Model` mapping images to float32 logits at the input size
+        (or `{"main", "aux"}`).
+    """
+    num_classes = check_num_classes(num_classes)
+    bb, info = resolve_backbone(
+        backbone,
+        names=RESNETS,
+        input_shape=input_shape,
+        backbone_weights=backbone_weights,
+        family="resnet",
+        output_stride=output_stride,
+    )
+    inputs, x = image_input(input_shape, normalization, info.preprocessing)
+    feats = bb(x)
+    x = PyramidPoolingModule(bins=bins, align_corners=align_corners, name="ppm")(
+        feats[info.high_level]
+    )
+    x = ConvBNAct(filters, 3, name="fusion")(x)
+    main = classify(x, inputs, num_classes, align_corners, dropout, keras.layers.SpatialDropout2D)
+    aux = aux_logits(feats[info.aux], inputs, num_classes, align_corners) if aux_head else None
+    return keras.Model(inputs, outputs_dict(main, aux), name=name)
