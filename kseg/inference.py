@@ -157,7 +157,12 @@ def sliding_window_logits(
     for start in range(0, len(windows), batch_size):
         chunk = windows[start : start + batch_size]
         batch = np.stack([images[b, t : t + crop_h, x0 : x0 + crop_w] for b, t, x0 in chunk])
-        logits = _resize(_run_model(model, batch, output_key, data_format), (crop_h, crop_w))
+        if len(windows) > batch_size and len(chunk) < batch_size:
+            # Keep one batch shape, so that a compiled model is not traced again.
+            filler = np.repeat(batch[:1], batch_size - len(chunk), axis=0)
+            batch = np.concatenate([batch, filler])
+        logits = _run_model(model, batch, output_key, data_format)[: len(chunk)]
+        logits = _resize(logits, (crop_h, crop_w))
         if total is None:
             total = np.zeros((n, full_h, full_w, logits.shape[-1]), np.float32)
         for (b, t, x0), window_logits in zip(chunk, logits):
@@ -201,7 +206,8 @@ def predict_probabilities(
         float32 NumPy probabilities `(B, H, W, K)` (or `(H, W, K)` for one image).
     """
     data_format = standardize_data_format(data_format)
-    single = np.ndim(images) == 3
+    images = _to_numpy(images)
+    single = images.ndim == 3 and images.shape[-1] == 3
     images = _check_images(images[None] if single else images)
     scales = tuple(float(s) for s in (scales if isinstance(scales, (list, tuple)) else [scales]))
     if not scales or any(s <= 0 for s in scales):
