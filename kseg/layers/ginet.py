@@ -347,6 +347,14 @@ class GraphInteractionUnit(keras.layers.Layer):
         self._channels(input_shape)
         return tuple(input_shape), (input_shape[0], self.num_classes, self.num_state)
 
+    def compute_output_spec(self, inputs, training=None):
+        out_shape, class_shape = self.compute_output_shape(inputs.shape)
+        # The class nodes stay float32 under mixed precision.
+        return (
+            keras.KerasTensor(out_shape, dtype=self.compute_dtype),
+            keras.KerasTensor(class_shape, dtype=graph_dtype(self)),
+        )
+
     def get_config(self):
         if self.embedding_mode == "zeros":
             class_embeddings = None

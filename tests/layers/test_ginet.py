@@ -289,6 +289,8 @@ def test_float32_graph_under_mixed_precision():
     out, class_node = GraphInteractionUnit(**SMALL)(x)
     assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
     assert keras.backend.standardize_dtype(class_node.dtype) == "float32"
+    symbolic = GraphInteractionUnit(**SMALL)(keras.Input((None, None, C)))
+    assert [keras.backend.standardize_dtype(t.dtype) for t in symbolic] == ["bfloat16", "float32"]
 
 
 @pytest.mark.parametrize(
