@@ -31,7 +31,7 @@ def static_or_dynamic_dims(x, axes):
     dynamic = None
     out = []
     for a in axes:
-        if static[a] is not None:
+        if isinstance(static[a], (int, np.integer)):
             out.append(int(static[a]))
         else:
             if dynamic is None:
