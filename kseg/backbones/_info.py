@@ -60,9 +60,7 @@ class BackboneInfo:
         for spec in self.features:
             if spec.key == key:
                 return spec
-        raise KeyError(
-            f"Expected a feature key in {self.keys()}. Received: key={key!r}"
-        )
+        raise KeyError(f"Expected a feature key in {self.keys()}. Received: key={key!r}")
 
     def keys(self):
         """Output keys in order."""

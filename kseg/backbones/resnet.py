@@ -243,7 +243,9 @@ def ResNet(
         key = f"stage{index + 1}"
         outputs[key] = x
         specs.append(
-            FeatureSpec(key, f"conv{index + 2}_block{len(rates)}_out", 4 * filters, true_stride, rates)
+            FeatureSpec(
+                key, f"conv{index + 2}_block{len(rates)}_out", 4 * filters, true_stride, rates
+            )
         )
 
     model = keras.Model(inputs, outputs, name=name)

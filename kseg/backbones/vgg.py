@@ -171,7 +171,9 @@ def VGG16(
                 )(x)
         outputs[f"block{block}"] = x
         specs.append(
-            FeatureSpec(f"block{block}", f"block{block}_conv{depth}", filters, stride, (dilation,) * depth)
+            FeatureSpec(
+                f"block{block}", f"block{block}_conv{depth}", filters, stride, (dilation,) * depth
+            )
         )
         size, pool_stride, (before, after) = _POOLS[variant][index]
         if before or after:

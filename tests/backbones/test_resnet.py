@@ -9,6 +9,7 @@ import pytest
 
 import kseg
 from kseg.backbones import ResNet, ResNet50, ResNet101, feature_info
+from kseg.backbones.resnet import _stage_plan
 from tests.helpers import random_array, to_numpy
 
 # The contract, written out independently of the implementation:
@@ -43,12 +44,6 @@ def _randomize(model, seed=0):
 
 
 @pytest.fixture(scope="module")
-def resnet50s():
-    """One ResNet-50 per output stride, built once for the module."""
-    return {os_: ResNet50(output_stride=os_) for os_ in (8, 16, 32)}
-
-
-@pytest.fixture(scope="module")
 def reference_weights(tmp_path_factory):
     """keras.applications ResNet-50 (no top) with random weights, saved to a file."""
     reference = keras.applications.ResNet50(weights=None, include_top=False)
@@ -56,6 +51,18 @@ def reference_weights(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("resnet") / "resnet50_notop.weights.h5")
     reference.save_weights(path)
     return reference, path
+
+
+@pytest.fixture(scope="module")
+def resnet50s(reference_weights):
+    """One ResNet-50 per output stride, built once for the module; OS32 and OS8
+    load the reference weights file."""
+    _, path = reference_weights
+    return {
+        32: ResNet50(output_stride=32, weights=path),
+        16: ResNet50(output_stride=16),
+        8: ResNet50(output_stride=8, weights=path),
+    }
 
 
 @pytest.mark.parametrize("output_stride", [8, 16, 32])
@@ -74,19 +81,6 @@ def test_stride_channel_contract(resnet50s, output_stride, size):
         assert info.stride(key) == stride
         expected = (1, math.ceil(size[0] / stride), math.ceil(size[1] / stride), channels)
         assert tuple(spec[key].shape) == expected, key
-
-
-def test_eager_shapes_odd_input(resnet50s):
-    features = resnet50s[8](random_array((1, 65, 47, 3)))
-    shapes = {k: tuple(v.shape) for k, v in features.items()}
-    assert shapes == {
-        "stem": (1, 33, 24, 64),
-        "stage1": (1, 17, 12, 256),
-        "stage2": (1, 9, 6, 512),
-        "stage3": (1, 9, 6, 1024),
-        "stage4": (1, 9, 6, 2048),
-    }
-    assert all(np.isfinite(to_numpy(v)).all() for v in features.values())
 
 
 def test_roles(resnet50s):
@@ -126,54 +120,62 @@ def test_dilation_applied(resnet50s, output_stride, rates3, rates4, strides):
     assert tuple(_first_strides(model, s)[0] for s in (2, 3, 4, 5)) == strides
     assert tuple(_first_strides(model, s)[1] for s in (2, 3, 4, 5)) == strides
     # The 3x3 convs never stride; "same" with stride 1 pads symmetrically.
-    assert all(
-        layer.strides == (1, 1)
-        for layer in model.layers
-        if layer.name.endswith("_2_conv")
-    )
+    assert all(layer.strides == (1, 1) for layer in model.layers if layer.name.endswith("_2_conv"))
     assert feature_info(model)["stage4"].dilation == rates4
 
 
 @pytest.mark.parametrize(
     "output_stride, multi_grid, mode, rates3, rates4",
     [
-        (16, (1, 2, 4), "full", (1, 1), (2, 4, 8)),
-        (8, (1, 2, 4), "full", (2, 2), (4, 8, 16)),
-        (32, (1, 2, 4), "full", (1, 1), (1, 2, 4)),
-        (8, (1, 2, 1), "full", (2, 2), (4, 8, 4)),
-        (8, None, "contract", (1, 2), (2, 4, 4)),
-        (16, None, "contract", (1, 1), (1, 2, 2)),
-        (8, (1, 2, 4), "contract", (1, 2), (4, 8, 16)),
+        (16, (1, 2, 4), "full", (1,) * 6, (2, 4, 8)),
+        (8, (1, 2, 4), "full", (2,) * 6, (4, 8, 16)),
+        (32, (1, 2, 4), "full", (1,) * 6, (1, 2, 4)),
+        (8, (1, 2, 1), "full", (2,) * 6, (4, 8, 4)),
+        (8, None, "contract", (1,) + (2,) * 5, (2, 4, 4)),
+        (16, None, "contract", (1,) * 6, (1, 2, 2)),
+        (32, None, "contract", (1,) * 6, (1, 1, 1)),
+        (8, (1, 2, 4), "contract", (1,) + (2,) * 5, (4, 8, 16)),
     ],
 )
-def test_multi_grid_and_first_block(output_stride, multi_grid, mode, rates3, rates4):
-    # A shallow trunk from the same builder keeps the test fast.
+def test_multi_grid_and_first_block_rates(output_stride, multi_grid, mode, rates3, rates4):
+    plan = _stage_plan((3, 4, 6, 3), output_stride, multi_grid, mode)
+    assert plan[2][1] == rates3
+    assert plan[3][1] == rates4
+    assert [p[0] for p in plan] == [
+        1,
+        2,
+        2 if output_stride > 8 else 1,
+        2 if output_stride > 16 else 1,
+    ]
+
+
+def test_multi_grid_and_contract_reach_the_layers():
+    # A shallow trunk from the same builder keeps the build fast.
     model = ResNet(
-        (1, 1, 2, 3), output_stride=output_stride, multi_grid=multi_grid, dilate_first_block=mode
+        (1, 1, 2, 3), output_stride=8, multi_grid=(1, 2, 4), dilate_first_block="contract"
     )
-    assert _rates(model, 4, 2) == rates3
-    assert _rates(model, 5, 3) == rates4
-    assert feature_info(model)["stage4"].dilation == rates4
+    assert _rates(model, 4, 2) == (1, 2)
+    assert _rates(model, 5, 3) == (4, 8, 16)
+    assert feature_info(model)["stage4"].dilation == (4, 8, 16)
+    assert feature_info(model)["stage3"].dilation == (1, 2)
 
 
-def test_load_weights_from_file_matches_keras_applications(reference_weights):
-    reference, path = reference_weights
+def test_load_weights_from_file_matches_keras_applications(reference_weights, resnet50s):
+    reference, _ = reference_weights
     names = [spec[0] for spec in CONTRACT.values()]
     probe = keras.Model(reference.input, [reference.get_layer(n).output for n in names])
-    x = random_array((1, 64, 64, 3), seed=1, scale=50.0)
+    x = random_array((1, 65, 47, 3), seed=1, scale=50.0)
     expected = to_numpy(probe(x, training=False))
-
-    model = ResNet50(output_stride=32, weights=path)
-    got = to_numpy(model(x, training=False))
+    got = to_numpy(resnet50s[32](x, training=False))
     for key, want in zip(CONTRACT, expected):
         scale = np.abs(want).max()
         assert scale > 0
         np.testing.assert_allclose(got[key], want, rtol=1e-4, atol=1e-4 * scale, err_msg=key)
 
 
-def test_load_weights_into_dilated(reference_weights):
-    reference, path = reference_weights
-    model = ResNet50(output_stride=8, multi_grid=(1, 2, 4), weights=path)
+def test_load_weights_into_dilated(reference_weights, resnet50s):
+    reference, _ = reference_weights
+    model = resnet50s[8]
     copied = 0
     for layer in reference.layers:
         if not layer.weights:
@@ -182,12 +184,20 @@ def test_load_weights_into_dilated(reference_weights):
             np.testing.assert_array_equal(to_numpy(got), to_numpy(want))
             copied += 1
     assert copied == len(model.weights) == len(reference.weights)
-    spec = model.compute_output_spec(keras.KerasTensor((1, 64, 64, 3)))
-    assert tuple(spec["stage4"].shape) == (1, 8, 8, 2048)
+    features = model(random_array((1, 33, 21, 3), scale=50.0), training=False)
+    shapes = {k: tuple(v.shape) for k, v in features.items()}
+    assert shapes == {
+        "stem": (1, 17, 11, 64),
+        "stage1": (1, 9, 6, 256),
+        "stage2": (1, 5, 3, 512),
+        "stage3": (1, 5, 3, 1024),
+        "stage4": (1, 5, 3, 2048),
+    }
+    assert all(np.isfinite(to_numpy(v)).all() for v in features.values())
 
 
-def test_parameter_count_resnet50(resnet50s):
-    reference = keras.applications.ResNet50(weights=None, include_top=False)
+def test_parameter_count_resnet50(reference_weights, resnet50s):
+    reference, _ = reference_weights
     assert resnet50s[8].count_params() == reference.count_params()
     assert len(resnet50s[8].layers) == len(reference.layers)
 
