@@ -1,1 +1,17 @@
-"""kseg.metrics."""
+"""kseg.metrics: segmentation metrics on one streaming confusion matrix."""
+
+from kseg.metrics.confusion_matrix import ConfusionMatrix
+from kseg.metrics.segmentation_metrics import (
+    FrequencyWeightedIoU,
+    MeanIoU,
+    MeanPixelAccuracy,
+    PixelAccuracy,
+)
+
+__all__ = [
+    "ConfusionMatrix",
+    "MeanIoU",
+    "PixelAccuracy",
+    "MeanPixelAccuracy",
+    "FrequencyWeightedIoU",
+]

@@ -1,0 +1,183 @@
+"""Mean IoU, pixel accuracy, mean pixel accuracy and frequency-weighted IoU."""
+
+import keras
+from keras import ops
+
+from kseg.metrics.confusion_matrix import ConfusionMatrix, _mean_where, _safe_ratio
+
+
+@keras.saving.register_keras_serializable(package="kseg")
+class MeanIoU(ConfusionMatrix):
+    """Mean intersection over union over the classes that occur.
+
+    `IoU_k = tp_k / (gt_k + pred_k - tp_k)` from the confusion matrix, then the mean
+    over classes. A class absent from both the ground truth and the prediction
+    (union 0) has no IoU and is left out of the mean, as in mmseg (`np.nanmean` of
+    the per-class IoU) and torchmetrics' `JaccardIndex(average="macro")`; a class that is
+    predicted but absent from the ground truth counts with IoU 0. With an empty
+    matrix (nothing counted yet) the result is 0.0.
+
+    Reference: Long et al., "Fully Convolutional Networks for Semantic
+    Segmentation", CVPR 2015, section 5 (the metric definitions).
+
+    All four metrics share the state and input rules of `ConfusionMatrix`: labels
+    `(B, H, W)` or `(B, H, W, 1)`, predictions as scores `(B, H, W, K)` (argmax
+    inside) or label maps; `ignore_index` (default 255) and labels or predicted
+    classes outside `[0, num_classes)` are not counted; exact int counts; the
+    per-class values are available as `per_class_iou()` and `per_class_accuracy()`.
+
+    Args:
+        num_classes: int >= 2.
+        ignore_index: int or None, default 255.
+        data_format: layout of score predictions; defaults to
+            `keras.config.image_data_format()`.
+        name: default `"mean_iou"`.
+        dtype: result dtype.
+
+    Example:
+
+    >>> m = kseg.metrics.MeanIoU(num_classes=3)
+    >>> m.update_state([[[0, 0, 1, 255]]], [[[0, 1, 1, 2]]])
+    >>> float(m.result())  # IoU 0.5 (class 0) and 0.5 (class 1); class 2 absent
+    0.5
+    """
+
+    def __init__(
+        self, num_classes, ignore_index=255, data_format=None, name="mean_iou", dtype=None
+    ):
+        super().__init__(num_classes, ignore_index, data_format, name=name, dtype=dtype)
+
+    def result(self):
+        _, tp, gt, pred = self._stats()
+        union = gt + pred - tp
+        iou = _safe_ratio(tp, union, fill=0.0)
+        return ops.cast(_mean_where(iou, union > 0), self.dtype)
+
+
+@keras.saving.register_keras_serializable(package="kseg")
+class PixelAccuracy(ConfusionMatrix):
+    """Overall pixel accuracy: correctly classified pixels over counted pixels.
+
+    `sum_k tp_k / sum_ij n_ij`. The result of an empty matrix is 0.0.
+
+    All four metrics share the state and input rules of `ConfusionMatrix`: labels
+    `(B, H, W)` or `(B, H, W, 1)`, predictions as scores `(B, H, W, K)` (argmax
+    inside) or label maps; `ignore_index` (default 255) and labels or predicted
+    classes outside `[0, num_classes)` are not counted; exact int counts; the
+    per-class values are available as `per_class_iou()` and `per_class_accuracy()`.
+
+    Args:
+        num_classes: int >= 2.
+        ignore_index: int or None, default 255.
+        data_format: layout of score predictions.
+        name: default `"pixel_accuracy"`.
+        dtype: result dtype.
+
+    Example:
+
+    >>> m = kseg.metrics.PixelAccuracy(num_classes=3)
+    >>> m.update_state([[[0, 0, 1, 255]]], [[[0, 1, 1, 2]]])
+    >>> round(float(m.result()), 4)
+    0.6667
+    """
+
+    def __init__(
+        self, num_classes, ignore_index=255, data_format=None, name="pixel_accuracy", dtype=None
+    ):
+        super().__init__(num_classes, ignore_index, data_format, name=name, dtype=dtype)
+
+    def result(self):
+        cm, tp, _, _ = self._stats()
+        total = ops.sum(cm)
+        return ops.cast(ops.sum(tp) / ops.maximum(total, 1.0), self.dtype)
+
+
+@keras.saving.register_keras_serializable(package="kseg")
+class MeanPixelAccuracy(ConfusionMatrix):
+    """Mean over classes of the per-class accuracy `tp_k / gt_k`.
+
+    Classes with no ground-truth pixel have no accuracy and are left out of the mean
+    (mmseg takes the `nanmean` of the per-class accuracy). The result of an empty
+    matrix is 0.0.
+
+    All four metrics share the state and input rules of `ConfusionMatrix`: labels
+    `(B, H, W)` or `(B, H, W, 1)`, predictions as scores `(B, H, W, K)` (argmax
+    inside) or label maps; `ignore_index` (default 255) and labels or predicted
+    classes outside `[0, num_classes)` are not counted; exact int counts; the
+    per-class values are available as `per_class_iou()` and `per_class_accuracy()`.
+
+    Args:
+        num_classes: int >= 2.
+        ignore_index: int or None, default 255.
+        data_format: layout of score predictions.
+        name: default `"mean_pixel_accuracy"`.
+        dtype: result dtype.
+
+    Example:
+
+    >>> m = kseg.metrics.MeanPixelAccuracy(num_classes=3)
+    >>> m.update_state([[[0, 0, 1, 255]]], [[[0, 1, 1, 2]]])
+    >>> float(m.result())  # (1/2 + 1/1) / 2; class 2 has no label
+    0.75
+    """
+
+    def __init__(
+        self,
+        num_classes,
+        ignore_index=255,
+        data_format=None,
+        name="mean_pixel_accuracy",
+        dtype=None,
+    ):
+        super().__init__(num_classes, ignore_index, data_format, name=name, dtype=dtype)
+
+    def result(self):
+        _, tp, gt, _ = self._stats()
+        acc = _safe_ratio(tp, gt, fill=0.0)
+        return ops.cast(_mean_where(acc, gt > 0), self.dtype)
+
+
+@keras.saving.register_keras_serializable(package="kseg")
+class FrequencyWeightedIoU(ConfusionMatrix):
+    """Frequency-weighted IoU: per-class IoU weighted by the class' label frequency.
+
+    `sum_k (gt_k / sum_j gt_j) * IoU_k` (Long et al., CVPR 2015, section 5). Classes
+    without ground-truth pixels have weight 0. The result of an empty matrix is 0.0.
+
+    All four metrics share the state and input rules of `ConfusionMatrix`: labels
+    `(B, H, W)` or `(B, H, W, 1)`, predictions as scores `(B, H, W, K)` (argmax
+    inside) or label maps; `ignore_index` (default 255) and labels or predicted
+    classes outside `[0, num_classes)` are not counted; exact int counts; the
+    per-class values are available as `per_class_iou()` and `per_class_accuracy()`.
+
+    Args:
+        num_classes: int >= 2.
+        ignore_index: int or None, default 255.
+        data_format: layout of score predictions.
+        name: default `"frequency_weighted_iou"`.
+        dtype: result dtype.
+
+    Example:
+
+    >>> m = kseg.metrics.FrequencyWeightedIoU(num_classes=3)
+    >>> m.update_state([[[0, 0, 1, 255]]], [[[0, 1, 1, 2]]])
+    >>> float(m.result())  # 2/3 * 0.5 + 1/3 * 0.5
+    0.5
+    """
+
+    def __init__(
+        self,
+        num_classes,
+        ignore_index=255,
+        data_format=None,
+        name="frequency_weighted_iou",
+        dtype=None,
+    ):
+        super().__init__(num_classes, ignore_index, data_format, name=name, dtype=dtype)
+
+    def result(self):
+        _, tp, gt, pred = self._stats()
+        union = gt + pred - tp
+        iou = _safe_ratio(tp, union, fill=0.0)
+        total = ops.sum(gt)
+        return ops.cast(ops.sum(gt * iou) / ops.maximum(total, 1.0), self.dtype)
