@@ -34,8 +34,7 @@ def _np_conv_bn_relu(x, block):
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"atrous_rates": (1, 2)},
-        {"atrous_rates": (2,), "separable": True, "pool_align_corners": True},
+        {"atrous_rates": (1, 2), "separable": True, "pool_align_corners": True},
         {"atrous_rates": (1, 3), "mode": "v2"},
     ],
 )
@@ -49,6 +48,7 @@ def test_layer_basics_without_image_pooling():
         {"filters": 4, "atrous_rates": [2], "image_pooling": False, "dropout": 0.0},
         (2, 9, 7, 6),
         (2, 9, 7, 4),
+        train=False,
         mixed_precision=False,
     )
 
@@ -85,20 +85,23 @@ def test_v2_init_is_small_normal_with_zero_bias():
     assert all(np.all(to_numpy(b.bias) == 0) for b in layer.branches)
 
 
-@pytest.mark.parametrize("align", [False, True])
-def test_v3_matches_numpy(align):
+@pytest.mark.parametrize("align, pooling", [(False, True), (True, True), (False, False)])
+def test_v3_matches_numpy(align, pooling):
     # Odd, non-square input; the image-pooling branch is a 1x1 map broadcast
     # to the feature size whatever the align_corners setting.
     x = random_array((2, 13, 9, 6)).astype("float64")
-    layer = ASPP(filters=4, atrous_rates=(2, 3), pool_align_corners=align)
+    layer = ASPP(filters=4, atrous_rates=(2, 3), pool_align_corners=align, image_pooling=pooling)
     layer.build(x.shape)
     _randomize_all_bn(layer)
     y = to_numpy(layer(x.astype("float32"), training=False))
 
     maps = [_np_conv_bn_relu(x, b) for b in layer.branches]
-    pooled = x.mean(axis=(1, 2), keepdims=True)
-    pooled = _np_conv_bn_relu(pooled, layer.pool_conv)
-    maps.append(np.broadcast_to(pooled, x.shape[:3] + (4,)))
+    if pooling:
+        pooled = x.mean(axis=(1, 2), keepdims=True)
+        pooled = _np_conv_bn_relu(pooled, layer.pool_conv)
+        maps.append(np.broadcast_to(pooled, x.shape[:3] + (4,)))
+    else:
+        assert layer.pool_conv is None
     ref = _np_conv_bn_relu(np.concatenate(maps, axis=-1), layer.projection)
     assert y.shape == (2, 13, 9, 4)
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5)

@@ -71,6 +71,8 @@ def test_layer_basics_strided_explicit_padding():
         {"filters": 8, "strides": 2, "padding": 1},
         (1, 17, 22, 16),
         (1, 9, 11, 8),
+        train=False,
+        mixed_precision=False,
     )
 
 

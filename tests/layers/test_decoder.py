@@ -22,6 +22,7 @@ def test_layer_basics_separable_one_conv():
         {"filters": 4, "low_level_filters": 2, "separable": True, "num_convs": 1, "align_corners": True},
         [(1, 3, 4, 6), (1, 9, 13, 5)],
         (1, 9, 13, 4),
+        train=False,
         mixed_precision=False,
     )
 

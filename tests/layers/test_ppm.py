@@ -61,6 +61,7 @@ def test_layer_basics_explicit_filters_descending():
         {"bins": [1, 3], "filters": 3, "concat_order": "descending", "align_corners": True},
         (2, 9, 8, 5),
         (2, 9, 8, 11),
+        train=False,
         mixed_precision=False,
     )
 
