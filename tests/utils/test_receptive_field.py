@@ -3,7 +3,7 @@ import math
 import keras
 import pytest
 
-from kseg.layers import ConvBNAct
+from kseg.layers import ASPP, ConvBNAct, DeepLabV3PlusDecoder, PyramidPoolingModule
 from kseg.utils import (
     conv_output_size,
     format_receptive_field,
@@ -142,6 +142,28 @@ def test_nested_model_is_walked():
     # 3 (j2) -> 7 -> 11 -> 15
     assert [r.receptive_field[0] for r in records] == [3, 7, 11, 15]
     assert records[1].name.startswith(inner.name + "/")
+
+
+def test_kseg_context_layers():
+    inputs = keras.Input((None, None, 3))
+    low = ConvBNAct(2, 3, name="low")(inputs)  # RF 3, jump 1
+    x = ConvBNAct(2, 3, strides=2, padding=1, name="stem")(inputs)  # RF 3, jump 2
+    # Widest atrous branch: 3x3 with rate 4 (effective 9): 3 + 8 * 2 = 19.
+    a = ASPP(filters=2, atrous_rates=(2, 4), image_pooling=False, name="aspp")(x)
+    g = ASPP(filters=2, atrous_rates=(2,), name="aspp_pool")(x)
+    p = PyramidPoolingModule(bins=(1, 2), filters=1, name="ppm")(x)
+    # Decoder: max(19, 3) + two 3x3 convs on the low-level grid (jump 1) = 23.
+    d = DeepLabV3PlusDecoder(filters=2, low_level_filters=1, name="decoder")([a, low])
+    model = keras.Model(inputs, [d, g, p])
+    records = {r.name: r for r in receptive_field(model)}
+    assert records["stem"].receptive_field == (3, 3) and records["stem"].jump == (2, 2)
+    assert records["aspp"].effective_kernel == (9, 9)
+    assert records["aspp"].receptive_field == (19, 19)
+    assert records["aspp_pool"].receptive_field == (math.inf, math.inf)
+    assert records["ppm"].receptive_field == (math.inf, math.inf)
+    assert records["decoder"].jump == (1, 1)
+    assert records["decoder"].receptive_field == (23, 23)
+    assert "whole" in format_receptive_field(model)
 
 
 def test_vgg16_conv5_3_is_196():
