@@ -206,7 +206,7 @@ def _check_window_fits(shape, pool_size, padding, data_format):
         return
     for axis, k in zip(spatial_axes(data_format), pool_size):
         n = shape[axis]
-        if n is not None and n < k:
+        if is_static(n) and n < k:
             raise ValueError(
                 "Expected every spatial size of `x` to be at least `pool_size` with "
                 f"padding='valid'. Received: x.shape={tuple(shape)}, pool_size={pool_size}"
@@ -341,14 +341,14 @@ def normalize_unpool_size(output_size):
 def check_unpool_shapes(x_shape, indices_shape, output_size, data_format):
     """Static checks: same shapes for values and indices, and room for every index."""
     for a, b in zip(x_shape, indices_shape):
-        if a is not None and b is not None and a != b:
+        if is_static(a, b) and a != b:
             raise ValueError(
                 "Expected `x` and `indices` to have the same shape. "
                 f"Received: x.shape={tuple(x_shape)}, indices.shape={tuple(indices_shape)}"
             )
     for axis, o in zip(spatial_axes(data_format), output_size):
         n = x_shape[axis]
-        if n is not None and is_static(o) and o < n:
+        if is_static(n, o) and o < n:
             raise ValueError(
                 "Expected `output_size` to be at least the pooled size, since pooling never "
                 f"enlarges a map. Received: output_size={tuple(output_size)} for "
@@ -449,7 +449,7 @@ def pool(
 
     >>> x = np.random.rand(1, 321, 321, 4).astype("float32")
     >>> kseg.ops.pool(x, 3, 2, padding=1, ceil_mode=True).shape  # DeepLab v1 pool1
-    (1, 162, 162, 4)
+    (1, 161, 161, 4)
     """
     data_format = standardize_data_format(data_format)
     pool_size, strides, padding, pool_mode, ceil_mode, count_include_pad = normalize_pool_args(
@@ -465,7 +465,7 @@ def pool(
     args = (pool_size, strides, padding, pool_mode, ceil_mode, count_include_pad, data_format)
     h_axis, w_axis = spatial_axes(data_format)
     out_hw = tuple(
-        torch_pool_length(x.shape[a], k, s, p, ceil_mode)
+        torch_pool_length(x.shape[a] if is_static(x.shape[a]) else None, k, s, p, ceil_mode)
         for a, k, s, p in zip((h_axis, w_axis), pool_size, strides, padding)
     )
     for o in out_hw:
