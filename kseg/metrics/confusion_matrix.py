@@ -166,7 +166,7 @@ class ConfusionMatrix(keras.metrics.Metric):
         if rank == 4:
             channels = y_pred.shape[channel_axis]
             if channels == self.num_classes:
-                return _argmax_channels(y_pred, channel_axis)
+                return _argmax_channels(y_pred, channel_axis), True
             if channels == 1:
                 y_pred = ops.squeeze(y_pred, axis=channel_axis)
             else:
@@ -182,11 +182,11 @@ class ConfusionMatrix(keras.metrics.Metric):
             )
         if "float" in str(y_pred.dtype):
             y_pred = ops.round(y_pred)
-        return ops.cast(y_pred, "int32")
+        return ops.cast(y_pred, "int32"), False
 
     def _flat_index(self, y_true, y_pred):
         labels = self._labels(y_true)
-        preds = self._predictions(y_pred)
+        preds, in_range = self._predictions(y_pred)
         for lab, pre in zip(labels.shape[1:], preds.shape[1:]):
             if lab is not None and pre is not None and lab != pre:
                 raise ValueError(
@@ -196,7 +196,9 @@ class ConfusionMatrix(keras.metrics.Metric):
                     f"y_pred spatial size={tuple(preds.shape[1:])}"
                 )
         k = self.num_classes
-        valid = (labels >= 0) & (labels < k) & (preds >= 0) & (preds < k)
+        valid = (labels >= 0) & (labels < k)
+        if not in_range:  # an argmax is always in range; a given label map may not be
+            valid = valid & (preds >= 0) & (preds < k)
         if self.ignore_index is not None and 0 <= self.ignore_index < k:
             valid = valid & (labels != self.ignore_index)
         # Invalid pixels go to the extra bin k * k, which is dropped.

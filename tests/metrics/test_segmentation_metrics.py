@@ -1,0 +1,146 @@
+"""Tests for MeanIoU, PixelAccuracy, MeanPixelAccuracy and FrequencyWeightedIoU."""
+
+import keras
+import numpy as np
+import pytest
+
+import kseg
+from kseg.metrics import FrequencyWeightedIoU, MeanIoU, MeanPixelAccuracy, PixelAccuracy
+from tests.helpers import BACKEND, to_numpy
+from tests.metrics.test_confusion_matrix import messy_labels, reference_confusion
+
+
+def reference_scores(cm):
+    """NumPy reference of the four metrics from a confusion matrix (absent classes skipped)."""
+    cm = cm.astype(np.float64)
+    tp, gt, pred = np.diag(cm), cm.sum(1), cm.sum(0)
+    union = gt + pred - tp
+    present = union > 0
+    iou = np.where(present, tp / np.where(present, union, 1), np.nan)
+    acc = np.where(gt > 0, tp / np.where(gt > 0, gt, 1), np.nan)
+    return {
+        "miou": iou[present].mean() if present.any() else 0.0,
+        "pa": tp.sum() / cm.sum() if cm.sum() else 0.0,
+        "mpa": acc[gt > 0].mean() if (gt > 0).any() else 0.0,
+        "fwiou": (gt * np.nan_to_num(iou)).sum() / gt.sum() if gt.sum() else 0.0,
+        "iou": iou,
+        "acc": acc,
+    }
+
+
+METRICS = {
+    "miou": MeanIoU,
+    "pa": PixelAccuracy,
+    "mpa": MeanPixelAccuracy,
+    "fwiou": FrequencyWeightedIoU,
+}
+
+
+def test_hand_worked_values():
+    # labels 0 0 1 (255 ignored), predictions 0 1 1: cm = [[1, 1, 0], [0, 1, 0], [0, 0, 0]].
+    y_true = np.array([[[0, 0, 1, 255]]])
+    y_pred = np.array([[[0, 1, 1, 2]]])
+    expected = {
+        "miou": (1 / 2 + 1 / 2) / 2,  # class 2 absent from both: left out
+        "pa": 2 / 3,
+        "mpa": (1 / 2 + 1 / 1) / 2,
+        "fwiou": 2 / 3 * 1 / 2 + 1 / 3 * 1 / 2,
+    }
+    for key, cls in METRICS.items():
+        m = cls(num_classes=3)
+        m.update_state(y_true, y_pred)
+        np.testing.assert_allclose(float(to_numpy(m.result())), expected[key], rtol=1e-6)
+        np.testing.assert_allclose(to_numpy(m.per_class_iou()), [0.5, 0.5, np.nan])
+        np.testing.assert_allclose(to_numpy(m.per_class_accuracy()), [0.5, 1.0, np.nan])
+
+
+def test_predicted_but_absent_class_counts_as_zero_iou():
+    # Class 1 is predicted once but never labelled: its IoU is 0 and it is in the mean.
+    m = MeanIoU(num_classes=3)
+    m.update_state(np.array([[[0, 0]]]), np.array([[[0, 1]]]))
+    np.testing.assert_allclose(float(to_numpy(m.result())), (0.5 + 0.0) / 2)
+    mpa = MeanPixelAccuracy(num_classes=3)
+    mpa.update_state(np.array([[[0, 0]]]), np.array([[[0, 1]]]))
+    np.testing.assert_allclose(float(to_numpy(mpa.result())), 0.5)  # class 1 has no label
+
+
+@pytest.mark.parametrize("key", sorted(METRICS))
+def test_empty_matrix_gives_zero(key):
+    m = METRICS[key](num_classes=4)
+    assert float(to_numpy(m.result())) == 0.0
+    m.update_state(np.full((1, 3, 3), 255), np.zeros((1, 3, 3, 4), "float32"))  # all ignored
+    assert float(to_numpy(m.result())) == 0.0
+    assert np.isnan(to_numpy(m.per_class_iou())).all()
+
+
+def test_random_streaming_against_numpy():
+    rng = np.random.default_rng(7)
+    k = 6
+    metrics = {key: cls(num_classes=k) for key, cls in METRICS.items()}
+    cm = np.zeros((k, k), np.int64)
+    for _ in range(2):
+        labels = messy_labels(rng, (2, 8, 9), k, present=[0, 2, 3, 5])  # 1 and 4 absent
+        logits = rng.standard_normal((2, 8, 9, k)).astype("float32")
+        logits[..., 4] -= 10.0
+        for m in metrics.values():
+            m.update_state(labels, logits)
+        cm += reference_confusion(labels, logits.argmax(-1), k)
+    ref = reference_scores(cm)
+    for key, m in metrics.items():
+        np.testing.assert_allclose(float(to_numpy(m.result())), ref[key], rtol=1e-5)
+    np.testing.assert_allclose(to_numpy(metrics["miou"].per_class_iou()), ref["iou"], rtol=1e-5)
+    np.testing.assert_allclose(to_numpy(metrics["mpa"].per_class_accuracy()), ref["acc"], rtol=1e-5)
+    for m in metrics.values():
+        m.reset_state()
+        assert float(to_numpy(m.result())) == 0.0
+
+
+@pytest.mark.parametrize("cls", list(METRICS.values()))
+def test_serialization(cls):
+    m = cls(num_classes=5, ignore_index=0)
+    revived = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(m))
+    assert type(revived) is cls
+    assert revived.get_config() == m.get_config()
+
+
+def test_metrics_in_compiled_fit_and_evaluate():
+    """Inside fit/evaluate (jit_compile where the backend supports it) vs NumPy."""
+    k = 3
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((6, 8, 8, 2)).astype("float32")
+    y = messy_labels(rng, (6, 8, 8), k).astype("int32")
+    inputs = keras.Input((8, 8, 2))
+    model = keras.Model(inputs, keras.layers.Conv2D(k, 1)(inputs))
+    metrics = [MeanIoU(k), PixelAccuracy(k), MeanPixelAccuracy(k), FrequencyWeightedIoU(k)]
+    model.compile(
+        optimizer="sgd",
+        loss=kseg.losses.SegmentationCrossEntropy(),
+        metrics=metrics,
+        jit_compile=BACKEND in ("tensorflow", "jax"),
+    )
+    history = model.fit(x, y, batch_size=2, epochs=1, verbose=0)
+    assert np.isfinite(history.history["mean_iou"][0])
+    results = model.evaluate(x, y, batch_size=2, verbose=0, return_dict=True)
+    cm = reference_confusion(y, to_numpy(model.predict(x, verbose=0)).argmax(-1), k)
+    ref = reference_scores(cm)
+    np.testing.assert_allclose(results["mean_iou"], ref["miou"], rtol=1e-5)
+    np.testing.assert_allclose(results["pixel_accuracy"], ref["pa"], rtol=1e-5)
+    np.testing.assert_allclose(results["mean_pixel_accuracy"], ref["mpa"], rtol=1e-5)
+    np.testing.assert_allclose(results["frequency_weighted_iou"], ref["fwiou"], rtol=1e-5)
+    # The compiled metric's state holds the same exact counts.
+    for m in metrics:
+        np.testing.assert_array_equal(m.exact_counts(), cm)
+
+
+def test_mixed_precision_model_output():
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    rng = np.random.default_rng(9)
+    labels = messy_labels(rng, (1, 4, 5), 3)
+    logits = keras.ops.cast(rng.standard_normal((1, 4, 5, 3)), "bfloat16")
+    m = MeanIoU(3)
+    m.update_state(labels, logits)
+    ref = reference_scores(
+        reference_confusion(labels, to_numpy(logits).astype("float32").argmax(-1), 3)
+    )
+    assert to_numpy(m.result()).dtype == np.float32
+    np.testing.assert_allclose(float(to_numpy(m.result())), ref["miou"], rtol=1e-6)
