@@ -257,7 +257,8 @@ def evaluate(model, dataset, metrics, *, steps=None, reset=True, verbose=0, **pr
     Runs `predict_probabilities(model, images, **predict_kwargs)` on every
     batch and calls `metric.update_state(masks, probabilities)` for each
     metric (kseg's metrics take `(B, H, W)` labels with 255 ignored and
-    `(B, H, W, K)` scores). Feed full-size images with
+    `(B, H, W, K)` scores; with `data_format="channels_first"` the scores are
+    passed as `(B, K, H, W)`, the layout kseg's metrics then expect). Feed full-size images with
     `kseg.data.eval_pipeline(ds, batch_size=1)` and pass `crop_size` for
     sliding-window inference, so that no pixel is resized or dropped.
 
@@ -285,6 +286,7 @@ def evaluate(model, dataset, metrics, *, steps=None, reset=True, verbose=0, **pr
     """
     if not isinstance(metrics, (list, tuple)):
         metrics = [metrics]
+    channels_first = standardize_data_format(predict_kwargs.get("data_format")) == "channels_first"
     if reset:
         for metric in metrics:
             metric.reset_state()
@@ -294,6 +296,8 @@ def evaluate(model, dataset, metrics, *, steps=None, reset=True, verbose=0, **pr
             break
         images, masks = _to_numpy(batch[0]), _to_numpy(batch[1])
         probs = predict_probabilities(model, images, **predict_kwargs)
+        if channels_first:
+            probs = np.transpose(probs, (0, 3, 1, 2))
         for metric in metrics:
             metric.update_state(masks, probs)
         if progbar is not None:

@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pytest
 
+import kseg
 from kseg import inference
 from tests.helpers import random_array
 
@@ -212,6 +213,10 @@ def test_evaluate_with_keras_metric_and_tf_dataset():
     assert results["counting"] == 2.0
     np.testing.assert_array_equal(counter.updates[0][0], masks[:2])
     assert counter.updates[0][1].shape == (2, 6, 7, K)
+    # kseg's own metric gives the same mean IoU.
+    kseg_miou = kseg.metrics.MeanIoU(K)
+    results = inference.evaluate(model, dataset, kseg_miou, crop_size=4, flip=False)
+    np.testing.assert_allclose(results["mean_iou"], expected, rtol=1e-5)
     # Metrics are reset by default; `steps` limits the batches.
     results = inference.evaluate(model, [(images, masks)] * 3, counter, steps=2)
     assert results["counting"] == 2.0

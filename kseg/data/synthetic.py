@@ -159,16 +159,16 @@ def make_synthetic_sample(
     image = grey + tint + 12.0 * shading[..., None] + rng.normal(0, 12, (height, width, 3))
     mask = np.zeros((height, width), np.int32)
 
+    shape_noise = rng.normal(0, 8, (height, width, 3))
     for _ in range(int(rng.integers(3, 6))):
         class_id = int(rng.integers(1, num_classes))
         kind = ("ellipse", "rectangle", "triangle")[int(rng.integers(0, 3))]
         region = _shape_mask(kind, rng, height, width, yy, xx)
         rgb, texture, angle, period = _class_appearance(class_id)
-        pattern = _texture(texture, angle, period, yy, xx, rng.uniform(0, period))
+        pattern = _texture(texture, angle, period, yy[region], xx[region], rng.uniform(0, period))
         brightness = rng.uniform(0.8, 1.15)
-        fill = rgb * brightness + 30.0 * pattern[..., None] + rng.normal(0, 8, (height, width, 3))
-        image = np.where(region[..., None], fill, image)
-        mask = np.where(region, class_id, mask)
+        image[region] = rgb * brightness + 30.0 * pattern[:, None] + shape_noise[region]
+        mask[region] = class_id
 
     if boundary_width > 0:
         mask = np.where(_boundary(mask, boundary_width), 255, mask)

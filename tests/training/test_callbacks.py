@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import kseg
 from kseg.data.palette import colorize
 from kseg.training import (
     LearningRateLogger,
@@ -72,7 +73,7 @@ def _events(directory):
 def test_writes_expected_tags(tmp_path):
     log_dir = str(tmp_path / "logs")
     images, masks = _data()
-    metric = MeanIoUWithPerClass(NUM_CLASSES, sparse_y_pred=False, name="mean_iou")
+    metric = kseg.metrics.MeanIoU(NUM_CLASSES)
     model = _model()
     schedule = PolyDecay(0.1, decay_steps=8, warmup_steps=2)
     model.compile(
