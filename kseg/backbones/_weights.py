@@ -2,6 +2,7 @@
 
 import os
 
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _URL_HINT = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
 
@@ -22,6 +23,14 @@ def check_weights(weights):
             "Expected `weights` to be None, 'imagenet' or the path of an "
             "existing keras.applications weights file (.h5 or .weights.h5); "
             f"no such file. Received: weights={weights!r}"
+        )
+    with open(weights, "rb") as handle:
+        signature = handle.read(8)
+    if signature != _HDF5_SIGNATURE:
+        raise ValueError(
+            "Expected `weights` to be a keras.applications weights file in HDF5 "
+            "format (.h5 or .weights.h5, as written by `model.save_weights`); this "
+            f"file is not HDF5. Received: weights={weights!r}"
         )
     return weights
 

@@ -9,6 +9,7 @@ import pytest
 
 import kseg
 from kseg.backbones import ResNet, ResNet50, ResNet101, feature_info
+from kseg.backbones._weights import _reference
 from kseg.backbones.resnet import _stage_plan
 from tests.helpers import random_array, to_numpy
 
@@ -210,18 +211,17 @@ def test_parameter_count_resnet101():
     assert feature_info(model)["stage3"].layer == "conv4_block23_out"
 
 
-def test_imagenet_download_failure_says_how_to_pass_a_file(monkeypatch):
+def test_imagenet_download_failure_says_how_to_pass_a_file():
     def offline(*args, **kwargs):
         raise Exception("URL fetch failure")
 
-    monkeypatch.setattr(keras.applications, "ResNet50", offline)
+    # The shared loader that ResNet and VGG16 call (the VGG16 test goes
+    # through the public builder).
     with pytest.raises(OSError, match="pass its path: `weights='/path/to/resnet50_weights"):
-        ResNet(
-            (3, 4, 6, 3),
-            weights="imagenet",
-        )
+        _reference(offline, "imagenet", "resnet50")
 
 
+@pytest.mark.large
 def test_save_and_reload(tmp_path):
     model = ResNet((1, 1, 1, 1), output_stride=8)
     x = random_array((1, 33, 21, 3))
@@ -260,7 +260,7 @@ def test_bad_blocks_and_weights_for_unknown_depth(tmp_path):
     with pytest.raises(ValueError, match=r"blocks=\(3, 4\)"):
         ResNet((3, 4))
     path = tmp_path / "w.weights.h5"
-    path.write_bytes(b"")
+    path.write_bytes(b"\x89HDF\r\n\x1a\n")
     with pytest.raises(ValueError, match=r"blocks=\(1, 1, 1, 1\)"):
         ResNet((1, 1, 1, 1), weights=str(path))
 
