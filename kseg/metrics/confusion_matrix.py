@@ -33,11 +33,14 @@ def _count_bins(index, num_bins, weights=None):
 
     `ops.segment_sum` with a static `num_segments` is a scatter-add that traces under
     `jax.jit` and XLA (`ops.bincount` on JAX needs the data-dependent length and does
-    not trace). On torch `torch.bincount` (via `ops.bincount`) is the fastest kernel;
-    see benchmarks/README.md for the measurements behind this choice.
+    not trace). On torch `torch.bincount` (via `ops.bincount`) is the fastest kernel,
+    and it is exact with weights too (it sums weights in float64), while torch's
+    `segment_sum` rounds int32 sums through float32. See benchmarks/README.md.
     """
-    if weights is None and keras.backend.backend() == "torch":
-        return ops.cast(ops.bincount(index, minlength=num_bins), "int32")
+    if keras.backend.backend() == "torch":
+        if weights is not None:
+            weights = ops.cast(weights, "int32")
+        return ops.cast(ops.bincount(index, weights=weights, minlength=num_bins), "int32")
     if weights is None:
         weights = ops.ones_like(index)
     return ops.segment_sum(ops.cast(weights, "int32"), index, num_segments=num_bins)
