@@ -1,1 +1,19 @@
-"""kseg.losses."""
+"""kseg.losses: segmentation losses that respect an ignore index."""
+
+from kseg.losses.cross_entropy import SegmentationCrossEntropy
+from kseg.losses.dice import DiceLoss
+from kseg.losses.lovasz import LovaszSoftmaxLoss
+from kseg.losses.semantic_context import (
+    ClassPresenceScore,
+    SemanticContextLoss,
+    class_presence_target,
+)
+
+__all__ = [
+    "SegmentationCrossEntropy",
+    "DiceLoss",
+    "LovaszSoftmaxLoss",
+    "SemanticContextLoss",
+    "ClassPresenceScore",
+    "class_presence_target",
+]

@@ -1,0 +1,182 @@
+"""Pixel-wise cross-entropy with an ignore index, class weights and OHEM."""
+
+import keras
+import numpy as np
+from keras import ops
+
+from kseg._common import check_float, check_int, standardize_data_format
+from kseg.losses._utils import prepare_dense, safe_divide
+
+
+@keras.saving.register_keras_serializable(package="kseg")
+class SegmentationCrossEntropy(keras.losses.Loss):
+    """Cross-entropy over the labelled pixels of a segmentation batch.
+
+    The loss is the mean over all non-ignored pixels of the batch (pixels are pooled
+    across images, as `torch.nn.functional.cross_entropy(..., ignore_index=...)` with
+    `reduction="mean"` does):
+
+        loss = sum_i w[y_i] * l_i / sum_i w[y_i]
+
+    over the kept pixels `i`, with `l_i = -log p_i[y_i]` and `w` the class weights
+    (all ones by default), the same weighted mean as torch's `weight=` argument.
+    Pixels labelled `ignore_index`, or with a label outside `[0, K)`, are not kept. A
+    batch without any kept pixel gives 0 (not NaN), with zero gradients.
+
+    Label smoothing follows torch's `label_smoothing`: with `eps > 0`,
+    `l_i = (1 - eps) * w[y_i] * nll_i + eps / K * sum_k w[k] * (-log p_i[k])`, divided
+    by the same `sum_i w[y_i]`.
+
+    OHEM (online hard example mining), when `ohem_threshold` is set, as in PaddleSeg's
+    `OhemCrossEntropyLoss` and mmseg's `OHEMPixelSampler`: let `p_i` be the predicted
+    probability of the true class of every labelled pixel of the batch, and `p_(m)` the
+    m-th smallest of them (1-based). With `n` labelled pixels and `k = ohem_min_kept`:
+    - if `n <= k`, every labelled pixel is kept;
+    - otherwise the kept pixels are those with `p_i < max(ohem_threshold, p_(k+1))`:
+      all pixels harder than the threshold, and at least the `k` hardest (fewer only
+      when several pixels tie at `p_(k+1)`).
+    The selection is not differentiated. `k` counts pixels of the whole batch (as in
+    PaddleSeg; mmseg counts `min_kept` per image).
+
+    Everything computes in float32, also under a mixed-precision policy.
+
+    Args:
+        ignore_index: int or None, default 255. Label value that is skipped.
+        from_logits: bool, default True. Whether `y_pred` holds logits; otherwise
+            probabilities (renormalised over the channels, clipped at 1e-7).
+        class_weights: None or a sequence of `K` non-negative floats.
+        ohem_threshold: None (no OHEM, the default) or a float in (0, 1].
+        ohem_min_kept: int >= 0, default 100000. Minimum number of pixels OHEM keeps.
+        label_smoothing: float in [0, 1), default 0.
+        data_format: layout of `y_pred`; defaults to `keras.config.image_data_format()`.
+        reduction: Keras loss reduction, default `"sum_over_batch_size"`. The loss is
+            already one scalar per batch, so this only matters with `sample_weight`,
+            which scales that scalar.
+        name: default `"segmentation_cross_entropy"`.
+        dtype: loss dtype, float32 by default.
+
+    Inputs:
+        y_true: labels `(B, H, W)` or `(B, H, W, 1)`, integers (floats are rounded).
+        y_pred: `(B, H, W, K)` logits or probabilities, same spatial size.
+
+    Example:
+
+    >>> loss = kseg.losses.SegmentationCrossEntropy(ignore_index=255)
+    >>> model.compile(optimizer="sgd", loss=loss)
+    """
+
+    def __init__(
+        self,
+        ignore_index=255,
+        from_logits=True,
+        class_weights=None,
+        ohem_threshold=None,
+        ohem_min_kept=100000,
+        label_smoothing=0.0,
+        data_format=None,
+        reduction="sum_over_batch_size",
+        name="segmentation_cross_entropy",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        if ignore_index is not None:
+            ignore_index = check_int("ignore_index", ignore_index, minimum=-(2**31))
+        self.ignore_index = ignore_index
+        self.from_logits = bool(from_logits)
+        if class_weights is not None:
+            weights = np.asarray(class_weights, dtype="float64")
+            if weights.ndim != 1 or weights.size < 2 or np.any(weights < 0):
+                raise ValueError(
+                    "Expected `class_weights` to be None or a sequence of one non-negative "
+                    f"weight per class. Received: class_weights={class_weights!r}"
+                )
+            class_weights = [float(w) for w in weights]
+        self.class_weights = class_weights
+        if ohem_threshold is not None:
+            ohem_threshold = check_float("ohem_threshold", ohem_threshold, minimum=0.0, maximum=1.0)
+            if ohem_threshold == 0.0:
+                raise ValueError(
+                    "Expected `ohem_threshold` in (0, 1] or None. "
+                    f"Received: ohem_threshold={ohem_threshold}"
+                )
+        self.ohem_threshold = ohem_threshold
+        self.ohem_min_kept = check_int("ohem_min_kept", ohem_min_kept, minimum=0)
+        self.label_smoothing = check_float(
+            "label_smoothing", label_smoothing, minimum=0.0, maximum=1.0
+        )
+        if self.label_smoothing == 1.0:
+            raise ValueError(
+                f"Expected `label_smoothing` in [0, 1). Received: label_smoothing={label_smoothing}"
+            )
+        self.data_format = standardize_data_format(data_format)
+
+    def call(self, y_true, y_pred):
+        labels, valid, scores = prepare_dense(y_true, y_pred, self.data_format, self.ignore_index)
+        num_classes = scores.shape[-1]
+        if self.from_logits:
+            log_probs = ops.log_softmax(scores, axis=-1)
+        else:
+            probs = scores / ops.maximum(ops.sum(scores, axis=-1, keepdims=True), 1e-7)
+            log_probs = ops.log(ops.clip(probs, 1e-7, 1.0))
+        true_log_prob = ops.squeeze(
+            ops.take_along_axis(log_probs, ops.expand_dims(labels, -1), axis=-1), -1
+        )
+        nll = -true_log_prob
+
+        if self.class_weights is not None:
+            if len(self.class_weights) != num_classes:
+                raise ValueError(
+                    f"Expected `class_weights` to have one weight per class ({num_classes}). "
+                    f"Received: {len(self.class_weights)} weights"
+                )
+            weight_table = ops.convert_to_tensor(self.class_weights, dtype="float32")
+            pixel_weight = ops.take(weight_table, labels)
+        else:
+            weight_table = None
+            pixel_weight = ops.ones_like(nll)
+
+        keep = valid
+        if self.ohem_threshold is not None:
+            keep = keep & self._ohem_keep(ops.exp(ops.stop_gradient(true_log_prob)), valid)
+        pixel_weight = ops.where(keep, pixel_weight, 0.0)
+
+        pixel_loss = pixel_weight * nll
+        if self.label_smoothing > 0.0:
+            eps = self.label_smoothing
+            if weight_table is None:
+                smooth = -ops.sum(log_probs, axis=-1)
+            else:
+                smooth = -ops.sum(log_probs * weight_table, axis=-1)
+            smooth = ops.where(keep, smooth, 0.0)
+            pixel_loss = (1.0 - eps) * pixel_loss + (eps / num_classes) * smooth
+        return safe_divide(ops.sum(pixel_loss), ops.sum(pixel_weight))
+
+    def _ohem_keep(self, true_prob, valid):
+        """Boolean map of the pixels OHEM keeps (see the class docstring)."""
+        k = self.ohem_min_kept
+        # Unlabelled pixels get probability 2, so they sort after every labelled one.
+        flat = ops.reshape(ops.where(valid, true_prob, 2.0), (-1,))
+        size = ops.shape(flat)[0]
+        if isinstance(size, int) and size <= k:
+            return valid  # n <= size <= k: keep every labelled pixel.
+        if isinstance(size, int):
+            smallest = -ops.top_k(-flat, k + 1, sorted=True)[0]
+            kth = smallest[k]  # p_(k+1); 2.0 when fewer than k + 1 pixels are labelled.
+        else:  # dynamic size (a TF graph with unknown shape)
+            count = ops.minimum(k + 1, size)
+            smallest = -ops.top_k(-flat, count, sorted=True)[0]
+            kth = ops.where(size > k, smallest[count - 1], 2.0)
+        threshold = ops.maximum(kth, self.ohem_threshold)
+        return valid & (true_prob < threshold)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "ignore_index": self.ignore_index,
+            "from_logits": self.from_logits,
+            "class_weights": self.class_weights,
+            "ohem_threshold": self.ohem_threshold,
+            "ohem_min_kept": self.ohem_min_kept,
+            "label_smoothing": self.label_smoothing,
+            "data_format": self.data_format,
+        }

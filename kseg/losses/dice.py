@@ -1,0 +1,86 @@
+"""Multi-class soft Dice loss with an ignore index."""
+
+import keras
+from keras import ops
+
+from kseg._common import check_float, check_int, standardize_data_format
+from kseg.losses._utils import prepare_dense, probabilities
+
+
+@keras.saving.register_keras_serializable(package="kseg")
+class DiceLoss(keras.losses.Loss):
+    """Multi-class soft Dice loss (Milletari et al., "V-Net", 3DV 2016), ignore-aware.
+
+    With `p` the softmax probabilities and `t` the one-hot labels, both zeroed on
+    ignored pixels (label `ignore_index` or outside `[0, K)`), for every class `k`:
+
+        dice_k = (2 * sum(p_k * t_k) + smooth) / (sum(p_k) + sum(t_k) + smooth)
+
+    and the loss is `1 - mean_k dice_k` (all `K` classes). With `per_image=False` the
+    sums run over the whole batch; with `per_image=True` they run over each image and
+    the loss is the mean over images and classes. The `smooth` term (default 1, the
+    additive smoothing of mmseg's `dice_loss`) keeps classes absent from both the
+    labels and the prediction near dice 1 instead of 0/0; with `smooth=0` the
+    denominator is clamped at 1e-7, so such classes count as dice 0. Computes in
+    float32.
+
+    Args:
+        ignore_index: int or None, default 255.
+        from_logits: bool, default True (softmax inside); False for probabilities.
+        per_image: bool, default False.
+        smooth: float >= 0, default 1.0.
+        data_format: layout of `y_pred`; defaults to `keras.config.image_data_format()`.
+        reduction: Keras loss reduction (the loss is already a scalar).
+        name: default `"dice_loss"`.
+        dtype: loss dtype, float32 by default.
+
+    Inputs:
+        y_true: labels `(B, H, W)` or `(B, H, W, 1)`.
+        y_pred: `(B, H, W, K)` logits or probabilities.
+
+    Example:
+
+    >>> model.compile(optimizer="adam", loss=kseg.losses.DiceLoss(per_image=True))
+    """
+
+    def __init__(
+        self,
+        ignore_index=255,
+        from_logits=True,
+        per_image=False,
+        smooth=1.0,
+        data_format=None,
+        reduction="sum_over_batch_size",
+        name="dice_loss",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        if ignore_index is not None:
+            ignore_index = check_int("ignore_index", ignore_index, minimum=-(2**31))
+        self.ignore_index = ignore_index
+        self.from_logits = bool(from_logits)
+        self.per_image = bool(per_image)
+        self.smooth = check_float("smooth", smooth, minimum=0.0)
+        self.data_format = standardize_data_format(data_format)
+
+    def call(self, y_true, y_pred):
+        labels, valid, scores = prepare_dense(y_true, y_pred, self.data_format, self.ignore_index)
+        num_classes = scores.shape[-1]
+        mask = ops.expand_dims(ops.cast(valid, "float32"), -1)
+        probs = probabilities(scores, self.from_logits) * mask
+        target = ops.one_hot(labels, num_classes, dtype="float32") * mask
+        axes = (1, 2) if self.per_image else (0, 1, 2)
+        intersection = ops.sum(probs * target, axis=axes)
+        cardinality = ops.sum(probs, axis=axes) + ops.sum(target, axis=axes)
+        dice = (2.0 * intersection + self.smooth) / ops.maximum(cardinality + self.smooth, 1e-7)
+        return 1.0 - ops.mean(dice)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "ignore_index": self.ignore_index,
+            "from_logits": self.from_logits,
+            "per_image": self.per_image,
+            "smooth": self.smooth,
+            "data_format": self.data_format,
+        }

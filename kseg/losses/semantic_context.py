@@ -1,0 +1,173 @@
+"""GINet semantic context loss (SC-loss): class-presence scores, target and loss."""
+
+import keras
+from keras import ops
+
+from kseg._common import check_int, standardize_data_format
+from kseg.losses._utils import squeeze_labels, valid_mask
+
+
+def class_presence_target(y_true, num_classes, ignore_index=255, data_format=None):
+    """Which classes occur in each label map: `(B, K)` float32 of 0/1.
+
+    `target[b, k] = 1` when some pixel of image `b` has label `k`. Labels equal to
+    `ignore_index` or outside `[0, num_classes)` never count, like the histogram over
+    `[0, K - 1]` of the reference (SPEC 3.3; EncNet's SE-loss target is built the
+    same way).
+
+    Args:
+        y_true: integer labels `(B, H, W)` or `(B, H, W, 1)`.
+        num_classes: int >= 1.
+        ignore_index: int or None, default 255.
+        data_format: layout of a `(B, 1, H, W)` label map in channels_first.
+
+    Returns:
+        float32 tensor `(B, num_classes)`.
+    """
+    num_classes = check_int("num_classes", num_classes, minimum=1)
+    data_format = standardize_data_format(data_format)
+    labels = squeeze_labels(y_true, data_format)
+    labels = ops.where(valid_mask(labels, num_classes, ignore_index), labels, -1)
+    # One comparison per class keeps memory at one label map (no (B, H, W, K) one-hot).
+    columns = [ops.any(ops.equal(labels, k), axis=(1, 2)) for k in range(num_classes)]
+    return ops.cast(ops.stack(columns, axis=-1), "float32")
+
+
+@keras.saving.register_keras_serializable(package="kseg")
+class ClassPresenceScore(keras.layers.Layer):
+    """Class-presence logits from GINet class nodes, with a learnable semantic centroid.
+
+    `score[b, k] = sum_d class_nodes[b, k, d] * centroid[k, d]`, where `centroid` is a
+    trainable `(K, D)` weight initialised to ones (SPEC 3.3, from PaddleSeg's
+    transient `sc_loss.py`). A Keras loss cannot own weights, so the centroid lives in
+    the model as this layer; its output is trained with `SemanticContextLoss` against
+    the classes present in the label map. Add it as an extra named model output (for
+    example `"presence"`) and give that output a loss and a loss weight (0.2 in the
+    reference) at `compile` time. Computes in float32 by default (`dtype="float32"`),
+    as the logits feed a loss.
+
+    Reference: Wu et al., "GINet: Graph Interaction Network for Scene Parsing",
+    ECCV 2020.
+
+    Args:
+        **kwargs: base layer arguments (`name`, `dtype`, ...); `dtype` defaults to
+            `"float32"`.
+
+    Input shape:
+        `(B, K, D)` class nodes (the second output of `GraphInteractionUnit`).
+
+    Output shape:
+        `(B, K)` presence logits.
+
+    Example:
+
+    >>> nodes = keras.Input((21, 256))
+    >>> kseg.losses.ClassPresenceScore(name="presence")(nodes).shape
+    (None, 21)
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+
+    def build(self, input_shape):
+        if len(input_shape) != 3 or input_shape[1] is None or input_shape[2] is None:
+            raise ValueError(
+                "Expected class nodes of shape (B, K, D) with known K and D. "
+                f"Received: input_shape={tuple(input_shape)}"
+            )
+        self.semantic_centroid = self.add_weight(
+            shape=(input_shape[1], input_shape[2]),
+            initializer="ones",
+            trainable=True,
+            name="semantic_centroid",
+        )
+
+    def call(self, class_nodes):
+        class_nodes = ops.cast(class_nodes, self.compute_dtype)
+        centroid = ops.cast(self.semantic_centroid, self.compute_dtype)
+        return ops.sum(class_nodes * centroid, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[1])
+
+
+@keras.saving.register_keras_serializable(package="kseg")
+class SemanticContextLoss(keras.losses.Loss):
+    """GINet semantic context loss: mean binary cross-entropy of class presence.
+
+    `loss = mean over (b, k) of BCE(sigmoid(score[b, k]), target[b, k])` where `score`
+    is the `(B, K)` output of `ClassPresenceScore` and `target` is
+    `class_presence_target(y_true, num_classes, ignore_index)` built from the label map
+    (SPEC 3.3). A plain mean over `(b, k)`, computed from logits for stability; the
+    pixel-mask post-processing of the transient PaddleSeg port is a bug and is not
+    reproduced. The GINet recipe weighs it 0.2 next to `CE_main + 0.4 * CE_aux`.
+    Computes in float32.
+
+    Args:
+        num_classes: int >= 1, the number `K` of classes.
+        ignore_index: int or None, default 255.
+        from_logits: bool, default True; False when `y_pred` holds probabilities.
+        data_format: layout of a `(B, 1, H, W)` label map in channels_first.
+        reduction: Keras loss reduction (the loss is already a scalar).
+        name: default `"semantic_context_loss"`.
+        dtype: loss dtype, float32 by default.
+
+    Inputs:
+        y_true: the label map `(B, H, W)` or `(B, H, W, 1)`.
+        y_pred: presence logits `(B, K)`.
+
+    Example:
+
+    >>> model.compile(
+    ...     optimizer="sgd",
+    ...     loss={"main": kseg.losses.SegmentationCrossEntropy(),
+    ...           "aux": kseg.losses.SegmentationCrossEntropy(),
+    ...           "presence": kseg.losses.SemanticContextLoss(num_classes=59)},
+    ...     loss_weights={"main": 1.0, "aux": 0.4, "presence": 0.2})
+    """
+
+    def __init__(
+        self,
+        num_classes,
+        ignore_index=255,
+        from_logits=True,
+        data_format=None,
+        reduction="sum_over_batch_size",
+        name="semantic_context_loss",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.num_classes = check_int("num_classes", num_classes, minimum=1)
+        if ignore_index is not None:
+            ignore_index = check_int("ignore_index", ignore_index, minimum=-(2**31))
+        self.ignore_index = ignore_index
+        self.from_logits = bool(from_logits)
+        self.data_format = standardize_data_format(data_format)
+
+    def call(self, y_true, y_pred):
+        y_pred = ops.cast(y_pred, "float32")
+        if len(y_pred.shape) != 2 or y_pred.shape[-1] != self.num_classes:
+            raise ValueError(
+                f"Expected `y_pred` to be presence scores of shape (B, {self.num_classes}). "
+                f"Received: y_pred.shape={tuple(y_pred.shape)}"
+            )
+        target = class_presence_target(
+            y_true, self.num_classes, self.ignore_index, self.data_format
+        )
+        if self.from_logits:
+            # max(x, 0) - x * t + log(1 + exp(-|x|)): stable BCE from logits.
+            bce = ops.maximum(y_pred, 0.0) - y_pred * target + ops.log1p(ops.exp(-ops.abs(y_pred)))
+        else:
+            p = ops.clip(y_pred, 1e-7, 1.0 - 1e-7)
+            bce = -(target * ops.log(p) + (1.0 - target) * ops.log(1.0 - p))
+        return ops.mean(bce)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_classes": self.num_classes,
+            "ignore_index": self.ignore_index,
+            "from_logits": self.from_logits,
+            "data_format": self.data_format,
+        }

@@ -1,0 +1,204 @@
+"""Tests for kseg.losses.SegmentationCrossEntropy."""
+
+import keras
+import numpy as np
+import pytest
+
+from kseg.losses import SegmentationCrossEntropy
+from tests.helpers import BACKEND, random_array, to_numpy
+
+
+def np_log_softmax(x):
+    x = x.astype(np.float64)
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def reference_ce(labels, logits, ignore_index=255, weights=None, smoothing=0.0, keep=None):
+    """NumPy reference: torch's weighted-mean cross-entropy over non-ignored pixels."""
+    k = logits.shape[-1]
+    logp = np_log_softmax(logits).reshape(-1, k)
+    labels = labels.reshape(-1)
+    valid = (labels != ignore_index) & (labels >= 0) & (labels < k)
+    if keep is not None:
+        valid &= keep.reshape(-1)
+    w = np.ones(k) if weights is None else np.asarray(weights, np.float64)
+    num, den = 0.0, 0.0
+    for i in np.flatnonzero(valid):
+        y = labels[i]
+        num += (1 - smoothing) * w[y] * -logp[i, y] + smoothing / k * np.sum(w * -logp[i])
+        den += w[y]
+    return num / den if den > 0 else 0.0
+
+
+def loss_value(loss, labels, logits):
+    return float(to_numpy(loss(labels, logits)))
+
+
+def test_hand_worked_two_pixels():
+    # Two classes, logits (0, 0) -> p = 1/2 for both; the second pixel is ignored.
+    logits = np.zeros((1, 1, 2, 2), "float32")
+    labels = np.array([[[1, 255]]])
+    np.testing.assert_allclose(
+        loss_value(SegmentationCrossEntropy(), labels, logits), np.log(2), rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("weights", [None, [0.5, 2.0, 1.0, 0.0]])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_against_numpy_with_ignore_and_weights(weights, smoothing):
+    rng = np.random.default_rng(0)
+    logits = random_array((2, 5, 6, 4), seed=1, scale=2.0)
+    labels = rng.integers(0, 4, (2, 5, 6))
+    labels[rng.random(labels.shape) < 0.3] = 255
+    loss = SegmentationCrossEntropy(class_weights=weights, label_smoothing=smoothing)
+    expected = reference_ce(labels, logits, weights=weights, smoothing=smoothing)
+    np.testing.assert_allclose(loss_value(loss, labels[..., None], logits), expected, rtol=1e-5)
+
+
+def test_against_torch_functional():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    logits = random_array((2, 6, 5, 3), seed=2, scale=3.0)
+    labels = rng.integers(0, 3, (2, 6, 5))
+    labels[rng.random(labels.shape) < 0.25] = 255
+    weights = [0.2, 1.0, 3.0]
+    for eps in (0.0, 0.2):
+        expected = torch.nn.functional.cross_entropy(
+            torch.from_numpy(np.moveaxis(logits, -1, 1)),
+            torch.from_numpy(labels).long(),
+            weight=torch.tensor(weights),
+            ignore_index=255,
+            label_smoothing=eps,
+        ).item()
+        loss = SegmentationCrossEntropy(class_weights=weights, label_smoothing=eps)
+        np.testing.assert_allclose(loss_value(loss, labels, logits), expected, rtol=1e-5)
+
+
+def test_probabilities_input_and_channels_first():
+    logits = random_array((1, 4, 3, 3), seed=3)
+    labels = np.array([[[0, 1, 2], [2, 255, 0], [1, 1, 1], [0, 2, 255]]])
+    probs = np.exp(np_log_softmax(logits)).astype("float32")
+    expected = reference_ce(labels, logits)
+    got = loss_value(SegmentationCrossEntropy(from_logits=False), labels, probs)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    cf = SegmentationCrossEntropy(data_format="channels_first")
+    got = loss_value(cf, labels[:, None], np.moveaxis(logits, -1, 1))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_all_ignored_gives_zero_and_zero_gradient():
+    loss = SegmentationCrossEntropy(class_weights=[1.0, 2.0])
+    logits = random_array((1, 3, 3, 2), seed=4)
+    labels = np.full((1, 3, 3), 255)
+    assert loss_value(loss, labels, logits) == 0.0
+    labels[0, 0, 0] = 7  # out of range labels are skipped too
+    assert loss_value(loss, labels, logits) == 0.0
+
+
+def ohem_reference_keep(labels, logits, threshold, min_kept, ignore_index=255):
+    k = logits.shape[-1]
+    flat_labels = labels.reshape(-1)
+    valid = (flat_labels != ignore_index) & (flat_labels < k)
+    prob = np.exp(np_log_softmax(logits).reshape(-1, k))
+    p = prob[np.arange(prob.shape[0]), np.where(valid, flat_labels, 0)]
+    if valid.sum() <= min_kept:
+        return valid
+    cut = max(threshold, np.sort(p[valid])[min_kept])
+    return valid & (p < cut)
+
+
+def test_ohem_hand_worked_selection():
+    # Two classes; logits (0, z) with true class 1 give p = sigmoid(z).
+    p = np.array([0.1, 0.2, 0.3, 0.8, 0.9, 0.95])
+    logits = np.stack([np.zeros(6), np.log(p / (1 - p))], -1).reshape(1, 1, 6, 2).astype("float32")
+    labels = np.ones((1, 1, 6), "int32")
+    # min_kept 2: threshold max(0.7, p_(3) = 0.3) = 0.7 keeps 0.1, 0.2, 0.3.
+    loss = SegmentationCrossEntropy(ohem_threshold=0.7, ohem_min_kept=2)
+    np.testing.assert_allclose(loss_value(loss, labels, logits), -np.log(p[:3]).mean(), rtol=1e-5)
+    # min_kept 4: threshold max(0.7, p_(5) = 0.9) = 0.9 keeps the four hardest.
+    loss = SegmentationCrossEntropy(ohem_threshold=0.7, ohem_min_kept=4)
+    np.testing.assert_allclose(loss_value(loss, labels, logits), -np.log(p[:4]).mean(), rtol=1e-5)
+    # min_kept >= labelled pixels: all kept.
+    loss = SegmentationCrossEntropy(ohem_threshold=0.7, ohem_min_kept=6)
+    np.testing.assert_allclose(loss_value(loss, labels, logits), -np.log(p).mean(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("min_kept", [0, 5, 40, 1000])
+def test_ohem_random_against_numpy(min_kept):
+    rng = np.random.default_rng(5)
+    logits = random_array((2, 6, 7, 3), seed=6, scale=2.0)
+    labels = rng.integers(0, 3, (2, 6, 7))
+    labels[rng.random(labels.shape) < 0.2] = 255
+    keep = ohem_reference_keep(labels, logits, 0.6, min_kept)
+    expected = reference_ce(labels, logits, keep=keep, weights=[1.0, 0.5, 2.0])
+    loss = SegmentationCrossEntropy(
+        ohem_threshold=0.6, ohem_min_kept=min_kept, class_weights=[1.0, 0.5, 2.0]
+    )
+    np.testing.assert_allclose(loss_value(loss, labels, logits), expected, rtol=1e-5)
+
+
+def test_mixed_precision_computes_in_float32():
+    logits = random_array((1, 4, 4, 3), seed=7)
+    labels = np.random.default_rng(7).integers(0, 3, (1, 4, 4))
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    loss = SegmentationCrossEntropy()
+    bf16 = keras.ops.cast(logits, "bfloat16")
+    value = loss(labels, bf16)
+    assert str(value.dtype).endswith("float32")
+    expected = reference_ce(labels, to_numpy(bf16).astype("float32"))
+    np.testing.assert_allclose(float(to_numpy(value)), expected, rtol=1e-5)
+
+
+def test_fit_with_dict_of_losses_and_loss_weights():
+    """compile(loss={"main", "aux"}, loss_weights=...) and one fit step with finite weights."""
+    k = 3
+    rng = np.random.default_rng(8)
+    x = random_array((4, 6, 6, 2), seed=8)
+    y = rng.integers(0, k, (4, 6, 6)).astype("int32")
+    y[:, 0] = 255
+    inputs = keras.Input((6, 6, 2))
+    outputs = {
+        "main": keras.layers.Conv2D(k, 1, name="main")(inputs),
+        "aux": keras.layers.Conv2D(k, 3, padding="same", name="aux")(inputs),
+    }
+    model = keras.Model(inputs, outputs)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss={
+            "main": SegmentationCrossEntropy(),
+            "aux": SegmentationCrossEntropy(ohem_threshold=0.7, ohem_min_kept=10),
+        },
+        loss_weights={"main": 1.0, "aux": 0.4},
+        jit_compile=BACKEND in ("tensorflow", "jax"),
+    )
+    pred = to_numpy(model.predict(x, verbose=0))
+    keep = ohem_reference_keep(y, pred["aux"], 0.7, 10)
+    expected = reference_ce(y, pred["main"]) + 0.4 * reference_ce(y, pred["aux"], keep=keep)
+    got = model.evaluate(x, {"main": y, "aux": y}, batch_size=4, verbose=0, return_dict=True)
+    np.testing.assert_allclose(got["loss"], expected, rtol=1e-4)
+    history = model.fit(x, {"main": y, "aux": y}, batch_size=2, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][-1])
+    for w in model.weights:
+        assert np.all(np.isfinite(to_numpy(w.value)))
+
+
+def test_serialization_and_bad_arguments():
+    loss = SegmentationCrossEntropy(
+        ignore_index=0, class_weights=[1, 2], ohem_threshold=0.5, label_smoothing=0.1
+    )
+    revived = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert isinstance(revived, SegmentationCrossEntropy)
+    assert revived.get_config() == loss.get_config()
+    with pytest.raises(ValueError, match="class_weights"):
+        SegmentationCrossEntropy(class_weights=[1.0, -1.0])
+    with pytest.raises(ValueError, match="ohem_threshold"):
+        SegmentationCrossEntropy(ohem_threshold=1.5)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        SegmentationCrossEntropy(label_smoothing=1.0)
+    with pytest.raises(ValueError, match="one weight per class"):
+        SegmentationCrossEntropy(class_weights=[1.0, 1.0])(
+            np.zeros((1, 2, 2)), np.zeros((1, 2, 2, 3))
+        )
+    with pytest.raises(ValueError, match="spatial size of `y_true`"):
+        SegmentationCrossEntropy()(np.zeros((1, 4, 4)), np.zeros((1, 2, 2, 3)))
