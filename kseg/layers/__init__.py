@@ -7,7 +7,12 @@ from kseg.layers.decoder import DeepLabV3PlusDecoder
 from kseg.layers.gcu import GraphConvolutionalUnit
 from kseg.layers.ginet import GraphInteractionUnit
 from kseg.layers.glore import GloReUnit
-from kseg.layers.pooling import AdaptiveAveragePooling2D, MaxPoolingWithArgmax2D, MaxUnpooling2D
+from kseg.layers.pooling import (
+    AdaptiveAveragePooling2D,
+    MaxPoolingWithArgmax2D,
+    MaxUnpooling2D,
+    Pooling2D,
+)
 from kseg.layers.ppm import PyramidPoolingModule
 from kseg.layers.preprocessing import ImageNormalization
 from kseg.layers.resize import Resize2D, ResizeLike
@@ -19,6 +24,7 @@ __all__ = [
     "AdaptiveAveragePooling2D",
     "MaxPoolingWithArgmax2D",
     "MaxUnpooling2D",
+    "Pooling2D",
     "ASPP",
     "PyramidPoolingModule",
     "DeepLabV3PlusDecoder",

@@ -229,8 +229,7 @@ def _argmax_pool_eager(x, pool_size, strides, padding, data_format):
         if all(is_static(a, b) for a, b in pads):
             needs_pad = any(a or b for a, b in pads)
         else:
-            needs_pad = True
-            pads = ops.reshape(ops.stack([ops.cast(v, "int32") for ab in pads for v in ab]), (4, 2))
+            needs_pad = True  # sizes known only at run time (TensorFlow graphs)
         xp = ops.pad(x, pads, constant_values=lowest_value(dtype)) if needs_pad else x
     best = None
     arg = None
@@ -515,8 +514,7 @@ def _pool_eager(x, pool_size, strides, padding, pool_mode, ceil_mode, count_incl
     if all(is_static(a, b) for a, b in pads):
         needs_pad = any(a or b for a, b in pads)
     else:
-        needs_pad = True
-        pads = ops.reshape(ops.stack([ops.cast(v, "int32") for ab in pads for v in ab]), (4, 2))
+        needs_pad = True  # sizes known only at run time (TensorFlow graphs)
     if pool_mode == "max":
         if needs_pad:
             x = ops.pad(x, pads, constant_values=lowest_value(dtype))
