@@ -1,0 +1,70 @@
+"""Tests for kseg.losses.DiceLoss."""
+
+import keras
+import numpy as np
+import pytest
+
+from kseg.losses import DiceLoss
+from tests.helpers import random_array, to_numpy
+
+
+def reference_dice(labels, logits, per_image, smooth=1.0, ignore_index=255):
+    k = logits.shape[-1]
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    p = e / e.sum(-1, keepdims=True)
+    valid = (labels != ignore_index)[..., None]
+    t = np.eye(k)[np.where(valid[..., 0], labels, 0)] * valid
+    p = p * valid
+    groups = [(slice(b, b + 1),) for b in range(len(labels))] if per_image else [(slice(None),)]
+    scores = []
+    for g in groups:
+        for c in range(k):
+            inter = (p[g][..., c] * t[g][..., c]).sum()
+            card = p[g][..., c].sum() + t[g][..., c].sum()
+            scores.append((2 * inter + smooth) / (card + smooth))
+    return 1 - np.mean(scores)
+
+
+def test_hand_worked_perfect_and_wrong():
+    labels = np.array([[[0, 1]]])
+    perfect = np.array([[[[1.0, 0.0], [0.0, 1.0]]]], "float32")
+    loss = DiceLoss(from_logits=False, smooth=0.0)
+    np.testing.assert_allclose(float(to_numpy(loss(labels, perfect))), 0.0, atol=1e-6)
+    wrong = perfect[..., ::-1].copy()
+    np.testing.assert_allclose(float(to_numpy(loss(labels, wrong))), 1.0, atol=1e-6)
+    half = np.full((1, 1, 2, 2), 0.5, "float32")  # dice_k = 2 * 0.5 / (1 + 1) = 0.5
+    np.testing.assert_allclose(float(to_numpy(loss(labels, half))), 0.5, atol=1e-6)
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+@pytest.mark.parametrize("smooth", [1.0, 0.5])
+def test_against_numpy_with_ignore(per_image, smooth):
+    rng = np.random.default_rng(0)
+    logits = random_array((2, 5, 4, 3), seed=1, scale=2.0)
+    labels = rng.integers(0, 2, (2, 5, 4))  # class 2 absent
+    labels[rng.random(labels.shape) < 0.3] = 255
+    loss = DiceLoss(per_image=per_image, smooth=smooth)
+    expected = reference_dice(labels, logits, per_image, smooth)
+    np.testing.assert_allclose(
+        float(to_numpy(loss(labels[..., None], logits))), expected, rtol=1e-5
+    )
+
+
+def test_gradient_step_is_finite():
+    x = random_array((2, 6, 6, 2), seed=2)
+    y = np.random.default_rng(2).integers(0, 3, (2, 6, 6))
+    y[0] = 255
+    inputs = keras.Input((6, 6, 2))
+    model = keras.Model(inputs, keras.layers.Conv2D(3, 1)(inputs))
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=DiceLoss(per_image=True))
+    history = model.fit(x, y, batch_size=2, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][-1])
+    assert all(np.all(np.isfinite(to_numpy(w.value))) for w in model.weights)
+
+
+def test_serialization_and_bad_arguments():
+    loss = DiceLoss(ignore_index=0, per_image=True, smooth=0.0)
+    revived = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert isinstance(revived, DiceLoss) and revived.get_config() == loss.get_config()
+    with pytest.raises(ValueError, match="smooth"):
+        DiceLoss(smooth=-1.0)
