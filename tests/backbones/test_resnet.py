@@ -269,3 +269,28 @@ def test_public_names():
     assert kseg.backbones.ResNet50 is ResNet50
     assert kseg.backbones.ResNet101 is ResNet101
     assert "output_stride" in ResNet50.__doc__ and "| `stage4`" in ResNet50.__doc__
+
+
+@pytest.mark.large
+def test_load_weights_file_with_classifier_top(tmp_path):
+    reference = keras.applications.ResNet50(weights=None, include_top=True)
+    path = str(tmp_path / "resnet50_top.weights.h5")
+    reference.save_weights(path)
+    model = ResNet50(weights=path)
+    for name in ("conv1_conv", "conv4_block6_2_bn", "conv5_block3_3_conv"):
+        for want, got in zip(reference.get_layer(name).weights, model.get_layer(name).weights):
+            np.testing.assert_array_equal(to_numpy(got), to_numpy(want))
+
+
+@pytest.mark.large
+def test_channels_first_matches_channels_last():
+    last = ResNet((1, 1, 1, 1), output_stride=8)
+    first = ResNet((1, 1, 1, 1), output_stride=8, data_format="channels_first")
+    first.set_weights(last.get_weights())
+    x = random_array((1, 37, 29, 3), scale=20.0)
+    want = to_numpy(last(x))
+    got = to_numpy(first(np.transpose(x, (0, 3, 1, 2))))
+    for key in want:
+        np.testing.assert_allclose(
+            np.transpose(got[key], (0, 2, 3, 1)), want[key], rtol=1e-5, atol=1e-4, err_msg=key
+        )

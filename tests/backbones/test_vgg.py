@@ -228,3 +228,18 @@ def test_bad_arguments(kwargs, error, match):
 def test_public_names():
     assert kseg.backbones.VGG16 is VGG16
     assert "| pool5" in VGG16.__doc__
+
+
+def test_channels_first_matches_channels_last(variants):
+    # deeplab_v1 has the asymmetric ceil-mode padding, the most layout-sensitive part.
+    last = variants["deeplab_v1"]
+    first = VGG16(variant="deeplab_v1", data_format="channels_first")
+    assert first.input_shape == (None, 3, None, None)
+    first.set_weights(last.get_weights())
+    x = random_array((1, 19, 14, 3), seed=3, scale=20.0)
+    want = to_numpy(last(x))
+    got = to_numpy(first(np.transpose(x, (0, 3, 1, 2))))
+    for key in want:
+        np.testing.assert_allclose(
+            np.transpose(got[key], (0, 2, 3, 1)), want[key], rtol=1e-5, atol=1e-4, err_msg=key
+        )
