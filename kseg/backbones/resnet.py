@@ -147,6 +147,7 @@ def ResNet(
     weights=None,
     bn_momentum=0.9,
     bn_epsilon=1.001e-5,
+    width=64,
     data_format=None,
     name="resnet",
 ):
@@ -191,6 +192,10 @@ def ResNet(
         bn_momentum: BatchNormalization momentum. Defaults to 0.9 (torch 0.1).
         bn_epsilon: BatchNormalization epsilon. Defaults to 1.001e-5, as
             keras.applications.
+        width: channels of the stem and of stage 1's bottleneck; stage `i`
+            uses `width * 2**(i - 1)` and outputs 4 times that. Defaults to 64
+            (the standard ResNet). Smaller widths give compact networks for
+            tests and quick experiments; pretrained weights need 64.
         data_format: `"channels_last"` or `"channels_first"`. Defaults to
             `keras.config.image_data_format()`.
         name: model name.
@@ -202,6 +207,11 @@ def ResNet(
     """
     blocks, multi_grid = _validate(blocks, output_stride, multi_grid, dilate_first_block)
     weights = check_weights(weights)
+    width = check_int("width", width, minimum=1)
+    if weights is not None and width != 64:
+        raise ValueError(
+            f"Pretrained `weights` need the standard width 64. Received: width={width}"
+        )
     if weights is not None and blocks not in _APPLICATIONS:
         raise ValueError(
             "Pretrained `weights` exist only for the keras.applications layouts "
@@ -219,17 +229,17 @@ def ResNet(
 
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = keras.layers.ZeroPadding2D(3, data_format=data_format, name="conv1_pad")(inputs)
-    x = keras.layers.Conv2D(64, 7, strides=2, data_format=data_format, name="conv1_conv")(x)
+    x = keras.layers.Conv2D(width, 7, strides=2, data_format=data_format, name="conv1_conv")(x)
     x = _bn(x, "conv1_bn", bn)
     x = keras.layers.Activation("relu", name="conv1_relu")(x)
     outputs = {"stem": x}
-    specs = [FeatureSpec("stem", "conv1_relu", 64, 2)]
+    specs = [FeatureSpec("stem", "conv1_relu", width, 2)]
     x = keras.layers.ZeroPadding2D(1, data_format=data_format, name="pool1_pad")(x)
     x = keras.layers.MaxPooling2D(3, strides=2, data_format=data_format, name="pool1_pool")(x)
 
     plan = _stage_plan(blocks, output_stride, multi_grid, dilate_first_block)
     for index, (stride, rates, true_stride) in enumerate(plan):
-        filters = 64 * 2**index
+        filters = width * 2**index
         for block, rate in enumerate(rates):
             x = _bottleneck(
                 x,

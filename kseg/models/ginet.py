@@ -166,6 +166,7 @@ def GINet(
         class_embeddings=embeddings,
         num_state=num_state,
         num_node=num_node,
+        embedding_mlp=(num_state // 2, num_state),  # 300 -> 128 -> 256 in the reference
         name="gi_unit",
     )(x)
     main = classify(x, inputs, num_classes, align_corners, dropout)

@@ -1,0 +1,87 @@
+import keras
+import numpy as np
+import pytest
+
+import kseg
+from kseg.models.deeplab import default_atrous_rates
+from tests.helpers import run_model_test
+from tests.models.conftest import tiny_resnet
+
+
+@pytest.mark.large
+def test_deeplab_v1_parameter_count():
+    # DeepLab v1 LargeFOV, VGG-16, K = 21 (SPEC 4.5).
+    assert kseg.models.DeepLabV1(num_classes=21).count_params() == 20_505_429
+
+
+def test_deeplab_v1_layout():
+    model = kseg.models.DeepLabV1(num_classes=3, fc_filters=8)
+    assert model.get_layer("fc6").dilation_rate == (12, 12)
+    assert model.get_layer("fc6").kernel.shape == (3, 3, 512, 8)
+    run_model_test(model, (1, 37, 45, 3), 3, train=False)
+
+
+def test_atrous_rates_follow_the_output_stride():
+    assert default_atrous_rates(16) == (6, 12, 18)
+    assert default_atrous_rates(8) == (12, 24, 36)
+
+
+def test_deeplab_v2_sums_four_branches():
+    model = kseg.models.DeepLabV2(num_classes=3, backbone=tiny_resnet(8))
+    aspp = model.get_layer("aspp")
+    assert tuple(aspp.atrous_rates) == (6, 12, 18, 24)
+    run_model_test(model, (1, 37, 45, 3), 3)
+
+
+def test_deeplab_v3_with_aux_head():
+    model = kseg.models.DeepLabV3(
+        num_classes=3, backbone=tiny_resnet(16, multi_grid=(1, 2, 4)), filters=8, aux_head=True
+    )
+    assert tuple(model.get_layer("aspp").atrous_rates) == (6, 12, 18)
+    out = run_model_test(model, (2, 37, 45, 3), 3)
+    assert set(out) == {"main", "aux"}
+
+
+def test_deeplab_v3plus_tiny():
+    model = kseg.models.DeepLabV3Plus(
+        num_classes=4,
+        backbone=tiny_resnet(8),
+        filters=8,
+        low_level_filters=4,
+        decoder_filters=8,
+        separable=True,
+    )
+    assert tuple(model.get_layer("aspp").atrous_rates) == (12, 24, 36)
+    run_model_test(model, (1, 37, 45, 3), 4)
+
+
+def test_deeplab_v3plus_full_size_builds_by_name():
+    # The user's first line: the default layout with a ResNet-50 at output stride 16.
+    model = kseg.models.DeepLabV3Plus(num_classes=21)
+    backbone = model.get_layer("resnet50")
+    assert kseg.backbones.feature_info(backbone).output_stride == 16
+    assert model.output.shape == (None, None, None, 21)
+
+
+def test_bad_backbone_arguments():
+    with pytest.raises(ValueError, match="backbone='resnet18'"):
+        kseg.models.DeepLabV3Plus(num_classes=2, backbone="resnet18")
+    with pytest.raises(TypeError, match="backbone"):
+        kseg.models.DeepLabV3(num_classes=2, backbone=3)
+    with pytest.raises(ValueError, match="backbone_weights"):
+        kseg.models.DeepLabV3(num_classes=2, backbone=tiny_resnet(), backbone_weights="imagenet")
+    with pytest.raises(ValueError, match="num_classes"):
+        kseg.models.DeepLabV3(num_classes=0)
+    vgg = kseg.backbones.VGG16()
+    with pytest.raises(ValueError, match="resnet"):
+        kseg.models.DeepLabV3(num_classes=2, backbone=vgg)
+
+
+def test_mixed_precision_logits_are_float32():
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    model = kseg.models.DeepLabV3Plus(
+        num_classes=3, backbone=tiny_resnet(16), filters=8, low_level_filters=4, decoder_filters=8
+    )
+    y = model(np.zeros((1, 33, 35, 3), "float32"))
+    assert str(y.dtype).endswith("float32")
+    assert np.all(np.isfinite(np.asarray(keras.ops.convert_to_numpy(y))))
