@@ -16,17 +16,21 @@ nox.options.sessions = ["lint", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 
 TORCH_SPEC = os.environ.get("KSEG_TORCH_SPEC", "torch==2.13.0")
-BACKEND_EXTRAS = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+BACKENDS = ["tensorflow", "jax", "torch"]
 
 
-@nox.session(python=False if os.environ.get("KSEG_NOX_NO_VENV") else None)
-@nox.parametrize("backend", list(BACKEND_EXTRAS))
+@nox.session
+@nox.parametrize("backend", BACKENDS)
 def tests(session, backend):
-    """Runs the default test suite under one backend."""
-    # torch is the independent reference for several op tests, so every session
-    # gets the CPU wheel; install it first so no other requirement pulls a GPU build.
+    """Runs the default test suite under one backend (`KERAS_BACKEND`).
+
+    Every session installs all three backends: torch is the independent
+    reference of several op tests, and weights saved under the session's
+    backend are checked to load under the other two (in subprocesses). The
+    torch CPU wheel goes first so that no other requirement pulls a GPU build.
+    """
     session.install(TORCH_SPEC)
-    session.install("-e", f".[{BACKEND_EXTRAS[backend]},data,dev]")
+    session.install("-e", ".[tensorflow,jax,data,dev]")
     env = {
         "KERAS_BACKEND": backend,
         "TF_CPP_MIN_LOG_LEVEL": "2",
