@@ -34,7 +34,6 @@ def tests(session, backend):
     env = {
         "KERAS_BACKEND": backend,
         "TF_CPP_MIN_LOG_LEVEL": "2",
-        "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
     }
     session.run("python", "-m", "pytest", "-q", "-rs", *session.posargs, env=env)
 

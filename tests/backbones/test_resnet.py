@@ -151,9 +151,9 @@ def test_multi_grid_and_first_block_rates(output_stride, multi_grid, mode, rates
 
 
 def test_multi_grid_and_contract_reach_the_layers():
-    # A shallow trunk from the same builder keeps the build fast.
+    # A shallow, narrow trunk from the same builder keeps the build fast.
     model = ResNet(
-        (1, 1, 2, 3), output_stride=8, multi_grid=(1, 2, 4), dilate_first_block="contract"
+        (1, 1, 2, 3), output_stride=8, multi_grid=(1, 2, 4), dilate_first_block="contract", width=4
     )
     assert _rates(model, 4, 2) == (1, 2)
     assert _rates(model, 5, 3) == (4, 8, 16)
@@ -221,9 +221,8 @@ def test_imagenet_download_failure_says_how_to_pass_a_file():
         _reference(offline, "imagenet", "resnet50")
 
 
-@pytest.mark.large
 def test_save_and_reload(tmp_path):
-    model = ResNet((1, 1, 1, 1), output_stride=8)
+    model = ResNet((1, 1, 1, 1), output_stride=8, width=4)
     x = random_array((1, 33, 21, 3))
     path = os.path.join(tmp_path, "backbone.keras")
     model.save(path)
@@ -263,6 +262,10 @@ def test_bad_blocks_and_weights_for_unknown_depth(tmp_path):
     path.write_bytes(b"\x89HDF\r\n\x1a\n")
     with pytest.raises(ValueError, match=r"blocks=\(1, 1, 1, 1\)"):
         ResNet((1, 1, 1, 1), weights=str(path))
+    with pytest.raises(ValueError, match=r"width=32"):
+        ResNet((3, 4, 6, 3), weights=str(path), width=32)
+    with pytest.raises(ValueError, match=r"width=0"):
+        ResNet((1, 1, 1, 1), width=0)
 
 
 def test_public_names():
@@ -282,10 +285,9 @@ def test_load_weights_file_with_classifier_top(tmp_path):
             np.testing.assert_array_equal(to_numpy(got), to_numpy(want))
 
 
-@pytest.mark.large
 def test_channels_first_matches_channels_last():
-    last = ResNet((1, 1, 1, 1), output_stride=8)
-    first = ResNet((1, 1, 1, 1), output_stride=8, data_format="channels_first")
+    last = ResNet((1, 1, 1, 1), output_stride=8, width=4)
+    first = ResNet((1, 1, 1, 1), output_stride=8, width=4, data_format="channels_first")
     first.set_weights(last.get_weights())
     x = random_array((1, 37, 29, 3), scale=20.0)
     want = to_numpy(last(x))
