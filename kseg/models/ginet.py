@@ -6,6 +6,7 @@ import keras
 import numpy as np
 
 from kseg.layers import ConvBNAct, GraphInteractionUnit, ResizeLike
+from kseg.losses import ClassPresenceScore
 from kseg.models._base import (
     RESNETS,
     aux_logits,
@@ -105,10 +106,19 @@ def GINet(
     interaction directions); dropout 0.1; a 1x1 classifier; bilinear
     upsampling with align_corners=True.
 
-    The model has two outputs, `{"main": logits, "class_nodes": (B, K, 256)}`
-    (plus `"aux"` with `aux_head=True`). The class nodes feed the semantic
-    context loss (`kseg.losses.SemanticContextLoss`), or are ignored by giving
-    them no loss at `compile` time.
+    The model has two outputs, `{"main": logits, "presence": (B, K)}` (plus
+    `"aux"` with `aux_head=True`). `presence` holds class-presence logits
+    computed from the unit's class nodes `(B, K, 256)` with a learnable
+    semantic centroid (`kseg.losses.ClassPresenceScore`); train it with
+    `kseg.losses.SemanticContextLoss` (weight 0.2 in the GINet recipe), feeding
+    the label map as its target, or give it no loss at `compile` time:
+
+        model.compile(
+            optimizer="sgd",
+            loss={"main": kseg.losses.SegmentationCrossEntropy(),
+                  "presence": kseg.losses.SemanticContextLoss(num_classes)},
+            loss_weights={"main": 1.0, "presence": 0.2})
+        model.fit(images, {"main": labels, "presence": labels})
 
     Class embeddings: the reference feeds all-zero word vectors, which makes
     the semantic graph K learned queries (SPEC 3.5). kseg feeds real ones by
@@ -139,8 +149,7 @@ def GINet(
 
     Returns:
         A `keras.Model` mapping images to `{"main": float32 logits at the input
-        size, "class_nodes": float32 (B, num_classes, num_state)}` (and
-        `"aux"`).
+        size, "presence": float32 (B, num_classes)}` (and `"aux"`).
     """
     num_classes = check_num_classes(num_classes)
     embeddings = _resolve_embeddings(class_embeddings, num_classes)
@@ -171,5 +180,5 @@ def GINet(
     )(x)
     main = classify(x, inputs, num_classes, align_corners, dropout)
     aux = aux_logits(feats[info.aux], inputs, num_classes, align_corners) if aux_head else None
-    class_nodes = keras.layers.Identity(dtype="float32", name="class_nodes")(class_nodes)
-    return keras.Model(inputs, outputs_dict(main, aux, class_nodes=class_nodes), name=name)
+    presence = ClassPresenceScore(name="presence")(class_nodes)
+    return keras.Model(inputs, outputs_dict(main, aux, presence=presence), name=name)

@@ -1,3 +1,4 @@
+import keras
 import numpy as np
 import pytest
 
@@ -18,11 +19,29 @@ def _tiny(num_classes, **kwargs):
     )
 
 
-def test_ginet_outputs_logits_and_class_nodes():
+def test_ginet_outputs_logits_and_class_presence():
     model = _tiny(5, class_embeddings="learned")
     out = run_model_test(model, (2, 37, 45, 3), 5)
-    assert out["class_nodes"].shape == (2, 5, 8)
-    assert out["class_nodes"].dtype == np.float32
+    assert out["presence"].shape == (2, 5)
+    assert out["presence"].dtype == np.float32
+
+
+def test_ginet_trains_with_the_semantic_context_loss():
+    model = _tiny(3, class_embeddings="learned", use_jpu=False)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 33, 33, 3)).astype("float32")
+    y = np.zeros((2, 33, 33), "int32")
+    y[0, :10] = 2
+    y[1] = 255  # an all-ignored image: no class present
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01),
+        loss={
+            "main": kseg.losses.SegmentationCrossEntropy(),
+            "presence": kseg.losses.SemanticContextLoss(3),
+        },
+        loss_weights={"main": 1.0, "presence": 0.2},
+    )
+    history = model.fit(x, {"main": y, "presence": y}, epochs=2, batch_size=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
 
 
 def test_shipped_embeddings():
