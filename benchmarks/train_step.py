@@ -1,0 +1,410 @@
+"""Median training-step time and peak memory of kseg models per Keras backend, beside a peer.
+
+One invocation runs every measurement in its own subprocess (so that each has a
+fresh process, one backend, and its own peak-memory figure) and prints one table:
+
+    python benchmarks/train_step.py                       # DeepLabV3+ on every backend + peer
+    python benchmarks/train_step.py --zoo                 # + every other builder, fastest backend
+    python benchmarks/train_step.py --profile             # + where the DeepLabV3+ step goes
+    python benchmarks/train_step.py --batch 1 --size 64 --steps 2 --warmup 1   # smoke run
+
+A step is `model.train_on_batch(x, y)` after `model.compile(optimizer=SGD(0.01,
+momentum=0.9), loss=kseg.losses.SegmentationCrossEntropy())`, on random images in
+[0, 255] and random labels, float32, with the batch already converted to backend
+tensors. The reported time is the median over `--steps` timed steps after `--warmup`
+untimed ones (the first of which includes tracing/compilation, reported separately).
+Peak memory is `ru_maxrss` of the measuring subprocess: the largest resident set the
+whole process ever had (framework, weights, optimizer state, activations, compiler).
+
+The peer, segmentation_models_pytorch's `DeepLabV3Plus("resnet50",
+encoder_output_stride=16, encoder_weights=None)`, is timed with a plain PyTorch loop
+(`benchmarks/_peer_smp.py`) in the interpreter given by `--peer-python` (default: this
+one). When segmentation_models_pytorch cannot be imported there, the table says
+"peer not installed" and the kseg rows are still measured.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+NUM_CLASSES = 21
+
+# name -> (builder, extra kwargs). The first two are the DeepLabV3+ comparison.
+MODELS = {
+    "DeepLabV3Plus": ("DeepLabV3Plus", {}),
+    "DeepLabV3Plus-separable": ("DeepLabV3Plus", {"separable": True}),
+    "DeepLabV3": ("DeepLabV3", {}),
+    "DeepLabV2": ("DeepLabV2", {}),
+    "DeepLabV1": ("DeepLabV1", {}),
+    "PSPNet": ("PSPNet", {}),
+    "GCUNet": ("GCUNet", {}),
+    "GloReNet": ("GloReNet", {}),
+    "GINet": ("GINet", {}),
+    "FCN32s": ("FCN32s", {}),
+    "FCN16s": ("FCN16s", {}),
+    "FCN8s": ("FCN8s", {}),
+    "UNet": ("UNet", {}),
+    "SegNet": ("SegNet", {}),
+}
+COMPARISON = ["DeepLabV3Plus", "DeepLabV3Plus-separable"]
+
+# (backend, jit_compile, image data format): what a user gets by default on a CPU
+# (JAX: XLA; TensorFlow: Keras' "auto" is plain tf.function on a CPU-only machine;
+# torch: eager), plus TensorFlow with XLA and torch with channels_first tensors.
+CONFIGS = [
+    ("jax", True, "channels_last"),
+    ("tensorflow", False, "channels_last"),
+    ("tensorflow", True, "channels_last"),
+    ("torch", False, "channels_last"),
+    ("torch", False, "channels_first"),
+]
+
+
+def peak_rss_mb():
+    """Peak resident set size of this process in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def time_steps(step, warmup, steps):
+    """Runs `step` warmup + steps times; returns (first-call seconds, timed seconds)."""
+    first = None
+    for i in range(warmup):
+        t0 = time.perf_counter()
+        step()
+        if i == 0:
+            first = time.perf_counter() - t0
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return first, times
+
+
+def summarize(times, batch):
+    median = statistics.median(times)
+    return {
+        "median_s": median,
+        "min_s": min(times),
+        "max_s": max(times),
+        "images_per_s": batch / median,
+        "steps": len(times),
+    }
+
+
+# ----------------------------------------------------------------------------- worker
+
+
+def _build(model_key, size, data_format):
+    import kseg
+
+    builder, kwargs = MODELS[model_key]
+    shape = (size, size, 3) if data_format == "channels_last" else (3, size, size)
+    return getattr(kseg.models, builder)(num_classes=NUM_CLASSES, input_shape=shape, **kwargs)
+
+
+def _loss():
+    import keras
+
+    try:
+        import kseg
+
+        return kseg.losses.SegmentationCrossEntropy()
+    except AttributeError:
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _submodel(model, part):
+    """The DeepLabV3+ model cut after `part`, with a cheap head so it trains."""
+    import keras
+
+    if part == "backbone":
+        feature = model.get_layer("aspp").input
+    elif part == "aspp":
+        feature = model.get_layer("aspp").output
+    else:
+        raise ValueError(f"Unknown part. Received: part={part}")
+    pooled = keras.layers.GlobalAveragePooling2D(name="bench_pool")(feature)
+    logits = keras.layers.Dense(NUM_CLASSES, name="bench_head")(pooled)
+    return keras.Model(model.inputs, logits, name=f"{model.name}_{part}")
+
+
+def run_kseg_worker(args):
+    """Measures one (model, backend, jit_compile, data format) in this process."""
+    import keras
+    import numpy as np
+
+    keras.config.set_image_data_format(args.data_format)
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    model = _build(args.model, args.size, args.data_format)
+    if args.part != "full":
+        model = _submodel(model, args.part)
+    build_s = time.perf_counter() - t0
+
+    shape = (args.batch, args.size, args.size, 3)
+    if args.data_format == "channels_first":
+        shape = (args.batch, 3, args.size, args.size)
+    x = keras.ops.convert_to_tensor(rng.uniform(0, 255, shape).astype("float32"))
+    outputs = model.output
+    if args.part != "full":
+        y = rng.integers(0, NUM_CLASSES, (args.batch,)).astype("int32")
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        y = keras.ops.convert_to_tensor(y)
+    else:
+        y = keras.ops.convert_to_tensor(
+            rng.integers(0, NUM_CLASSES, (args.batch, args.size, args.size)).astype("int32")
+        )
+        loss = _loss()
+        if isinstance(outputs, dict):
+            # Extra outputs (auxiliary logits, GINet class nodes) are not trained here:
+            # only the main logits carry a loss.
+            loss = {"main": loss}
+            y = {"main": y}
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=0.01, momentum=0.9),
+        loss=loss,
+        jit_compile=args.jit,
+    )
+
+    def step():
+        model.train_on_batch(x, y)
+
+    first, times = time_steps(step, args.warmup, args.steps)
+    result = summarize(times, args.batch)
+    result.update(
+        {
+            "model": args.model if args.part == "full" else f"{args.model}[{args.part}]",
+            "backend": keras.backend.backend(),
+            "jit_compile": bool(args.jit),
+            "data_format": args.data_format,
+            "params": int(model.count_params()),
+            "build_s": build_s,
+            "first_step_s": first,
+            "peak_rss_mb": peak_rss_mb(),
+        }
+    )
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def _parse_result(stdout):
+    for line in stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT ") :])
+    return None
+
+
+def _run(cmd, env, label, timeout):
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT
+        )
+    except subprocess.TimeoutExpired:
+        print(f"  {label}: timed out after {timeout} s", file=sys.stderr, flush=True)
+        return {"error": f"timed out after {timeout} s"}
+    result = _parse_result(proc.stdout)
+    if result is None:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        message = tail[-1] if tail else f"exit code {proc.returncode}"
+        print(f"  {label}: failed:\n    " + "\n    ".join(tail), file=sys.stderr, flush=True)
+        return {"error": message}
+    print(
+        f"  {label}: {result.get('median_s', float('nan')):.3f} s/step "
+        f"(first {result.get('first_step_s') or 0:.1f} s, total {time.perf_counter() - t0:.0f} s)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return result
+
+
+def _common_flags(args):
+    return [
+        "--batch", str(args.batch),
+        "--size", str(args.size),
+        "--steps", str(args.steps),
+        "--warmup", str(args.warmup),
+    ]  # fmt: skip
+
+
+def measure_kseg(args, model, backend, jit, data_format, part="full", size=None, batch=None):
+    sub = argparse.Namespace(**vars(args))
+    sub.size = size or args.size
+    sub.batch = batch or args.batch
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--model", model]
+    cmd += ["--data-format", data_format, "--part", part]
+    cmd += _common_flags(sub) + (["--jit"] if jit else [])
+    env = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=ROOT)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    label = f"{model}[{part}] {backend} jit={jit} {data_format} b{sub.batch} {sub.size}px"
+    result = _run(cmd, env, label, args.timeout)
+    result.setdefault("model", model if part == "full" else f"{model}[{part}]")
+    result.update(
+        {"backend": backend, "jit_compile": jit, "data_format": data_format}
+        if "error" in result
+        else {}
+    )
+    result["batch"], result["size"] = sub.batch, sub.size
+    return result
+
+
+def measure_peer(args):
+    python = args.peer_python or sys.executable
+    cmd = [python, os.path.join(HERE, "_peer_smp.py")] + _common_flags(args)
+    cmd += ["--num-classes", str(NUM_CLASSES)]
+    result = _run(cmd, dict(os.environ), "peer smp DeepLabV3Plus torch", args.timeout)
+    if result.get("error", "").startswith("peer not installed") or "not installed" in str(
+        result.get("error", "")
+    ):
+        result = {"error": "peer not installed"}
+    result.setdefault("model", "smp.DeepLabV3Plus")
+    result.setdefault("backend", "torch (peer)")
+    result.setdefault("jit_compile", False)
+    result.setdefault("data_format", "channels_first")
+    result["batch"], result["size"] = args.batch, args.size
+    return result
+
+
+def format_table(rows):
+    header = (
+        "| model | backend | jit_compile | layout | batch x size | params (M) | "
+        "median s/step | images/s | first step (s) | peak RSS (MB) |"
+    )
+    lines = [header, "|" + "---|" * 10]
+    for r in rows:
+        layout = "NHWC" if r.get("data_format") == "channels_last" else "NCHW"
+        size = f"{r['batch']} x {r['size']}"
+        if "error" in r:
+            lines.append(
+                f"| {r['model']} | {r['backend']} | {r['jit_compile']} | {layout} | {size} | "
+                f"{r['error']} | | | | |"
+            )
+            continue
+        lines.append(
+            f"| {r['model']} | {r['backend']} | {r['jit_compile']} | {layout} | {size} | "
+            f"{r['params'] / 1e6:.1f} | {r['median_s']:.3f} | {r['images_per_s']:.2f} | "
+            f"{r['first_step_s']:.1f} | {r['peak_rss_mb']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def versions(peer_python):
+    out = {"python": platform.python_version(), "machine": platform.machine()}
+    code = (
+        "import importlib.metadata as m, json\n"
+        "out = {}\n"
+        "for p in ('keras', 'jax', 'jaxlib', 'tensorflow', 'torch', 'numpy',\n"
+        "          'segmentation-models-pytorch', 'torchvision', 'timm'):\n"
+        "    try: out[p] = m.version(p)\n"
+        "    except m.PackageNotFoundError: pass\n"
+        "print(json.dumps(out))\n"
+    )
+    for who, python in (("kseg", sys.executable), ("peer", peer_python or sys.executable)):
+        proc = subprocess.run([python, "-c", code], capture_output=True, text=True)
+        try:
+            out[who] = json.loads(proc.stdout)
+        except json.JSONDecodeError:
+            out[who] = {}
+    out["cpus"] = os.cpu_count()
+    out["load_before"] = os.getloadavg()
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument("--backends", default="jax,tensorflow,torch")
+    parser.add_argument("--no-xla", action="store_true", help="skip TensorFlow with XLA")
+    parser.add_argument("--no-nchw", action="store_true", help="skip torch channels_first")
+    parser.add_argument("--peer-python", default=os.environ.get("KSEG_BENCH_PEER_PYTHON"))
+    parser.add_argument("--no-peer", action="store_true")
+    parser.add_argument("--zoo", action="store_true", help="also every other builder")
+    parser.add_argument("--zoo-models", default=",".join(m for m in MODELS if m not in COMPARISON))
+    parser.add_argument("--zoo-backend", default=None, help="default: fastest in this run")
+    parser.add_argument("--profile", action="store_true", help="time DeepLabV3+ parts")
+    parser.add_argument("--timeout", type=int, default=1800, help="per measurement, s")
+    parser.add_argument("--json", default=None, help="also write all results here")
+    # Worker-only flags.
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--model", default="DeepLabV3Plus", help=argparse.SUPPRESS)
+    parser.add_argument("--jit", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--data-format", default="channels_last", help=argparse.SUPPRESS)
+    parser.add_argument("--part", default="full", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        run_kseg_worker(args)
+        return 0
+
+    info = versions(args.peer_python)
+    print(f"# {json.dumps(info)}", flush=True)
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    configs = [
+        c
+        for c in CONFIGS
+        if c[0] in backends
+        and not (args.no_xla and c[0] == "tensorflow" and c[1])
+        and not (args.no_nchw and c[2] == "channels_first")
+    ]
+    rows = []
+    if not args.no_peer:
+        rows.append(measure_peer(args))
+    for model in COMPARISON:
+        for backend, jit, data_format in configs:
+            rows.append(measure_kseg(args, model, backend, jit, data_format))
+
+    timed = [r for r in rows if r["model"] == "DeepLabV3Plus" and "error" not in r]
+    fastest = min(timed, key=lambda r: r["median_s"]) if timed else None
+    if fastest is not None:
+        print(
+            f"# fastest kseg DeepLabV3Plus: {fastest['backend']} jit={fastest['jit_compile']} "
+            f"{fastest['data_format']}",
+            flush=True,
+        )
+    target = args.zoo_backend or (fastest and fastest["backend"])
+    target_cfg = next((c for c in configs if c[0] == target), None)
+    if fastest is not None and target == fastest["backend"]:
+        target_cfg = (fastest["backend"], fastest["jit_compile"], fastest["data_format"])
+
+    if args.profile and target_cfg:
+        for part in ("backbone", "aspp"):
+            rows.append(measure_kseg(args, "DeepLabV3Plus", *target_cfg, part=part))
+    if args.zoo and target_cfg:
+        for model in [m.strip() for m in args.zoo_models.split(",") if m.strip()]:
+            rows.append(measure_kseg(args, model, *target_cfg))
+
+    info["load_after"] = os.getloadavg()
+    print(f"# load average after: {info['load_after']}")
+    print(format_table(rows))
+    peer = next((r for r in rows if r["model"] == "smp.DeepLabV3Plus"), None)
+    for name in COMPARISON:
+        best = [r for r in rows if r["model"] == name and "error" not in r]
+        if best and peer is not None and "error" not in peer:
+            b = min(best, key=lambda r: r["median_s"])
+            print(
+                f"# {name} fastest ({b['backend']} jit={b['jit_compile']} {b['data_format']}): "
+                f"{b['median_s']:.3f} s/step = {b['median_s'] / peer['median_s']:.2f}x the peer "
+                f"({peer['median_s']:.3f} s/step)"
+            )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"info": info, "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
