@@ -1,0 +1,293 @@
+"""Shared pieces of the recipes: the model zoo by name, device and compile choices, checkpoints.
+
+Everything heavy (Keras, TensorFlow, kseg) is imported inside the functions, so
+that a recipe can parse and check its command line before paying for imports.
+"""
+
+import math
+import os
+
+#: Compact backbone of the demo configuration: a bottleneck ResNet with one
+#: block per stage and width 16 (stage 4 has 512 channels), about 1 M parameters
+#: in all with the compact DeepLabV3+ head. See `compact_head_kwargs`.
+COMPACT_RESNET = {"blocks": (1, 1, 1, 1), "width": 16}
+
+#: The even smaller network of `--smoke` runs.
+SMOKE_RESNET = {"blocks": (1, 1, 1, 1), "width": 4}
+
+# name -> (builder in kseg.models, backbone family, has an auxiliary head)
+MODELS = {
+    "fcn8s": ("FCN8s", "vgg16", False),
+    "fcn16s": ("FCN16s", "vgg16", False),
+    "fcn32s": ("FCN32s", "vgg16", False),
+    "unet": ("UNet", None, False),
+    "segnet": ("SegNet", "vgg16", False),
+    "pspnet": ("PSPNet", "resnet", True),
+    "deeplabv1": ("DeepLabV1", "vgg16", False),
+    "deeplabv2": ("DeepLabV2", "resnet", False),
+    "deeplabv3": ("DeepLabV3", "resnet", True),
+    "deeplabv3plus": ("DeepLabV3Plus", "resnet", False),
+    "gcunet": ("GCUNet", "resnet", True),
+    "glorenet": ("GloReNet", "resnet", True),
+    "ginet": ("GINet", "resnet", True),
+}
+
+#: Backbones the CLI accepts, by family. "compact" is a small ResNet (demo and tests).
+BACKBONES = {"resnet": ("compact", "resnet50", "resnet101"), "vgg16": ("vgg16",), None: ()}
+
+#: The backbone each model uses in its paper's PASCAL VOC configuration.
+PAPER_BACKBONES = {
+    "pspnet": "resnet101",
+    "deeplabv2": "resnet101",
+    "deeplabv3": "resnet101",
+    "deeplabv3plus": "resnet101",
+    "gcunet": "resnet101",
+    "glorenet": "resnet101",
+    "ginet": "resnet101",
+}
+
+#: Loss weight of GINet's semantic context loss (Wu et al., ECCV 2020, section 4.1).
+SC_LOSS_WEIGHT = 0.2
+
+
+def backbone_choices(model_name):
+    return BACKBONES[MODELS[model_name][1]]
+
+
+def has_aux_head(model_name):
+    return MODELS[model_name][2]
+
+
+def accelerator():
+    """ "gpu" when the Keras backend sees a GPU, otherwise "cpu"."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return "gpu" if jax.default_backend() == "gpu" else "cpu"
+    if backend == "torch":
+        import torch
+
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    import tensorflow as tf
+
+    return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
+
+
+def default_jit_compile(backend, device):
+    """The `jit_compile` measured fastest for a backend and device.
+
+    Training steps of the compact DeepLabV3+ demo (batch 16, 96 x 96) on a
+    2-core CPU (README, "Choice of jit_compile"): JAX needs XLA (its eager
+    mode runs op by op); TensorFlow ran slower with XLA than without on the
+    CPU (about 8x for a full DeepLabV3+ step, DESIGN.md); PyTorch's
+    `torch.compile` spent longer compiling than the run saved. On a GPU,
+    TensorFlow keeps Keras' own choice ("auto": XLA when the model supports it).
+    """
+    if backend == "jax":
+        return True
+    if backend == "tensorflow":
+        return "auto" if device == "gpu" else False
+    return False
+
+
+def mixed_precision_policy(value, device):
+    """Resolves `--mixed-precision`: "auto" is float16 on a GPU and bfloat16 on a CPU."""
+    if value in (None, "off"):
+        return None
+    if value == "auto":
+        value = "float16" if device == "gpu" else "bfloat16"
+    return f"mixed_{value}"
+
+
+def build_model(
+    model_name,
+    num_classes,
+    *,
+    backbone,
+    output_stride=None,
+    backbone_weights=None,
+    aux_head=False,
+    compact=None,
+):
+    """Builds a zoo model by its lower-case name.
+
+    Args:
+        model_name: a key of `MODELS`.
+        num_classes: number of classes.
+        backbone: "compact", "resnet50", "resnet101" or "vgg16" (what the
+            model takes), or None for U-Net.
+        output_stride: None for the builder's default.
+        backbone_weights: None, "imagenet" or a weights file.
+        aux_head: add the auxiliary head (models that have one).
+        compact: None for the paper-size heads, or the ResNet kwargs of a
+            compact network (`COMPACT_RESNET`, `SMOKE_RESNET`); heads then
+            shrink with the backbone width.
+
+    Returns:
+        The `keras.Model`. GINet gets an extra `"presence"` output
+        (`kseg.losses.ClassPresenceScore` on its class nodes) for the
+        semantic context loss.
+    """
+    import keras
+
+    import kseg
+
+    builder_name, family, _ = MODELS[model_name]
+    builder = getattr(kseg.models, builder_name)
+    kwargs = {}
+    if family == "resnet":
+        if output_stride is None:
+            output_stride = {"deeplabv3plus": 16, "deeplabv3": 16}.get(model_name, 8)
+        if backbone == "compact":
+            resnet = dict(compact or COMPACT_RESNET)
+            kwargs["backbone"] = kseg.backbones.ResNet(output_stride=output_stride, **resnet)
+        else:
+            kwargs["backbone"] = backbone
+            kwargs["output_stride"] = output_stride
+            kwargs["backbone_weights"] = backbone_weights
+        if aux_head:
+            kwargs["aux_head"] = True
+    elif family == "vgg16":
+        kwargs["backbone_weights"] = backbone_weights
+    if compact is not None:
+        kwargs.update(_compact_head_kwargs(model_name, compact["width"]))
+    model = builder(num_classes, **kwargs)
+    if model_name == "ginet":
+        inputs = keras.Input((None, None, 3), name="image")
+        outputs = dict(model(inputs))
+        nodes = outputs.pop("class_nodes")
+        outputs["presence"] = kseg.losses.ClassPresenceScore(name="presence")(nodes)
+        model = keras.Model(inputs, outputs, name="ginet_with_presence")
+    return model
+
+
+def _compact_head_kwargs(model_name, width):
+    """Head widths that scale with a compact backbone of `width` (64 is the full size)."""
+    w = width * 4  # the full-size heads are 4 x the backbone width (256 for width 64)
+    return {
+        "fcn8s": {"fc_filters": 16 * w},
+        "fcn16s": {"fc_filters": 16 * w},
+        "fcn32s": {"fc_filters": 16 * w},
+        "unet": {"filters": max(width // 2, 4), "depth": 3, "padding": "same", "batch_norm": True},
+        "segnet": {},
+        "pspnet": {"filters": 2 * w},
+        "deeplabv1": {"fc_filters": 4 * w},
+        "deeplabv2": {},
+        "deeplabv3": {"filters": w},
+        "deeplabv3plus": {"filters": w, "low_level_filters": max(w // 4, 4), "decoder_filters": w},
+        "gcunet": {"unit_filters": 2 * w, "filters": 2 * w},
+        "glorenet": {"filters": 2 * w, "num_state": w // 2, "num_node": w // 4},
+        "ginet": {"jpu_width": 2 * w, "filters": 2 * w, "num_state": w, "num_node": w // 3},
+    }[model_name]
+
+
+def model_outputs(model):
+    """Output names of a dict-output model, or None for a single-output model."""
+    structure = getattr(model, "_outputs_struct", None)
+    if isinstance(structure, dict):
+        return sorted(structure)
+    return None
+
+
+def steps_for(total_steps, steps_per_epoch):
+    """Splits `total_steps` into `(epochs, steps_per_epoch)` with epochs of at most one pass."""
+    epochs = max(math.ceil(total_steps / steps_per_epoch), 1)
+    return epochs, math.ceil(total_steps / epochs)
+
+
+def load_model(path):
+    """Loads a `.keras` checkpoint written by the training recipe (without its compile state)."""
+    import keras
+
+    import kseg  # noqa: F401  (registers kseg's layers, losses and metrics)
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(path)
+    return keras.saving.load_model(path, compile=False)
+
+
+def quiet_tensorflow():
+    """Hides TensorFlow's start-up log lines (before TensorFlow is imported)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def format_iou_table(class_names, values, title="Per-class IoU"):
+    """A plain-text table of class names and IoU values (NaN: class absent from the data)."""
+    width = max([len(n) for n in class_names] + [5])
+    lines = [title, f"  {'class':<{width}}  IoU", f"  {'-' * width}  ------"]
+    for name, value in zip(class_names, values):
+        shown = "   n/a" if not math.isfinite(value) else f"{value:6.4f}"
+        lines.append(f"  {name:<{width}}  {shown}")
+    return "\n".join(lines)
+
+
+def add_inference_args(parser, default_crop_help):
+    """Test-time options shared by the evaluation and prediction recipes."""
+    parser.add_argument(
+        "--scales",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="image scales whose probabilities are averaged, e.g. 0.5 0.75 1.0 1.25 1.5 1.75",
+    )
+    parser.add_argument("--flip", action="store_true", help="also average the flipped image")
+    parser.add_argument(
+        "--crop-size",
+        type=int,
+        default=None,
+        help="sliding-window size (the training crop); " + default_crop_help,
+    )
+    parser.add_argument(
+        "--stride", type=int, default=None, help="sliding-window stride; default 2/3 of the crop"
+    )
+    parser.add_argument("--output-key", default="main", help="output of a dict-output model")
+
+
+def check_inference_args(parser, args):
+    if any(s <= 0 for s in args.scales):
+        parser.error(f"argument --scales: must be positive, got {args.scales}")
+    for name in ("crop_size", "stride"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"argument --{name.replace('_', '-')}: must be >= 1, got {value}")
+
+
+def inference_kwargs(args):
+    return {
+        "crop_size": args.crop_size,
+        "stride": args.stride,
+        "scales": tuple(args.scales),
+        "flip": args.flip,
+        "output_key": args.output_key,
+    }
+
+
+def num_classes_of(model, output_key="main"):
+    """The number of classes: the channels of the model's logits."""
+    import keras
+
+    output = model.output
+    if isinstance(output, dict):
+        output = output[output_key]
+    elif isinstance(output, (list, tuple)):
+        output = output[0]
+    axis = 1 if keras.config.image_data_format() == "channels_first" else -1
+    return int(output.shape[axis])
+
+
+def class_names_for(num_classes):
+    """VOC's names for 21 classes, the synthetic set's for 6, else class_<i>."""
+    if num_classes == 21:
+        from kseg.data.palette import VOC_CLASSES
+
+        return list(VOC_CLASSES)
+    if num_classes == len(SYNTHETIC_CLASSES):
+        return list(SYNTHETIC_CLASSES)
+    return [f"class_{i}" for i in range(num_classes)]
+
+
+#: Names of the classes of the synthetic dataset (by the colour of their shapes).
+SYNTHETIC_CLASSES = ("background", "red", "green", "blue", "yellow", "magenta")
