@@ -80,6 +80,34 @@ def image_input(input_shape, normalization, info_preprocessing):
     return inputs, ImageNormalization(mode, name="normalize")(inputs)
 
 
+def backbone_features(backbone, *, input_shape, backbone_weights, normalization, **kwargs):
+    """Builds the model input and runs the (normalised) image through the backbone.
+
+    `kwargs` go to `resolve_backbone` (`names`, `family`, `required_variant`
+    and the backbone builder's own arguments). Returns `(inputs, features,
+    info)`: the `keras.Input`, the backbone's dict of feature maps and its
+    `BackboneInfo`.
+    """
+    model, info = resolve_backbone(
+        backbone, input_shape=input_shape, backbone_weights=backbone_weights, **kwargs
+    )
+    inputs, x = image_input(input_shape, normalization, info.preprocessing)
+    return inputs, model(x), info
+
+
+def resnet_features(backbone, *, input_shape, backbone_weights, normalization, **kwargs):
+    """`backbone_features` for the ResNet-based builders (`"resnet50"`, `"resnet101"`)."""
+    return backbone_features(
+        backbone,
+        input_shape=input_shape,
+        backbone_weights=backbone_weights,
+        normalization=normalization,
+        names=RESNETS,
+        family="resnet",
+        **kwargs,
+    )
+
+
 def upsample_logits(logits, reference, align_corners=False, name="logits"):
     """Bilinear resize of logits to the input size, computed and returned in float32."""
     return ResizeLike(align_corners=align_corners, dtype="float32", name=name)([logits, reference])

@@ -5,14 +5,13 @@ import keras
 from kseg.backbones import VGG16
 from kseg.layers import ASPP, DeepLabV3PlusDecoder
 from kseg.models._base import (
-    RESNETS,
     aux_logits,
+    backbone_features,
     check_num_classes,
     classifier_initializer,
     classify,
-    image_input,
     outputs_dict,
-    resolve_backbone,
+    resnet_features,
     upsample_logits,
 )
 
@@ -64,7 +63,7 @@ def DeepLabV1(
         `(B, H, W, num_classes)`.
     """
     num_classes = check_num_classes(num_classes)
-    bb, info = resolve_backbone(
+    inputs, feats, info = backbone_features(
         backbone,
         names={"vgg16": VGG16},
         input_shape=input_shape,
@@ -72,9 +71,9 @@ def DeepLabV1(
         family="vgg16",
         required_variant="deeplab_v1",
         variant="deeplab_v1",
+        normalization=normalization,
     )
-    inputs, x = image_input(input_shape, normalization, info.preprocessing)
-    x = bb(x)[info.high_level]
+    x = feats[info.high_level]
     # pool5a: Caffe average pooling counts the zero padding (count_include_pad).
     x = keras.layers.ZeroPadding2D(1, name="pool5a_pad")(x)
     x = keras.layers.AveragePooling2D(3, strides=1, name="pool5a")(x)
@@ -125,16 +124,14 @@ def DeepLabV2(
         A `keras.Model` mapping images to float32 logits at the input size.
     """
     num_classes = check_num_classes(num_classes)
-    bb, info = resolve_backbone(
+    inputs, feats, info = resnet_features(
         backbone,
-        names=RESNETS,
         input_shape=input_shape,
         backbone_weights=backbone_weights,
-        family="resnet",
         output_stride=output_stride,
+        normalization=normalization,
     )
-    inputs, x = image_input(input_shape, normalization, info.preprocessing)
-    x = bb(x)[info.high_level]
+    x = feats[info.high_level]
     x = ASPP(filters=num_classes, atrous_rates=atrous_rates, mode="v2", name="aspp")(x)
     return keras.Model(inputs, upsample_logits(x, inputs, align_corners), name=name)
 
@@ -186,17 +183,14 @@ def DeepLabV3(
         or to `{"main": ..., "aux": ...}` with `aux_head=True`.
     """
     num_classes = check_num_classes(num_classes)
-    bb, info = resolve_backbone(
+    inputs, feats, info = resnet_features(
         backbone,
-        names=RESNETS,
         input_shape=input_shape,
         backbone_weights=backbone_weights,
-        family="resnet",
         output_stride=output_stride,
         multi_grid=multi_grid,
+        normalization=normalization,
     )
-    inputs, x = image_input(input_shape, normalization, info.preprocessing)
-    feats = bb(x)
     rates = atrous_rates or default_atrous_rates(info.output_stride)
     x = ASPP(
         filters=filters,
@@ -263,17 +257,14 @@ def DeepLabV3Plus(
     >>> model.compile("sgd", kseg.losses.SegmentationCrossEntropy())
     """
     num_classes = check_num_classes(num_classes)
-    bb, info = resolve_backbone(
+    inputs, feats, info = resnet_features(
         backbone,
-        names=RESNETS,
         input_shape=input_shape,
         backbone_weights=backbone_weights,
-        family="resnet",
         output_stride=output_stride,
         multi_grid=multi_grid,
+        normalization=normalization,
     )
-    inputs, x = image_input(input_shape, normalization, info.preprocessing)
-    feats = bb(x)
     rates = atrous_rates or default_atrous_rates(info.output_stride)
     x = ASPP(
         filters=filters,

@@ -5,7 +5,10 @@ import keras
 from kseg.backbones import VGG16
 from kseg.initializers import BilinearUpsampling
 from kseg.layers import CropLike
-from kseg.models._base import check_num_classes, image_input, resolve_backbone
+from kseg.models._base import (
+    backbone_features,
+    check_num_classes,
+)
 
 # Crop offsets of the official voc-fcn{32,16,8}s nets (shelhamer/fcn.berkeleyvision.org),
 # which follow from conv1_1's padding of 100.
@@ -44,7 +47,7 @@ def _fcn(
     name,
 ):
     num_classes = check_num_classes(num_classes)
-    bb, info = resolve_backbone(
+    inputs, feats, info = backbone_features(
         backbone,
         names={"vgg16": VGG16},
         input_shape=input_shape,
@@ -52,9 +55,8 @@ def _fcn(
         family="vgg16",
         required_variant="fcn",
         variant="fcn",
+        normalization=normalization,
     )
-    inputs, x = image_input(input_shape, normalization, info.preprocessing)
-    feats = bb(x)
     x = keras.layers.Conv2D(fc_filters, 7, activation="relu", name="fc6")(feats["pool5"])
     x = keras.layers.Dropout(dropout, name="drop6")(x)
     x = keras.layers.Conv2D(fc_filters, 1, activation="relu", name="fc7")(x)

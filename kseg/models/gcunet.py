@@ -4,13 +4,11 @@ import keras
 
 from kseg.layers import ConvBNAct, GraphConvolutionalUnit
 from kseg.models._base import (
-    RESNETS,
     aux_logits,
     check_num_classes,
     classify,
-    image_input,
     outputs_dict,
-    resolve_backbone,
+    resnet_features,
 )
 
 
@@ -68,16 +66,13 @@ def GCUNet(
             "Expected `num_vertices` to be a non-empty list of vertex counts. "
             f"Received: num_vertices={num_vertices!r}"
         )
-    bb, info = resolve_backbone(
+    inputs, feats, info = resnet_features(
         backbone,
-        names=RESNETS,
         input_shape=input_shape,
         backbone_weights=backbone_weights,
-        family="resnet",
         output_stride=output_stride,
+        normalization=normalization,
     )
-    inputs, x = image_input(input_shape, normalization, info.preprocessing)
-    feats = bb(x)
     high = feats[info.high_level]
     units = [
         GraphConvolutionalUnit(num_vertices=v, filters=unit_filters, name=f"gcu_{v}")(high)

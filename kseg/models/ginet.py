@@ -8,13 +8,11 @@ import numpy as np
 from kseg.layers import ConvBNAct, GraphInteractionUnit, ResizeLike
 from kseg.losses import ClassPresenceScore
 from kseg.models._base import (
-    RESNETS,
     aux_logits,
     check_num_classes,
     classify,
-    image_input,
     outputs_dict,
-    resolve_backbone,
+    resnet_features,
 )
 
 _EMBEDDINGS_FILE = os.path.join(os.path.dirname(__file__), "class_embeddings.npz")
@@ -153,16 +151,13 @@ def GINet(
     """
     num_classes = check_num_classes(num_classes)
     embeddings = _resolve_embeddings(class_embeddings, num_classes)
-    bb, info = resolve_backbone(
+    inputs, feats, info = resnet_features(
         backbone,
-        names=RESNETS,
         input_shape=input_shape,
         backbone_weights=backbone_weights,
-        family="resnet",
         output_stride=output_stride,
+        normalization=normalization,
     )
-    inputs, x = image_input(input_shape, normalization, info.preprocessing)
-    feats = bb(x)
     if use_jpu:
         x = joint_pyramid_upsampling(
             [feats["stage2"], feats["stage3"], feats["stage4"]], width=jpu_width

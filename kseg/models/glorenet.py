@@ -4,13 +4,11 @@ import keras
 
 from kseg.layers import ConvBNAct, GloReUnit
 from kseg.models._base import (
-    RESNETS,
     aux_logits,
     check_num_classes,
     classify,
-    image_input,
     outputs_dict,
-    resolve_backbone,
+    resnet_features,
 )
 
 
@@ -61,16 +59,13 @@ def GloReNet(
         (or `{"main", "aux"}`).
     """
     num_classes = check_num_classes(num_classes)
-    bb, info = resolve_backbone(
+    inputs, feats, info = resnet_features(
         backbone,
-        names=RESNETS,
         input_shape=input_shape,
         backbone_weights=backbone_weights,
-        family="resnet",
         output_stride=output_stride,
+        normalization=normalization,
     )
-    inputs, x = image_input(input_shape, normalization, info.preprocessing)
-    feats = bb(x)
     x = ConvBNAct(filters, 1, name="reduce")(feats[info.high_level])
     x = GloReUnit(num_state=num_state, num_node=num_node, name="glore")(x)
     main = classify(x, inputs, num_classes, align_corners, dropout)

@@ -4,13 +4,11 @@ import keras
 
 from kseg.layers import ConvBNAct, PyramidPoolingModule
 from kseg.models._base import (
-    RESNETS,
     aux_logits,
     check_num_classes,
     classify,
-    image_input,
     outputs_dict,
-    resolve_backbone,
+    resnet_features,
 )
 
 
@@ -62,16 +60,13 @@ def PSPNet(
         (or `{"main", "aux"}`).
     """
     num_classes = check_num_classes(num_classes)
-    bb, info = resolve_backbone(
+    inputs, feats, info = resnet_features(
         backbone,
-        names=RESNETS,
         input_shape=input_shape,
         backbone_weights=backbone_weights,
-        family="resnet",
         output_stride=output_stride,
+        normalization=normalization,
     )
-    inputs, x = image_input(input_shape, normalization, info.preprocessing)
-    feats = bb(x)
     x = PyramidPoolingModule(bins=bins, align_corners=align_corners, name="ppm")(
         feats[info.high_level]
     )

@@ -4,7 +4,10 @@ import keras
 
 from kseg.backbones import VGG16
 from kseg.layers import MaxPoolingWithArgmax2D, MaxUnpooling2D
-from kseg.models._base import check_num_classes, image_input, resolve_backbone
+from kseg.models._base import (
+    backbone_features,
+    check_num_classes,
+)
 
 # Decoder widths per stage, from the deepest (mirrors VGG-16's 13 convolutions).
 _DECODER = ((512, 512, 512), (512, 512, 256), (256, 256, 128), (128, 64), (64,))
@@ -60,7 +63,7 @@ def SegNet(
         A `keras.Model` mapping images to float32 logits at the input size.
     """
     num_classes = check_num_classes(num_classes)
-    bb, info = resolve_backbone(
+    inputs, feats, info = backbone_features(
         backbone,
         names={"vgg16": VGG16},
         input_shape=input_shape,
@@ -68,9 +71,8 @@ def SegNet(
         family="vgg16",
         required_variant="bn",
         variant="bn",
+        normalization=normalization,
     )
-    inputs, x = image_input(input_shape, normalization, info.preprocessing)
-    feats = bb(x)
     # The encoder's pools again, now keeping the argmax indices (same windows, same values).
     pooled = {}
     for stage in range(1, 6):
