@@ -8,7 +8,6 @@ from tests.helpers import run_model_test
 from tests.models.conftest import tiny_resnet
 
 
-@pytest.mark.large
 def test_deeplab_v1_parameter_count():
     # DeepLab v1 LargeFOV, VGG-16, K = 21 (SPEC 4.5).
     assert kseg.models.DeepLabV1(num_classes=21).count_params() == 20_505_429

@@ -10,7 +10,6 @@ from tests.helpers import run_model_test, to_numpy
 EXPECTED = {"FCN8s": 134_489_759, "FCN16s": 134_815_994, "FCN32s": 136_152_917}
 
 
-@pytest.mark.large
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_parameter_count_matches_reference(name):
     model = getattr(kseg.models, name)(num_classes=21)

@@ -6,7 +6,6 @@ import kseg
 from tests.helpers import run_model_test, to_numpy
 
 
-@pytest.mark.large
 def test_parameter_count_matches_reference():
     # SegNet VGG16-BN, K = 11: 29,449,355 trainable parameters (SPEC 5; BN's
     # moving statistics are buffers in the reference, non-trainable here).
