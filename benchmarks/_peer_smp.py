@@ -21,6 +21,7 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--budget", type=float, default=None)
     parser.add_argument("--num-classes", type=int, default=21)
     args = parser.parse_args(argv)
 
@@ -48,8 +49,8 @@ def main(argv=None):
         optimizer.step()
         return loss.item()
 
-    first, times = time_steps(step, args.warmup, args.steps)
-    result = summarize(times, args.batch)
+    first, times, cpu = time_steps(step, args.warmup, args.steps, args.budget)
+    result = summarize(times, cpu, args.batch)
     result.update(
         {
             "model": "smp.DeepLabV3Plus",

@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -73,28 +74,39 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def time_steps(step, warmup, steps):
-    """Runs `step` warmup + steps times; returns (first-call seconds, timed seconds)."""
-    first = None
+def time_steps(step, warmup, steps, budget=None):
+    """Runs `step` warmup + steps times.
+
+    With a `budget` in seconds, fewer timed steps (at least 2) are run when the last
+    warm-up step says that `steps` of them would take longer than the budget.
+    Returns (first-call seconds, timed wall seconds, timed process-CPU seconds); the
+    CPU time adds up every thread of the process, so it can exceed the wall time.
+    """
+    first = last = None
     for i in range(warmup):
         t0 = time.perf_counter()
         step()
+        last = time.perf_counter() - t0
         if i == 0:
-            first = time.perf_counter() - t0
-    times = []
+            first = last
+    if budget and last and warmup > 1 and steps * last > budget:
+        steps = max(2, int(budget / last))
+    times, cpu = [], []
     for _ in range(steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - t0)
-    return first, times
+        cpu.append(time.process_time() - c0)
+    return first, times, cpu
 
 
-def summarize(times, batch):
+def summarize(times, cpu, batch):
     median = statistics.median(times)
     return {
         "median_s": median,
         "min_s": min(times),
         "max_s": max(times),
+        "cpu_s": statistics.median(cpu),
         "images_per_s": batch / median,
         "steps": len(times),
     }
@@ -178,8 +190,8 @@ def run_kseg_worker(args):
     def step():
         model.train_on_batch(x, y)
 
-    first, times = time_steps(step, args.warmup, args.steps)
-    result = summarize(times, args.batch)
+    first, times, cpu = time_steps(step, args.warmup, args.steps, args.budget)
+    result = summarize(times, cpu, args.batch)
     result.update(
         {
             "model": args.model if args.part == "full" else f"{args.model}[{args.part}]",
@@ -216,8 +228,10 @@ def _run(cmd, env, label, timeout):
         return {"error": f"timed out after {timeout} s"}
     result = _parse_result(proc.stdout)
     if result is None:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        message = tail[-1] if tail else f"exit code {proc.returncode}"
+        text = re.sub(r"\x1b\[[0-9;]*m", "", proc.stderr or proc.stdout or "")
+        tail = text.strip().splitlines()[-8:]
+        errors = [line for line in text.splitlines() if re.match(r"^\w*(Error|Exception)\b", line)]
+        message = (errors[-1] if errors else f"exit code {proc.returncode}")[:120]
         print(f"  {label}: failed:\n    " + "\n    ".join(tail), file=sys.stderr, flush=True)
         return {"error": message}
     print(
@@ -235,6 +249,7 @@ def _common_flags(args):
         "--size", str(args.size),
         "--steps", str(args.steps),
         "--warmup", str(args.warmup),
+        "--budget", str(args.budget),
     ]  # fmt: skip
 
 
@@ -279,21 +294,24 @@ def measure_peer(args):
 def format_table(rows):
     header = (
         "| model | backend | jit_compile | layout | batch x size | params (M) | "
-        "median s/step | images/s | first step (s) | peak RSS (MB) |"
+        "median s/step | min s/step | CPU s/step | steps | images/s | first step (s) | "
+        "peak RSS (MB) |"
     )
-    lines = [header, "|" + "---|" * 10]
+    lines = [header, "|" + "---|" * 13]
     for r in rows:
         layout = "NHWC" if r.get("data_format") == "channels_last" else "NCHW"
         size = f"{r['batch']} x {r['size']}"
         if "error" in r:
             lines.append(
                 f"| {r['model']} | {r['backend']} | {r['jit_compile']} | {layout} | {size} | "
-                f"{r['error']} | | | | |"
+                f"{r['error']} | | | | | | | |"
             )
             continue
         lines.append(
             f"| {r['model']} | {r['backend']} | {r['jit_compile']} | {layout} | {size} | "
-            f"{r['params'] / 1e6:.1f} | {r['median_s']:.3f} | {r['images_per_s']:.2f} | "
+            f"{r['params'] / 1e6:.1f} | {r['median_s']:.3f} | {r['min_s']:.3f} | {r['cpu_s']:.3f} | "
+            f"{r['steps']} | "
+            f"{r['images_per_s']:.2f} | "
             f"{r['first_step_s']:.1f} | {r['peak_rss_mb']:.0f} |"
         )
     return "\n".join(lines)
@@ -327,6 +345,12 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=5, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=300.0,
+        help="timed seconds per measurement: fewer timed steps (at least 2) beyond it",
+    )
     parser.add_argument("--backends", default="jax,tensorflow,torch")
     parser.add_argument("--no-xla", action="store_true", help="skip TensorFlow with XLA")
     parser.add_argument("--no-nchw", action="store_true", help="skip torch channels_first")
