@@ -127,9 +127,9 @@ def build_model(
             shrink with the backbone width.
 
     Returns:
-        The `keras.Model`. GINet gets an extra `"presence"` output
-        (`kseg.losses.ClassPresenceScore` on its class nodes) for the
-        semantic context loss.
+        The `keras.Model`. GINet's `"presence"` output (class-presence logits
+        for the semantic context loss) is kept; a GINet returning raw
+        `"class_nodes"` gets a `kseg.losses.ClassPresenceScore` on them.
     """
     import keras
 
@@ -155,12 +155,13 @@ def build_model(
     if compact is not None:
         kwargs.update(_compact_head_kwargs(model_name, compact["width"]))
     model = builder(num_classes, **kwargs)
-    if model_name == "ginet":
+    if isinstance(model.output, dict) and "class_nodes" in model.output:
+        # A GINet that returns its class nodes: score them for the semantic context loss.
         inputs = keras.Input((None, None, 3), name="image")
         outputs = dict(model(inputs))
         nodes = outputs.pop("class_nodes")
         outputs["presence"] = kseg.losses.ClassPresenceScore(name="presence")(nodes)
-        model = keras.Model(inputs, outputs, name="ginet_with_presence")
+        model = keras.Model(inputs, outputs, name=f"{model.name}_with_presence")
     return model
 
 

@@ -41,8 +41,8 @@ SYNTHETIC_CLASSES = _common.SYNTHETIC_CLASSES
 DEMO = {
     "backbone": "compact",
     "crop_size": 96,
-    "batch_size": 16,
-    "epochs": 2,
+    "batch_size": 8,
+    "epochs": 1,
     "optimizer": "adam",
     "lr": 3e-3,
     "weight_decay": 0.0,

@@ -1,0 +1,216 @@
+"""End-to-end checks of the recipes, run as scripts under the current backend.
+
+Each recipe runs in a subprocess (`sys.executable`, this process' KERAS_BACKEND)
+on a fake VOC folder written by `kseg.data.write_fake_voc`, in `--smoke` mode.
+"""
+
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+import kseg.data
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RECIPES = os.path.join(ROOT, "recipes")
+NUM_CLASSES = 21
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    environ = dict(os.environ)
+    environ["KERAS_BACKEND"] = keras.backend.backend()
+    environ["PYTHONPATH"] = os.pathsep.join([ROOT, environ.get("PYTHONPATH", "")])
+    environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    # The subprocesses of this module share JAX's compiled initialisers and steps.
+    environ["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
+    environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    return environ
+
+
+def run_recipe(env, script, *args, check=True):
+    result = subprocess.run(
+        [sys.executable, os.path.join(RECIPES, script), *map(str, args)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{script} {' '.join(map(str, args))} exited with {result.returncode}\n"
+            f"--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
+@pytest.fixture(scope="module")
+def voc_dir(tmp_path_factory):
+    return kseg.data.write_fake_voc(
+        tmp_path_factory.mktemp("data"), num_train=4, num_val=2, augmented=True, num_aug_only=2
+    )
+
+
+@pytest.fixture(scope="module")
+def smoke_run(env, voc_dir, tmp_path_factory):
+    """One epoch of the default model on the fake VOC folder."""
+    logdir = tmp_path_factory.mktemp("runs") / "smoke"
+    result = run_recipe(
+        env, "train_voc.py", "--smoke", "--data-dir", voc_dir, "--logdir", logdir, "--epochs", 1
+    )
+    return logdir, result.stdout
+
+
+def read_events(folder):
+    """`{tag: sorted steps}` of every summary in the event files of `folder`."""
+    files = glob.glob(os.path.join(str(folder), "events.out.tfevents.*"))
+    assert files, f"no event files in {folder}"
+    tags = {}
+    for path in files:
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                tags.setdefault(value.tag, set()).add(event.step)
+    return {tag: sorted(steps) for tag, steps in tags.items()}
+
+
+def read_model_config(path):
+    """The model config stored in a `.keras` file (without building the model)."""
+    with zipfile.ZipFile(path) as archive:
+        assert "model.weights.h5" in archive.namelist()
+        return json.loads(archive.read("config.json"))
+
+
+def parse_miou(stdout):
+    lines = [line for line in stdout.splitlines() if line.startswith("Validation mIoU:")]
+    assert lines, stdout[-2000:]
+    return float(lines[-1].split(":")[1])
+
+
+def test_smoke_run_writes_tensorboard_logs_checkpoint_and_summary(smoke_run):
+    logdir, stdout = smoke_run
+    assert "PASCAL VOC 2012" in stdout and "'train_aug' (6 images)" in stdout
+    assert "Per-class IoU" in stdout and "aeroplane" in stdout
+    assert 0.0 <= parse_miou(stdout) <= 1.0
+    assert f"tensorboard --logdir {logdir}" in stdout
+
+    train = read_events(logdir / "train")
+    for tag in ("epoch_loss", "epoch_mean_iou", "epoch_pixel_accuracy", "learning_rate"):
+        assert train.get(tag) == [0], (tag, sorted(train))
+    validation = read_events(logdir / "validation")
+    for tag in ("epoch_loss", "epoch_mean_iou", "epoch_pixel_accuracy", "samples"):
+        assert validation.get(tag) == [0], (tag, sorted(validation))
+    assert validation.get("per_class_iou/background") == [0], sorted(validation)
+
+    assert read_model_config(logdir / "best.keras")["class_name"] == "Functional"
+    with open(logdir / "args.json") as f:
+        assert json.load(f)["model"] == "deeplabv3plus"
+
+
+def test_resume_continues_from_the_saved_epoch(env, smoke_run, tmp_path):
+    logdir = tmp_path / "resumed"
+    shutil.copytree(smoke_run[0], logdir)
+    result = run_recipe(env, "train_voc.py", "--resume", "--logdir", logdir, "--epochs", 2)
+    # The saved arguments (--smoke, --data-dir) are the defaults of the resumed run.
+    assert "PASCAL VOC 2012" in result.stdout and "Configuration (smoke)" in result.stdout
+    assert "Epoch 2/2" in result.stdout and "Epoch 1/2" not in result.stdout
+    validation = read_events(logdir / "validation")
+    assert validation["epoch_mean_iou"] == [0, 1]
+    with open(logdir / "backup" / "training_metadata.json") as f:
+        assert json.load(f)["epoch"] == 2
+
+
+def test_predict_and_evaluate_agree(env, smoke_run, voc_dir, tmp_path):
+    checkpoint = smoke_run[0] / "best.keras"
+    tta = ["--crop-size", 32, "--scales", 0.75, 1.0, "--flip"]
+    results = tmp_path / "results.json"
+    evaluation = run_recipe(
+        env, "evaluate_voc.py", checkpoint, "--data-dir", voc_dir, *tta, "--output-json", results
+    )
+    assert "Mean IoU:" in evaluation.stdout and "tvmonitor" in evaluation.stdout
+    with open(results) as f:
+        scores = json.load(f)
+    assert len(scores["per_class_iou"]) == NUM_CLASSES
+
+    # predict.py on the validation images, scored here with a NumPy confusion matrix.
+    names = kseg.data.voc_file_list(voc_dir, "val")
+    val_images = tmp_path / "val_images"
+    val_images.mkdir()
+    for path in names[0]:
+        shutil.copy(path, val_images)
+    out = tmp_path / "predictions"
+    run_recipe(env, "predict.py", val_images, "--checkpoint", checkpoint, "--output-dir", out, *tta)
+    confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    for image_path, mask_path in zip(*names):
+        stem = os.path.splitext(os.path.basename(image_path))[0]
+        with Image.open(out / f"{stem}_mask.png") as png:
+            assert png.mode == "P"
+            assert png.getpalette()[3:6] == [128, 0, 0]  # VOC colour of class 1
+            pred = np.asarray(png, np.int64)
+        with Image.open(out / f"{stem}_overlay.png") as png:
+            assert png.mode == "RGB" and png.size == (pred.shape[1], pred.shape[0])
+        truth = np.asarray(Image.open(mask_path), np.int64)
+        assert pred.shape == truth.shape
+        keep = truth != 255
+        np.add.at(confusion, (truth[keep], pred[keep]), 1)
+    tp = np.diag(confusion).astype(np.float64)
+    union = confusion.sum(0) + confusion.sum(1) - tp
+    iou = tp[union > 0] / union[union > 0]
+    np.testing.assert_allclose(scores["mean_iou"], iou.mean(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        scores["pixel_accuracy"], tp.sum() / confusion.sum(), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_ginet_on_synthetic_data_trains_with_aux_and_semantic_context_losses(env, tmp_path):
+    logdir = tmp_path / "ginet"
+    result = run_recipe(env, "train_voc.py", "--smoke", "--model", "ginet", "--logdir", logdir)
+    assert "SYNTHETIC dataset" in result.stdout
+    assert "semantic context loss" in result.stdout
+    assert 0.0 <= parse_miou(result.stdout) <= 1.0
+    train = read_events(logdir / "train")
+    for tag in ("epoch_loss", "epoch_main_loss", "epoch_aux_loss", "epoch_presence_loss"):
+        assert tag in train, sorted(train)
+    assert "epoch_main_mean_iou" in read_events(logdir / "validation")
+    outputs = read_model_config(logdir / "best.keras")["config"]["output_layers"]
+    assert sorted(outputs) == ["aux", "main", "presence"]
+
+
+@pytest.mark.parametrize(
+    "script, args, message",
+    [
+        (
+            "train_voc.py",
+            ["--model", "nosuchnet"],
+            r"argument --model: invalid choice: 'nosuchnet'",
+        ),
+        ("train_voc.py", ["--data-dir", "/no/such/folder"], r"argument --data-dir: no such folder"),
+        ("train_voc.py", ["--model", "unet", "--backbone", "resnet50"], r"argument --backbone"),
+        ("train_voc.py", ["--model", "deeplabv3plus", "--aux-weight", "0.4"], r"--aux-weight"),
+        ("train_voc.py", ["--epochs", "2", "--steps", "5"], r"argument --steps: not allowed"),
+        ("train_voc.py", ["--resume"], r"argument --resume: needs --logdir"),
+        ("evaluate_voc.py", ["/no/such.keras"], r"argument checkpoint: no such file"),
+        ("predict.py", ["x.jpg"], r"the following arguments are required: --checkpoint"),
+    ],
+)
+def test_bad_arguments_name_the_argument(env, script, args, message):
+    result = run_recipe(env, script, *args, check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert re.search(message, result.stderr), result.stderr[-2000:]
+
+
+def test_missing_voc_folder_inside_data_dir(env, tmp_path):
+    result = run_recipe(env, "train_voc.py", "--smoke", "--data-dir", tmp_path, check=False)
+    assert result.returncode != 0
+    assert "argument --data-dir" in result.stderr and "VOCdevkit" in result.stderr
