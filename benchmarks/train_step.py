@@ -360,6 +360,11 @@ def main(argv=None):
     parser.add_argument("--zoo-models", default=",".join(m for m in MODELS if m not in COMPARISON))
     parser.add_argument("--zoo-backend", default=None, help="default: fastest in this run")
     parser.add_argument("--profile", action="store_true", help="time DeepLabV3+ parts")
+    parser.add_argument(
+        "--comparison",
+        default=",".join(COMPARISON),
+        help="DeepLabV3+ variants timed on every backend ('' for none)",
+    )
     parser.add_argument("--timeout", type=int, default=1800, help="per measurement, s")
     parser.add_argument("--json", default=None, help="also write all results here")
     # Worker-only flags.
@@ -387,7 +392,7 @@ def main(argv=None):
     rows = []
     if not args.no_peer:
         rows.append(measure_peer(args))
-    for model in COMPARISON:
+    for model in [m.strip() for m in args.comparison.split(",") if m.strip()]:
         for backend, jit, data_format in configs:
             rows.append(measure_kseg(args, model, backend, jit, data_format))
 
@@ -401,23 +406,29 @@ def main(argv=None):
         )
     target = args.zoo_backend or (fastest and fastest["backend"])
     target_cfg = next((c for c in configs if c[0] == target), None)
-    if fastest is not None and target == fastest["backend"]:
+    if args.zoo_backend is None and fastest is not None:
         target_cfg = (fastest["backend"], fastest["jit_compile"], fastest["data_format"])
 
     if args.profile and target_cfg:
-        for part in ("backbone", "aspp"):
-            rows.append(measure_kseg(args, "DeepLabV3Plus", *target_cfg, part=part))
+        for model in [m.strip() for m in args.comparison.split(",") if m.strip()] or COMPARISON:
+            for part in ("backbone", "aspp"):
+                rows.append(measure_kseg(args, model, *target_cfg, part=part))
     if args.zoo and target_cfg:
         for model in [m.strip() for m in args.zoo_models.split(",") if m.strip()]:
             rows.append(measure_kseg(args, model, *target_cfg))
 
+    if not args.no_peer:
+        # Timed again at the end, to show how the load drifted during the run; the
+        # comparison uses the faster of the two peer measurements.
+        rows.append(measure_peer(args))
     info["load_after"] = os.getloadavg()
     print(f"# load average after: {info['load_after']}")
     print(format_table(rows))
-    peer = next((r for r in rows if r["model"] == "smp.DeepLabV3Plus"), None)
+    peers = [r for r in rows if r["model"] == "smp.DeepLabV3Plus" and "error" not in r]
+    peer = min(peers, key=lambda r: r["median_s"]) if peers else None
     for name in COMPARISON:
         best = [r for r in rows if r["model"] == name and "error" not in r]
-        if best and peer is not None and "error" not in peer:
+        if best and peer is not None:
             b = min(best, key=lambda r: r["median_s"])
             print(
                 f"# {name} fastest ({b['backend']} jit={b['jit_compile']} {b['data_format']}): "
