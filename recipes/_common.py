@@ -172,7 +172,14 @@ def _compact_head_kwargs(model_name, width):
         "fcn8s": {"fc_filters": 16 * w},
         "fcn16s": {"fc_filters": 16 * w},
         "fcn32s": {"fc_filters": 16 * w},
-        "unet": {"filters": max(width // 2, 4), "depth": 3, "padding": "same", "batch_norm": True},
+        "unet": {
+            "filters": max(width // 2, 4),
+            "depth": 3,
+            "padding": "same",
+            "batch_norm": True,
+            # Zero padding: reflection of zero width fails on torch (keras.ops.pad).
+            "tile_padding": "constant",
+        },
         "segnet": {},
         "pspnet": {"filters": 2 * w},
         "deeplabv1": {"fc_filters": 4 * w},

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 
 import keras
@@ -27,14 +28,17 @@ NUM_CLASSES = 21
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env():
     environ = dict(os.environ)
     environ["KERAS_BACKEND"] = keras.backend.backend()
     environ["PYTHONPATH"] = os.pathsep.join([ROOT, environ.get("PYTHONPATH", "")])
     environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     environ.setdefault("CUDA_VISIBLE_DEVICES", "")
-    # The subprocesses of this module share JAX's compiled initialisers and steps.
-    environ["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
+    # The subprocesses share JAX's compiled initialisers and steps (keyed by the
+    # computation and the JAX version, so a cache left by an earlier session is safe).
+    environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(
+        tempfile.gettempdir(), "kseg-tests-jax-compilation-cache"
+    )
     environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     return environ
 
