@@ -8,8 +8,8 @@ import math
 import os
 
 #: Compact backbone of the demo configuration: a bottleneck ResNet with one
-#: block per stage and width 16 (stage 4 has 512 channels), about 1 M parameters
-#: in all with the compact DeepLabV3+ head. See `compact_head_kwargs`.
+#: block per stage and width 16 (stage 4 has 512 channels); with the compact
+#: DeepLabV3+ head (`_compact_head_kwargs`) the model has 1.57 M parameters.
 COMPACT_RESNET = {"blocks": (1, 1, 1, 1), "width": 16}
 
 #: The even smaller network of `--smoke` runs.
