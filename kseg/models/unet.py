@@ -74,6 +74,8 @@ class UNetInputPadding(keras.layers.Layer):
                 )
             widths.append([self.margin, after])
         widths.append([0, 0])
+        if all(isinstance(w, int) and w == 0 for pair in widths for w in pair):
+            return x  # torch's reflect padding rejects an all-zero padding
         return ops.pad(x, widths, mode=self.mode)
 
     def compute_output_shape(self, input_shape):

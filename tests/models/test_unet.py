@@ -53,6 +53,11 @@ def test_logits_at_input_size(kwargs):
     run_model_test(model, (1, 37, 45, 3), 3)
 
 
+def test_same_unet_on_a_size_that_needs_no_padding():
+    model = kseg.models.UNet(num_classes=2, filters=2, depth=2, padding="same")
+    assert to_numpy(model(np.zeros((1, 32, 32, 3), "float32"))).shape == (1, 32, 32, 2)
+
+
 def test_valid_unet_is_translation_consistent_with_the_paper_geometry():
     """The crop keeps output pixel j aligned with input pixel j.
 
