@@ -177,8 +177,6 @@ def _compact_head_kwargs(model_name, width):
             "depth": 3,
             "padding": "same",
             "batch_norm": True,
-            # Zero padding: reflection of zero width fails on torch (keras.ops.pad).
-            "tile_padding": "constant",
         },
         "segnet": {},
         "pspnet": {"filters": 2 * w},
