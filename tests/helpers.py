@@ -204,7 +204,7 @@ def run_model_test(model, input_shape, num_classes, *, train=True, save=True):
     logits = out if not isinstance(out, dict) else {k: out[k] for k in ("main", "aux") if k in out}
     for name, y in logits.items() if isinstance(logits, dict) else [("logits", logits)]:
         assert _shape_of(y) == (*input_shape[:3], num_classes), f"{name}: {y.shape}"
-        assert str(y.dtype).endswith("float32"), f"{name} dtype {y.dtype}"
+        assert keras.backend.standardize_dtype(y.dtype) == "float32", f"{name} dtype {y.dtype}"
         assert np.all(np.isfinite(to_numpy(y))), f"{name} not finite"
     expected = to_numpy(out)
     if save:

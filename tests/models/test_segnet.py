@@ -1,6 +1,5 @@
 import keras
 import numpy as np
-import pytest
 
 import kseg
 from tests.helpers import run_model_test, to_numpy
