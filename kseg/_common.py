@@ -100,3 +100,28 @@ def check_rank(name, shape, rank):
         raise ValueError(
             f"Expected `{name}` to have rank {rank}. Received: {name}.shape={tuple(shape)}"
         )
+
+
+def squeeze_labels(y_true, data_format):
+    """Returns integer labels `(B, H, W)` from `(B, H, W)` or `(B, H, W, 1)` (`(B, 1, H, W)`)."""
+    y_true = ops.convert_to_tensor(y_true)
+    rank = len(y_true.shape)
+    channel_axis = 1 if data_format == "channels_first" else -1
+    if rank == 4 and y_true.shape[channel_axis] == 1:
+        y_true = ops.squeeze(y_true, axis=channel_axis)
+    elif rank != 3:
+        raise ValueError(
+            "Expected `y_true` to be a label map of shape (B, H, W) or (B, H, W, 1). "
+            f"Received: y_true.shape={tuple(y_true.shape)}"
+        )
+    if "float" in str(y_true.dtype):
+        y_true = ops.round(y_true)
+    return ops.cast(y_true, "int32")
+
+
+def valid_mask(labels, num_classes, ignore_index):
+    """True where a label is a real class: in `[0, num_classes)` and not `ignore_index`."""
+    valid = (labels >= 0) & (labels < num_classes)
+    if ignore_index is not None and 0 <= ignore_index < num_classes:
+        valid = valid & (labels != ignore_index)
+    return valid

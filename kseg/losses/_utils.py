@@ -2,30 +2,7 @@
 
 from keras import ops
 
-
-def squeeze_labels(y_true, data_format):
-    """Returns integer labels `(B, H, W)` from `(B, H, W)` or `(B, H, W, 1)` (`(B, 1, H, W)`)."""
-    y_true = ops.convert_to_tensor(y_true)
-    rank = len(y_true.shape)
-    channel_axis = 1 if data_format == "channels_first" else -1
-    if rank == 4 and y_true.shape[channel_axis] == 1:
-        y_true = ops.squeeze(y_true, axis=channel_axis)
-    elif rank != 3:
-        raise ValueError(
-            "Expected `y_true` to be a label map of shape (B, H, W) or (B, H, W, 1). "
-            f"Received: y_true.shape={tuple(y_true.shape)}"
-        )
-    if "float" in str(y_true.dtype):
-        y_true = ops.round(y_true)
-    return ops.cast(y_true, "int32")
-
-
-def valid_mask(labels, num_classes, ignore_index):
-    """True where a label is a real class: in `[0, num_classes)` and not `ignore_index`."""
-    valid = (labels >= 0) & (labels < num_classes)
-    if ignore_index is not None and 0 <= ignore_index < num_classes:
-        valid = valid & (labels != ignore_index)
-    return valid
+from kseg._common import squeeze_labels, valid_mask
 
 
 def prepare_dense(y_true, y_pred, data_format, ignore_index):

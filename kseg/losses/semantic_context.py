@@ -3,8 +3,7 @@
 import keras
 from keras import ops
 
-from kseg._common import check_int, standardize_data_format
-from kseg.losses._utils import squeeze_labels, valid_mask
+from kseg._common import check_int, squeeze_labels, standardize_data_format, valid_mask
 
 
 def class_presence_target(y_true, num_classes, ignore_index=255, data_format=None):

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from kseg._common import check_int, standardize_data_format
+from kseg._common import check_int, squeeze_labels, standardize_data_format
 
 # The count of every cell is kept in two int32 words: `total = high * 2**30 + low` with
 # `0 <= low < 2**30`. Adding a non-negative int32 update never overflows `low` (both halves are
@@ -148,19 +148,7 @@ class ConfusionMatrix(keras.metrics.Metric):
 
     # ------------------------------------------------------------------ inputs
     def _labels(self, y_true):
-        y_true = ops.convert_to_tensor(y_true)
-        rank = len(y_true.shape)
-        channel_axis = 1 if self.data_format == "channels_first" else -1
-        if rank == 4 and y_true.shape[channel_axis] == 1:
-            y_true = ops.squeeze(y_true, axis=channel_axis)
-        elif rank != 3:
-            raise ValueError(
-                "Expected `y_true` to be a label map of shape (B, H, W) or (B, H, W, 1). "
-                f"Received: y_true.shape={tuple(y_true.shape)}"
-            )
-        if "float" in str(y_true.dtype):
-            y_true = ops.round(y_true)
-        return ops.cast(y_true, "int32")
+        return squeeze_labels(y_true, self.data_format)
 
     def _predictions(self, y_pred):
         y_pred = ops.convert_to_tensor(y_pred)
