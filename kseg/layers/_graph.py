@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from kseg._common import check_choice
+from kseg._common import check_choice, check_rank
 
 GCN_RELU_POSITIONS = ("before_state_conv", "after_state_conv")
 
@@ -60,13 +60,18 @@ class NodeStateGCN(keras.layers.Layer):
     def build(self, input_shape):
         num_nodes, num_states = int(input_shape[-2]), int(input_shape[-1])
         self.node_kernel = self.add_weight(
-            name="node_kernel", shape=(num_nodes, num_nodes), initializer=fresh_initializer(self.kernel_initializer),
+            name="node_kernel",
+            shape=(num_nodes, num_nodes),
+            initializer=fresh_initializer(self.kernel_initializer),
         )
         self.node_bias = self.add_weight(
-            name="node_bias", shape=(num_nodes,), initializer=fresh_initializer(self.bias_initializer)
+            name="node_bias",
+            shape=(num_nodes,),
+            initializer=fresh_initializer(self.bias_initializer),
         )
         self.state_kernel = self.add_weight(
-            name="state_kernel", shape=(num_states, num_states),
+            name="state_kernel",
+            shape=(num_states, num_states),
             initializer=fresh_initializer(self.kernel_initializer),
         )
 
@@ -88,3 +93,15 @@ class NodeStateGCN(keras.layers.Layer):
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             "bias_initializer": keras.initializers.serialize(self.bias_initializer),
         }
+
+
+def input_channels(layer, input_shape):
+    """The (known) channel count of a rank-4 input of `layer`, by its `data_format`."""
+    check_rank("inputs", input_shape, 4)
+    axis = 1 if layer.data_format == "channels_first" else -1
+    if input_shape[axis] is None:
+        raise ValueError(
+            f"{type(layer).__name__} needs a known number of input channels. "
+            f"Received: input_shape={tuple(input_shape)}"
+        )
+    return int(input_shape[axis])

@@ -7,12 +7,11 @@ from keras import ops
 from kseg._common import (
     check_float,
     check_int,
-    check_rank,
     from_channels_last,
     standardize_data_format,
     to_channels_last,
 )
-from kseg.layers._graph import fresh_initializer, graph_dtype
+from kseg.layers._graph import fresh_initializer, graph_dtype, input_channels
 
 # Lower bound of sigma; keeps the logits finite when a learned scale shrinks.
 _MIN_SIGMA = 1e-3
@@ -103,18 +102,8 @@ class GraphConvolutionalUnit(keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.data_format = standardize_data_format(data_format)
 
-    def _channels(self, input_shape):
-        check_rank("inputs", input_shape, 4)
-        channels = input_shape[1] if self.data_format == "channels_first" else input_shape[-1]
-        if channels is None:
-            raise ValueError(
-                "GraphConvolutionalUnit needs a known number of input channels. "
-                f"Received: input_shape={tuple(input_shape)}"
-            )
-        return int(channels)
-
     def build(self, input_shape):
-        channels = self._channels(input_shape)
+        channels = input_channels(self, input_shape)
         dtype = graph_dtype(self)
         # autocast=False: the unit computes in float32 even under mixed precision.
         self.anchors = self.add_weight(
@@ -278,7 +267,7 @@ class GraphConvolutionalUnit(keras.layers.Layer):
         return means, stds
 
     def compute_output_shape(self, input_shape):
-        self._channels(input_shape)
+        input_channels(self, input_shape)
         if self.data_format == "channels_first":
             return (input_shape[0], self.filters, input_shape[2], input_shape[3])
         return (input_shape[0], input_shape[1], input_shape[2], self.filters)
@@ -294,4 +283,3 @@ class GraphConvolutionalUnit(keras.layers.Layer):
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             "data_format": self.data_format,
         }
-

@@ -7,12 +7,11 @@ from keras import ops
 from kseg._common import (
     check_float,
     check_int,
-    check_rank,
     from_channels_last,
     standardize_data_format,
     to_channels_last,
 )
-from kseg.layers._graph import NodeStateGCN, fresh_initializer, graph_dtype
+from kseg.layers._graph import NodeStateGCN, fresh_initializer, graph_dtype, input_channels
 
 _DEFAULT_EMBEDDING_DIM = 300
 
@@ -171,9 +170,7 @@ class GraphInteractionUnit(keras.layers.Layer):
         self.word_dense = []
         self.word_bn = []
         for i, width in enumerate(self.embedding_mlp):
-            self.word_dense.append(
-                keras.layers.Dense(width, dtype=proj, name=f"word_dense_{i}")
-            )
+            self.word_dense.append(keras.layers.Dense(width, dtype=proj, name=f"word_dense_{i}"))
             self.word_bn.append(
                 keras.layers.BatchNormalization(
                     axis=-1,
@@ -217,18 +214,8 @@ class GraphInteractionUnit(keras.layers.Layer):
             name=name,
         )
 
-    def _channels(self, input_shape):
-        check_rank("inputs", input_shape, 4)
-        channels = input_shape[1] if self.data_format == "channels_first" else input_shape[-1]
-        if channels is None:
-            raise ValueError(
-                "GraphInteractionUnit needs a known number of input channels. "
-                f"Received: input_shape={tuple(input_shape)}"
-            )
-        return int(channels)
-
     def build(self, input_shape):
-        channels = self._channels(input_shape)
+        channels = input_channels(self, input_shape)
         proj = graph_dtype(self)
         k, n, d = self.num_classes, self.num_node, self.num_state
         if self.embedding_mode == "learned":
@@ -344,7 +331,7 @@ class GraphInteractionUnit(keras.layers.Layer):
         return self._forward(to_channels_last(inputs, self.data_format), training)
 
     def compute_output_shape(self, input_shape):
-        self._channels(input_shape)
+        input_channels(self, input_shape)
         return tuple(input_shape), (input_shape[0], self.num_classes, self.num_state)
 
     def compute_output_spec(self, inputs, training=None):

@@ -7,12 +7,17 @@ from kseg._common import (
     check_choice,
     check_float,
     check_int,
-    check_rank,
     from_channels_last,
     standardize_data_format,
     to_channels_last,
 )
-from kseg.layers._graph import GCN_RELU_POSITIONS, NodeStateGCN, fresh_initializer, graph_dtype
+from kseg.layers._graph import (
+    GCN_RELU_POSITIONS,
+    NodeStateGCN,
+    fresh_initializer,
+    graph_dtype,
+    input_channels,
+)
 
 
 @keras.saving.register_keras_serializable(package="kseg")
@@ -128,18 +133,8 @@ class GloReUnit(keras.layers.Layer):
             name="blocker",
         )
 
-    def _channels(self, input_shape):
-        check_rank("inputs", input_shape, 4)
-        channels = input_shape[1] if self.data_format == "channels_first" else input_shape[-1]
-        if channels is None:
-            raise ValueError(
-                "GloReUnit needs a known number of input channels. "
-                f"Received: input_shape={tuple(input_shape)}"
-            )
-        return int(channels)
-
     def build(self, input_shape):
-        channels = self._channels(input_shape)
+        channels = input_channels(self, input_shape)
         num_state = self.num_state if self.num_state is not None else max(1, channels // 2)
         num_node = self.num_node if self.num_node is not None else max(1, channels // 4)
         proj_dtype = graph_dtype(self)
@@ -188,7 +183,7 @@ class GloReUnit(keras.layers.Layer):
         return from_channels_last(out, self.data_format)
 
     def compute_output_shape(self, input_shape):
-        self._channels(input_shape)
+        input_channels(self, input_shape)
         return tuple(input_shape)
 
     def get_config(self):
