@@ -1,10 +1,13 @@
 """Streaming confusion matrix with exact integer counts, the state behind kseg's metrics."""
 
+import functools
+
 import keras
 import numpy as np
 from keras import ops
 
-from kseg._common import check_int, squeeze_labels, standardize_data_format
+from kseg._common import check_int, standardize_data_format, valid_mask
+from kseg.ops._backend import channel_argmax, xla_function
 
 # The count of every cell is kept in two int32 words: `total = high * 2**30 + low` with
 # `0 <= low < 2**30`. Adding a non-negative int32 update never overflows `low` (both halves are
@@ -46,28 +49,80 @@ def _count_bins(index, num_bins, weights=None):
     return ops.segment_sum(ops.cast(weights, "int32"), index, num_segments=num_bins)
 
 
-def _argmax_channels(scores, axis):
-    """`ops.argmax(scores, axis)` as int32 (first maximum wins ties).
+def _bucket_size(pixels):
+    """Padded length of `pixels` flattened pixels given as NumPy arrays (TF and JAX).
 
-    On JAX, XLA lowers `argmax` over a short minor axis to a slow scalar loop on CPU
-    (about 30x slower than a `max`); a running compare-and-select over the channels
-    gives the same classes, ties included (a later channel replaces the current best
-    only when strictly greater), and vectorises. Eagerly (outside `jax.jit`) the 3*K
-    small dispatches cost more than one `argmax`, so the loop is used only while
-    tracing. Measured in benchmarks/README.md.
+    The update is compiled once per input shape there; flattening and padding NumPy
+    inputs to a few lengths (powers of two up to 2**16, then multiples of 2**16)
+    keeps the number of compilations small when image sizes vary (evaluation at
+    each image's own size), at the cost of at most one copy.
     """
-    channels = scores.shape[axis]
-    traced = type(scores).__name__.endswith("Tracer")  # a jax tracer, without importing jax
-    if keras.backend.backend() != "jax" or not traced or channels is None or channels > 64:
-        return ops.cast(ops.argmax(scores, axis=axis), "int32")
-    planes = ops.unstack(scores, num=channels, axis=axis)
-    best_value = planes[0]
-    best_index = ops.zeros(ops.shape(best_value), dtype="int32")
-    for k in range(1, channels):
-        greater = planes[k] > best_value
-        best_value = ops.where(greater, planes[k], best_value)
-        best_index = ops.where(greater, k, best_index)
-    return best_index
+    if pixels <= 1 << 16:
+        return max(256, 1 << (pixels - 1).bit_length())
+    return -(-pixels // (1 << 16)) * (1 << 16)
+
+
+@functools.cache
+def _update_function(num_classes, ignore_index, channel_axis, weighted):
+    """`(high, low, y_true, y_pred[, counts]) -> (high, low)`, XLA-compiled on TF and JAX.
+
+    `y_true` is a label map of any shape; `y_pred` holds scores with the classes
+    along `channel_axis`, or (`channel_axis=None`) a label map of `y_true`'s size;
+    `counts` are int32 pixel weights of that size, flattened. Compiling the whole
+    update makes it fast wherever it runs: eagerly, inside Keras' plain
+    `tf.function` (TensorFlow's default on a CPU) and under `jit_compile=True`.
+    """
+    k = num_classes
+
+    def update(high, low, y_true, y_pred, *counts):
+        labels = _as_int32(ops.reshape(y_true, (-1,)))
+        if channel_axis is None:
+            preds = _as_int32(ops.reshape(y_pred, (-1,)))
+        else:
+            preds = ops.reshape(channel_argmax(y_pred, channel_axis), (-1,))
+        valid = valid_mask(labels, k, ignore_index)
+        if channel_axis is None:  # an argmax is always in range; a given label map may not be
+            valid = valid & (preds >= 0) & (preds < k)
+        # Invalid pixels go to the extra bin k * k, which is dropped.
+        index = ops.where(valid, labels * k + preds, k * k)
+        bins = _count_bins(index, k * k + 1, counts[0] if weighted else None)
+        return _accumulate_words(high, low, ops.reshape(bins[: k * k], (k, k)))
+
+    return xla_function(update)
+
+
+def _as_int32(x):
+    if "float" in str(x.dtype):
+        x = ops.round(x)
+    return ops.cast(x, "int32")
+
+
+def _as_array(x):
+    """Backend tensors and NumPy arrays as they are, other inputs as NumPy arrays.
+
+    On torch everything becomes a tensor (its fast argmax works on tensors).
+    """
+    if keras.backend.backend() == "torch":
+        return ops.convert_to_tensor(x)
+    if isinstance(x, np.ndarray) or ops.is_tensor(x):
+        return x
+    return np.asarray(x)
+
+
+def _int32(x):
+    """A NumPy array as int32, floats rounded half to even as `ops.round` does."""
+    return (np.rint(x) if x.dtype.kind == "f" else x).astype(np.int32)
+
+
+def _pad_to(x, length, value):
+    """Pads the leading axis of `x` to `length` with `value` (NumPy or backend tensors)."""
+    extra = length - int(x.shape[0])
+    if extra == 0:
+        return x
+    widths = [(0, extra)] + [(0, 0)] * (len(x.shape) - 1)
+    if isinstance(x, np.ndarray):
+        return np.pad(x, widths, constant_values=value)
+    return ops.pad(x, widths, constant_values=value)
 
 
 @keras.saving.register_keras_serializable(package="kseg")
@@ -98,6 +153,14 @@ class ConfusionMatrix(keras.metrics.Metric):
     The state is a sum (variables use `aggregation="sum"`), so replicas of a
     distribution strategy reduce by summing. `update_state` runs eagerly, inside
     `model.fit`/`model.evaluate`, and under `jit_compile=True` (TF and JAX).
+
+    Speed: on TensorFlow and JAX the whole update is one XLA-compiled function,
+    whether it is called eagerly, from Keras' plain `tf.function` (TensorFlow's
+    default on a CPU) or under `jit_compile=True`; NumPy inputs are padded to a few
+    pixel counts first, so that varying image sizes compile only a few times. On
+    torch the argmax over the channels uses max pooling on the CPU
+    (`kseg.ops._backend.channel_argmax`). An update of an 8x256x256x21 batch takes
+    2-5 ms on a 2-core CPU on every backend (benchmarks/README.md).
 
     Args:
         num_classes: int >= 2, the number of classes `K`.
@@ -147,76 +210,94 @@ class ConfusionMatrix(keras.metrics.Metric):
         )
 
     # ------------------------------------------------------------------ inputs
-    def _labels(self, y_true):
-        return squeeze_labels(y_true, self.data_format)
-
-    def _predictions(self, y_pred):
-        y_pred = ops.convert_to_tensor(y_pred)
-        rank = len(y_pred.shape)
-        channel_axis = 1 if self.data_format == "channels_first" else -1
-        if rank == 4:
-            channels = y_pred.shape[channel_axis]
+    def _check_inputs(self, y_true, y_pred):
+        """Checks shapes; returns the channel axis of `y_pred` scores, None for a label map."""
+        channel_axis = 1 if self.data_format == "channels_first" else 3
+        true_shape = tuple(y_true.shape)
+        if len(true_shape) == 4 and true_shape[channel_axis] == 1:
+            true_shape = true_shape[:channel_axis] + true_shape[channel_axis + 1 :]
+        elif len(true_shape) != 3:
+            raise ValueError(
+                "Expected `y_true` to be a label map of shape (B, H, W) or (B, H, W, 1). "
+                f"Received: y_true.shape={tuple(y_true.shape)}"
+            )
+        pred_shape = tuple(y_pred.shape)
+        scores_axis = None
+        if len(pred_shape) == 4:
+            channels = pred_shape[channel_axis]
             if channels == self.num_classes:
-                return _argmax_channels(y_pred, channel_axis), True
-            if channels == 1:
-                y_pred = ops.squeeze(y_pred, axis=channel_axis)
-            else:
+                scores_axis = channel_axis
+            elif channels != 1:
                 raise ValueError(
                     f"Expected `y_pred` to have num_classes={self.num_classes} channels "
                     "(scores) or 1 channel (a label map). "
-                    f"Received: y_pred.shape={tuple(y_pred.shape)}"
+                    f"Received: y_pred.shape={pred_shape}"
                 )
-        elif rank != 3:
+            pred_shape = pred_shape[:channel_axis] + pred_shape[channel_axis + 1 :]
+        elif len(pred_shape) != 3:
             raise ValueError(
                 "Expected `y_pred` to be scores of shape (B, H, W, K) or a label map of shape "
-                f"(B, H, W) or (B, H, W, 1). Received: y_pred.shape={tuple(y_pred.shape)}"
+                f"(B, H, W) or (B, H, W, 1). Received: y_pred.shape={pred_shape}"
             )
-        if "float" in str(y_pred.dtype):
-            y_pred = ops.round(y_pred)
-        return ops.cast(y_pred, "int32"), False
-
-    def _flat_index(self, y_true, y_pred):
-        labels = self._labels(y_true)
-        preds, in_range = self._predictions(y_pred)
-        for lab, pre in zip(labels.shape[1:], preds.shape[1:]):
+        for lab, pre in zip(true_shape[1:], pred_shape[1:]):
             if lab is not None and pre is not None and lab != pre:
                 raise ValueError(
                     "Expected `y_pred` to have the spatial size of `y_true`. Resize the logits "
                     "to the label size (e.g. with kseg.ops.resize) before the metric. "
-                    f"Received: y_true spatial size={tuple(labels.shape[1:])}, "
-                    f"y_pred spatial size={tuple(preds.shape[1:])}"
+                    f"Received: y_true spatial size={true_shape[1:]}, "
+                    f"y_pred spatial size={pred_shape[1:]}"
                 )
-        k = self.num_classes
-        valid = (labels >= 0) & (labels < k)
-        if not in_range:  # an argmax is always in range; a given label map may not be
-            valid = valid & (preds >= 0) & (preds < k)
-        if self.ignore_index is not None and 0 <= self.ignore_index < k:
-            valid = valid & (labels != self.ignore_index)
-        # Invalid pixels go to the extra bin k * k, which is dropped.
-        index = ops.where(valid, labels * k + preds, k * k)
-        return ops.reshape(index, (-1,)), labels
+        return scores_axis
 
-    def _sample_counts(self, labels, sample_weight):
-        sample_weight = ops.convert_to_tensor(sample_weight)
-        if "float" in str(sample_weight.dtype):
-            sample_weight = ops.round(sample_weight)
-        sample_weight = ops.cast(sample_weight, "int32")
+    def _pixel_counts(self, sample_weight, y_true):
+        """Integer weights broadcast to the `(B, H, W)` pixels, flattened: `round(weight)`."""
+        sample_weight = _as_int32(ops.convert_to_tensor(sample_weight))
         rank = len(sample_weight.shape)
         if rank == 4:
             channel_axis = 1 if self.data_format == "channels_first" else -1
             sample_weight = ops.squeeze(sample_weight, axis=channel_axis)
         elif rank in (1, 2):
             sample_weight = ops.reshape(sample_weight, (-1, 1, 1))  # (B,) or (B, 1): per image.
-        return ops.reshape(ops.broadcast_to(sample_weight, ops.shape(labels)), (-1,))
+        shape = tuple(ops.shape(y_true))
+        if len(shape) == 4:
+            axis = 1 if self.data_format == "channels_first" else 3
+            shape = shape[:axis] + shape[axis + 1 :]
+        return ops.reshape(ops.broadcast_to(sample_weight, shape), (-1,))
 
     # ------------------------------------------------------------------ state
     def update_state(self, y_true, y_pred, sample_weight=None):
         """Adds the pixels of one batch to the confusion matrix."""
-        index, labels = self._flat_index(y_true, y_pred)
-        weights = None if sample_weight is None else self._sample_counts(labels, sample_weight)
-        k = self.num_classes
-        counts = _count_bins(index, k * k + 1, weights)
-        self._accumulate(ops.reshape(counts[: k * k], (k, k)))
+        y_true, y_pred = _as_array(y_true), _as_array(y_pred)
+        scores_axis = self._check_inputs(y_true, y_pred)
+        counts = [] if sample_weight is None else [self._pixel_counts(sample_weight, y_true)]
+        state = (self.count_high.value, self.count_low.value)
+        if isinstance(y_true, np.ndarray) and isinstance(y_pred, np.ndarray):
+            # NumPy inputs (TF and JAX; on torch they are tensors by now), e.g. from
+            # kseg.inference.evaluate at each image's own size. Backend tensors go in
+            # as they are: reshaping them eagerly can cost a copy (JAX).
+            y_true, y_pred, counts, scores_axis = self._flatten_and_pad(
+                y_true, y_pred, counts, scores_axis
+            )
+        update = _update_function(self.num_classes, self.ignore_index, scores_axis, bool(counts))
+        high, low = update(*state, y_true, y_pred, *counts)
+        self.count_high.assign(high)
+        self.count_low.assign(low)
+
+    def _flatten_and_pad(self, y_true, y_pred, counts, scores_axis):
+        """NumPy inputs: pixels flattened and padded to `_bucket_size` (in NumPy)."""
+        labels = _int32(y_true.reshape(-1))
+        pixels = labels.shape[0]
+        length = _bucket_size(pixels)
+        labels = _pad_to(labels, length, -1)  # -1 is never counted
+        if scores_axis is None:
+            y_pred = _pad_to(_int32(y_pred.reshape(-1)), length, -1)
+        else:
+            if scores_axis == 1:
+                y_pred = np.moveaxis(y_pred, 1, -1)
+            y_pred = _pad_to(y_pred.reshape(pixels, self.num_classes), length, 0)
+            scores_axis = 1
+        counts = [_pad_to(c, length, 0) for c in counts]
+        return labels, y_pred, counts, scores_axis
 
     def _accumulate(self, counts):
         """Adds a `(K, K)` array of non-negative int32 counts (each < 2**31) to the state."""

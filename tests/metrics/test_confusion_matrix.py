@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from kseg.metrics import ConfusionMatrix
-from kseg.metrics.confusion_matrix import _argmax_channels
+from kseg.metrics.confusion_matrix import _bucket_size
 from tests.helpers import BACKEND, to_numpy
 
 
@@ -188,15 +188,73 @@ def test_state_variables_sum_across_replicas():
     assert all(v.dtype == "int32" for v in m.variables)
 
 
-def test_argmax_with_ties_matches_numpy():
+def test_argmax_ties_and_nan_follow_numpy():
+    """Scores with many ties and a few NaN: the first maximum (first NaN) wins."""
     rng = np.random.default_rng(5)
-    scores = rng.integers(0, 3, size=(2, 6, 7, 9)).astype("float32")  # many ties
-    expected = scores.argmax(-1)
-    np.testing.assert_array_equal(to_numpy(_argmax_channels(scores, -1)), expected)
-    if BACKEND == "jax":  # the compare-and-select path runs while tracing
+    k = 9
+    scores = rng.integers(0, 3, size=(2, 6, 7, k)).astype("float32")
+    scores[0, 0, 0, [2, 5]] = np.nan
+    scores[1, 2, 3, 0] = np.nan
+    labels = messy_labels(rng, (2, 6, 7), k)
+    m = ConfusionMatrix(num_classes=k)
+    m.update_state(labels, scores)
+    np.testing.assert_array_equal(
+        m.exact_counts(), reference_confusion(labels, scores.argmax(-1), k)
+    )
+
+
+@pytest.mark.parametrize("size", [(1, 1, 1), (2, 5, 7), (1, 300, 301), (3, 129, 170)])
+def test_pixel_counts_that_need_padding(size):
+    """Eager TF/JAX updates pad the pixels to a bucket length; padding is never counted."""
+    rng = np.random.default_rng(11)
+    k = 4
+    labels = messy_labels(rng, size, k)
+    logits = rng.standard_normal(size + (k,)).astype("float32")
+    weights = rng.integers(0, 4, size=size).astype("float32")
+    m = ConfusionMatrix(num_classes=k)
+    m.update_state(labels, logits)
+    expected = reference_confusion(labels, logits.argmax(-1), k)
+    np.testing.assert_array_equal(m.exact_counts(), expected)
+    m.reset_state()
+    m.update_state(labels, logits.argmax(-1), sample_weight=weights)
+    keep = (labels >= 0) & (labels < k)
+    weighted = np.zeros((k, k), np.int64)
+    np.add.at(weighted, (labels[keep], logits.argmax(-1)[keep]), weights[keep].astype(np.int64))
+    np.testing.assert_array_equal(m.exact_counts(), weighted)
+
+
+def test_bucket_sizes():
+    assert [_bucket_size(n) for n in (1, 256, 257, 65536, 65537, 524288)] == [
+        256, 256, 512, 65536, 131072, 524288,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_traced_update_equals_eager(as_tensor):
+    """The update inside the backend's compiler (what fit/evaluate run) vs NumPy."""
+    rng = np.random.default_rng(12)
+    k = 5
+    labels = messy_labels(rng, (2, 9, 10), k)
+    logits = rng.standard_normal((2, 9, 10, k)).astype("float32")
+    expected = reference_confusion(labels, logits.argmax(-1), k)
+    m = ConfusionMatrix(num_classes=k)
+    y_true, y_pred = labels, logits
+    if as_tensor:
+        y_true, y_pred = keras.ops.convert_to_tensor(labels), keras.ops.convert_to_tensor(logits)
+    if BACKEND == "jax":
         import jax
 
-        traced = jax.jit(lambda x: _argmax_channels(x, -1))(scores)
-        np.testing.assert_array_equal(np.asarray(traced), expected)
-        traced = jax.jit(lambda x: _argmax_channels(x, 1))(np.moveaxis(scores, -1, 1))
-        np.testing.assert_array_equal(np.asarray(traced), expected)
+        state = [v.value for v in m.variables]
+        new_state = jax.jit(m.stateless_update_state)(state, y_true, y_pred)
+        for variable, value in zip(m.variables, new_state):
+            variable.assign(value)
+    elif BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        for jit_compile in (False, True):
+            m.reset_state()
+            tf.function(m.update_state, jit_compile=jit_compile)(y_true, y_pred)
+            np.testing.assert_array_equal(m.exact_counts(), expected)
+    else:
+        m.update_state(y_true, y_pred)
+    np.testing.assert_array_equal(m.exact_counts(), expected)
