@@ -11,9 +11,10 @@ metric two modes are timed:
 - "eager": `metric.update_state(y_true, y_pred)` called from Python.
 - "fit": the update the way `model.fit`/`evaluate` runs it: on JAX
   `jax.jit(metric.stateless_update_state)` (the trainer jits the whole step); on
-  TensorFlow `tf.function(update_state, jit_compile=True)` (Keras' `jit_compile="auto"`
-  picks XLA on TF) and, as a third row, `tf.function` without XLA
-  (`jit_compile=False`); on torch the trainer runs eagerly, so "fit" equals "eager".
+  TensorFlow `tf.function(update_state)` without XLA (what Keras'
+  `jit_compile="auto"` picks on a CPU-only machine) and with XLA
+  (`jit_compile=True`, the "auto" choice with a GPU); on torch the trainer runs
+  eagerly, so "fit" equals "eager".
 
 Each timing ends with the state copied to NumPy (so asynchronous backends finish), takes
 the median over the repeats and excludes 3 warm-up calls (tracing and compilation).
