@@ -5,6 +5,7 @@ fresh process, one backend, and its own peak-memory figure) and prints one table
 
     python benchmarks/train_step.py                       # DeepLabV3+ on every backend + peer
     python benchmarks/train_step.py --zoo                 # + every other builder, fastest backend
+    python benchmarks/train_step.py --zoo --zoo-backend all --comparison "" --no-peer  # zoo only
     python benchmarks/train_step.py --profile             # + where the DeepLabV3+ step goes
     python benchmarks/train_step.py --batch 1 --size 64 --steps 2 --warmup 1   # smoke run
 
@@ -56,6 +57,7 @@ MODELS = {
     "SegNet": ("SegNet", {}),
 }
 COMPARISON = ["DeepLabV3Plus", "DeepLabV3Plus-separable"]
+BACKENDS = ("jax", "tensorflow", "torch")
 
 # (backend, jit_compile, image data format): what a user gets by default on a CPU
 # (JAX: XLA; TensorFlow: Keras' "auto" is plain tf.function on a CPU-only machine;
@@ -358,7 +360,11 @@ def main(argv=None):
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--zoo", action="store_true", help="also every other builder")
     parser.add_argument("--zoo-models", default=",".join(m for m in MODELS if m not in COMPARISON))
-    parser.add_argument("--zoo-backend", default=None, help="default: fastest in this run")
+    parser.add_argument(
+        "--zoo-backend",
+        default=None,
+        help="backend(s) of the zoo rows, comma-separated or 'all' (default: fastest in this run)",
+    )
     parser.add_argument("--profile", action="store_true", help="time DeepLabV3+ parts")
     parser.add_argument(
         "--comparison",
@@ -404,18 +410,23 @@ def main(argv=None):
             f"{fastest['data_format']}",
             flush=True,
         )
-    target = args.zoo_backend or (fastest and fastest["backend"])
-    target_cfg = next((c for c in configs if c[0] == target), None)
-    if args.zoo_backend is None and fastest is not None:
+    target_cfg = None
+    if fastest is not None:
         target_cfg = (fastest["backend"], fastest["jit_compile"], fastest["data_format"])
+    zoo_cfgs = [target_cfg] if target_cfg else []
+    if args.zoo_backend:
+        # The default configuration of each named backend (the first listed in CONFIGS).
+        names = BACKENDS if args.zoo_backend == "all" else args.zoo_backend.split(",")
+        zoo_cfgs = [next(c for c in CONFIGS if c[0] == b.strip()) for b in names]
 
     if args.profile and target_cfg:
         for model in [m.strip() for m in args.comparison.split(",") if m.strip()] or COMPARISON:
             for part in ("backbone", "aspp"):
                 rows.append(measure_kseg(args, model, *target_cfg, part=part))
-    if args.zoo and target_cfg:
-        for model in [m.strip() for m in args.zoo_models.split(",") if m.strip()]:
-            rows.append(measure_kseg(args, model, *target_cfg))
+    if args.zoo:
+        for cfg in zoo_cfgs:
+            for model in [m.strip() for m in args.zoo_models.split(",") if m.strip()]:
+                rows.append(measure_kseg(args, model, *cfg))
 
     if not args.no_peer:
         # Timed again at the end, to show how the load drifted during the run; the
