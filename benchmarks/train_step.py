@@ -57,7 +57,6 @@ MODELS = {
     "SegNet": ("SegNet", {}),
 }
 COMPARISON = ["DeepLabV3Plus", "DeepLabV3Plus-separable"]
-BACKENDS = ("jax", "tensorflow", "torch")
 
 # (backend, jit_compile, image data format): what a user gets by default on a CPU
 # (JAX: XLA; TensorFlow: Keras' "auto" is plain tf.function on a CPU-only machine;
@@ -69,6 +68,7 @@ CONFIGS = [
     ("torch", False, "channels_last"),
     ("torch", False, "channels_first"),
 ]
+BACKENDS = tuple(dict.fromkeys(c[0] for c in CONFIGS))
 
 
 def peak_rss_mb():

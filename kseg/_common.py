@@ -1,6 +1,7 @@
 """Argument checks and layout helpers shared by kseg's ops and layers."""
 
 import keras
+import numpy as np
 from keras import ops
 
 _DATA_FORMATS = ("channels_last", "channels_first")
@@ -102,21 +103,43 @@ def check_rank(name, shape, rank):
         )
 
 
+def label_channel_axis(shape, data_format):
+    """Axis of the singleton channel of a label map's `shape`, or None for `(B, H, W)`.
+
+    Raises `ValueError` unless `shape` is `(B, H, W)` or `(B, H, W, 1)` (`(B, 1, H, W)`
+    in channels_first).
+    """
+    channel_axis = 1 if data_format == "channels_first" else 3
+    if len(shape) == 4 and shape[channel_axis] == 1:
+        return channel_axis
+    if len(shape) != 3:
+        raise ValueError(
+            "Expected `y_true` to be a label map of shape (B, H, W) or (B, H, W, 1). "
+            f"Received: y_true.shape={tuple(shape)}"
+        )
+    return None
+
+
+def to_int32(x):
+    """Integer values as int32; floats holding integers are rounded first (half to even).
+
+    NumPy arrays stay NumPy arrays; anything else becomes a backend tensor.
+    """
+    if isinstance(x, np.ndarray):
+        return (np.rint(x) if x.dtype.kind == "f" else x).astype(np.int32)
+    x = ops.convert_to_tensor(x)
+    if "float" in str(x.dtype):
+        x = ops.round(x)
+    return ops.cast(x, "int32")
+
+
 def squeeze_labels(y_true, data_format):
     """Returns integer labels `(B, H, W)` from `(B, H, W)` or `(B, H, W, 1)` (`(B, 1, H, W)`)."""
     y_true = ops.convert_to_tensor(y_true)
-    rank = len(y_true.shape)
-    channel_axis = 1 if data_format == "channels_first" else -1
-    if rank == 4 and y_true.shape[channel_axis] == 1:
-        y_true = ops.squeeze(y_true, axis=channel_axis)
-    elif rank != 3:
-        raise ValueError(
-            "Expected `y_true` to be a label map of shape (B, H, W) or (B, H, W, 1). "
-            f"Received: y_true.shape={tuple(y_true.shape)}"
-        )
-    if "float" in str(y_true.dtype):
-        y_true = ops.round(y_true)
-    return ops.cast(y_true, "int32")
+    axis = label_channel_axis(tuple(y_true.shape), data_format)
+    if axis is not None:
+        y_true = ops.squeeze(y_true, axis=axis)
+    return to_int32(y_true)
 
 
 def valid_mask(labels, num_classes, ignore_index):

@@ -6,7 +6,13 @@ import keras
 import numpy as np
 from keras import ops
 
-from kseg._common import check_int, standardize_data_format, valid_mask
+from kseg._common import (
+    check_int,
+    label_channel_axis,
+    standardize_data_format,
+    to_int32,
+    valid_mask,
+)
 from kseg.ops._backend import channel_argmax, xla_function
 
 # The count of every cell is kept in two int32 words: `total = high * 2**30 + low` with
@@ -75,9 +81,9 @@ def _update_function(num_classes, ignore_index, channel_axis, weighted):
     k = num_classes
 
     def update(high, low, y_true, y_pred, *counts):
-        labels = _as_int32(ops.reshape(y_true, (-1,)))
+        labels = to_int32(ops.reshape(y_true, (-1,)))
         if channel_axis is None:
-            preds = _as_int32(ops.reshape(y_pred, (-1,)))
+            preds = to_int32(ops.reshape(y_pred, (-1,)))
         else:
             preds = ops.reshape(channel_argmax(y_pred, channel_axis), (-1,))
         valid = valid_mask(labels, k, ignore_index)
@@ -91,10 +97,11 @@ def _update_function(num_classes, ignore_index, channel_axis, weighted):
     return xla_function(update)
 
 
-def _as_int32(x):
-    if "float" in str(x.dtype):
-        x = ops.round(x)
-    return ops.cast(x, "int32")
+def _drop_label_channel(static_shape, data_format, shape=None):
+    """`shape` (default: `static_shape`) of a label map without its singleton channel."""
+    shape = tuple(static_shape if shape is None else shape)
+    axis = label_channel_axis(static_shape, data_format)
+    return shape if axis is None else shape[:axis] + shape[axis + 1 :]
 
 
 def _as_array(x):
@@ -107,11 +114,6 @@ def _as_array(x):
     if isinstance(x, np.ndarray) or ops.is_tensor(x):
         return x
     return np.asarray(x)
-
-
-def _int32(x):
-    """A NumPy array as int32, floats rounded half to even as `ops.round` does."""
-    return (np.rint(x) if x.dtype.kind == "f" else x).astype(np.int32)
 
 
 def _pad_to(x, length, value):
@@ -213,14 +215,7 @@ class ConfusionMatrix(keras.metrics.Metric):
     def _check_inputs(self, y_true, y_pred):
         """Checks shapes; returns the channel axis of `y_pred` scores, None for a label map."""
         channel_axis = 1 if self.data_format == "channels_first" else 3
-        true_shape = tuple(y_true.shape)
-        if len(true_shape) == 4 and true_shape[channel_axis] == 1:
-            true_shape = true_shape[:channel_axis] + true_shape[channel_axis + 1 :]
-        elif len(true_shape) != 3:
-            raise ValueError(
-                "Expected `y_true` to be a label map of shape (B, H, W) or (B, H, W, 1). "
-                f"Received: y_true.shape={tuple(y_true.shape)}"
-            )
+        true_shape = _drop_label_channel(tuple(y_true.shape), self.data_format)
         pred_shape = tuple(y_pred.shape)
         scores_axis = None
         if len(pred_shape) == 4:
@@ -251,17 +246,14 @@ class ConfusionMatrix(keras.metrics.Metric):
 
     def _pixel_counts(self, sample_weight, y_true):
         """Integer weights broadcast to the `(B, H, W)` pixels, flattened: `round(weight)`."""
-        sample_weight = _as_int32(ops.convert_to_tensor(sample_weight))
+        sample_weight = ops.convert_to_tensor(to_int32(sample_weight))
         rank = len(sample_weight.shape)
         if rank == 4:
             channel_axis = 1 if self.data_format == "channels_first" else -1
             sample_weight = ops.squeeze(sample_weight, axis=channel_axis)
         elif rank in (1, 2):
             sample_weight = ops.reshape(sample_weight, (-1, 1, 1))  # (B,) or (B, 1): per image.
-        shape = tuple(ops.shape(y_true))
-        if len(shape) == 4:
-            axis = 1 if self.data_format == "channels_first" else 3
-            shape = shape[:axis] + shape[axis + 1 :]
+        shape = _drop_label_channel(tuple(y_true.shape), self.data_format, ops.shape(y_true))
         return ops.reshape(ops.broadcast_to(sample_weight, shape), (-1,))
 
     # ------------------------------------------------------------------ state
@@ -285,12 +277,12 @@ class ConfusionMatrix(keras.metrics.Metric):
 
     def _flatten_and_pad(self, y_true, y_pred, counts, scores_axis):
         """NumPy inputs: pixels flattened and padded to `_bucket_size` (in NumPy)."""
-        labels = _int32(y_true.reshape(-1))
+        labels = to_int32(y_true.reshape(-1))
         pixels = labels.shape[0]
         length = _bucket_size(pixels)
         labels = _pad_to(labels, length, -1)  # -1 is never counted
         if scores_axis is None:
-            y_pred = _pad_to(_int32(y_pred.reshape(-1)), length, -1)
+            y_pred = _pad_to(to_int32(y_pred.reshape(-1)), length, -1)
         else:
             if scores_axis == 1:
                 y_pred = np.moveaxis(y_pred, 1, -1)

@@ -103,12 +103,11 @@ def compare_select_argmax(scores, axis):
 
 
 def _torch_fast_argmax_applies(scores, axis):
-    import torch
-
+    # Called on the torch backend only: `ops.is_tensor` means a torch tensor there.
     return (
-        isinstance(scores, torch.Tensor)
+        ops.is_tensor(scores)
         and scores.device.type == "cpu"
-        and scores.dtype == torch.float32
+        and keras.backend.standardize_dtype(scores.dtype) == "float32"
         and scores.dim() >= 2
         and scores.numel() >= _TORCH_FAST_ARGMAX_MIN_SIZE
         and 2 <= scores.shape[axis] <= 2**15
@@ -122,40 +121,40 @@ def _torch_channel_argmax(scores, axis):
     a scalar loop per pixel. Max pooling over a *strided* axis is vectorised across
     the channels of a channels_last tensor instead, so the scores are brought into
     planar order (channel-major, pixels contiguous) and the channel axis becomes
-    the pooling window: `F.max_pool2d(..., return_indices=True)` keeps the first
-    maximum of each window (a later value must be strictly greater), which is
-    argmax's tie rule. Channel-last inputs are transposed chunk by chunk (a
-    channels_last -> contiguous conversion, torch's fast transpose kernel);
-    channel-first inputs are planar already. Rows with a NaN are redone with
-    `torch.argmax` (max pooling lets the last NaN win, argmax the first).
+    the pooling window (`_torch_pool_argmax`). Channel-last inputs are transposed in
+    blocks (torch's fast channels_last -> contiguous copy); channel-first inputs are
+    planar already. Only tensor methods are used here, and `torch.nn.functional`
+    once, in `_torch_pool_argmax`.
     """
-    import torch
-
-    x = scores.detach()
+    x = scores.detach()  # a metric needs no gradient
     channels = x.shape[axis]
-    with torch.no_grad():
-        if axis == x.dim() - 1:
-            out_shape = x.shape[:-1]
-            flat = x.reshape(-1, channels)  # a view when contiguous, else one copy
-            result = torch.empty(flat.shape[0], dtype=torch.int32)
-            step = _TORCH_CHUNK_ELEMENTS // channels // _TORCH_BLOCK * _TORCH_BLOCK
-            step = max(_TORCH_BLOCK, step)
-            # One scratch buffer for every chunk's transpose: a fresh multi-MiB tensor per
-            # chunk can cost more in page faults than the transpose itself.
-            scratch = torch.empty(min(step, flat.shape[0]) * channels, dtype=flat.dtype)
-            for start in range(0, flat.shape[0], step):
-                chunk = flat[start : start + step]
-                _torch_pixels_argmax(chunk, result[start : start + chunk.shape[0]], scratch)
-            return result.reshape(out_shape)
-        out_shape = x.shape[:axis] + x.shape[axis + 1 :]
-        pixels = int(np.prod(x.shape[axis + 1 :], dtype=np.int64))
-        if pixels % _TORCH_POOL_LANES:
-            # No pooling view fits this plane size: take the channel-last route.
-            return _torch_channel_argmax(x.movedim(axis, -1), x.dim() - 1)
-        # Channel axis in front of the pixels: (batch, K, pixels) is planar already.
-        lead = int(np.prod(x.shape[:axis], dtype=np.int64))
-        planar = x.reshape(lead, channels, pixels).contiguous()
-        return _torch_planar_argmax(planar).reshape(out_shape)
+    if axis == x.dim() - 1:
+        flat = x.reshape(-1, channels)  # a view when contiguous, else one copy
+        result = flat.new_empty(flat.shape[0]).int()
+        step = max(_TORCH_BLOCK, _TORCH_CHUNK_ELEMENTS // channels // _TORCH_BLOCK * _TORCH_BLOCK)
+        # One scratch buffer for every chunk's transpose: a fresh multi-MiB tensor per
+        # chunk can cost more in page faults than the transpose itself.
+        scratch = flat.new_empty(min(step, flat.shape[0]) * channels)
+        for start in range(0, flat.shape[0], step):
+            chunk = flat[start : start + step]
+            _torch_pixels_argmax(chunk, result[start : start + chunk.shape[0]], scratch)
+        return result.reshape(x.shape[:-1])
+    pixels = int(np.prod(x.shape[axis + 1 :], dtype=np.int64))
+    if pixels % _TORCH_POOL_LANES:
+        # No pooling view fits this plane size: take the channel-last route.
+        return _torch_channel_argmax(x.movedim(axis, -1), x.dim() - 1)
+    # Channel axis in front of the pixels: (batch, K, pixels) is planar already.
+    lead = int(np.prod(x.shape[:axis], dtype=np.int64))
+    planar = x.reshape(lead, channels, pixels).contiguous()
+    # View (B, K, S) as a channels_last (B, lanes, K, S / lanes) tensor: pixel
+    # s = w * lanes + c sits at channel c, column w, and its K values run down the
+    # height axis. Element strides: batch K*S, channel 1, height S, width lanes.
+    lanes = _TORCH_POOL_LANES
+    view = planar.as_strided(
+        (lead, lanes, channels, pixels // lanes), (channels * pixels, 1, pixels, lanes)
+    )
+    classes = _torch_pool_argmax(view, planar.permute(0, 2, 1))
+    return classes.reshape(x.shape[:axis] + x.shape[axis + 1 :])
 
 
 def _torch_pixels_argmax(pixels, out, scratch):
@@ -163,59 +162,43 @@ def _torch_pixels_argmax(pixels, out, scratch):
 
     `scratch` is a float tensor of at least `P * K` elements.
     """
-    import torch
-    import torch.nn.functional as F
-
     n, channels = pixels.shape
     lanes = _TORCH_BLOCK
     main = n - n % lanes
     if main:
         blocks = main // lanes
         # Blocked transpose: every run of `lanes` pixels becomes a (K, lanes) block,
-        # (blocks, K, 1, lanes), copied from a channels_last 4-D view (torch's fast
-        # channels_last -> contiguous copy).
+        # (blocks, K, 1, lanes), copied from a channels_last 4-D view.
         nhwc = pixels[:main].reshape(blocks, 1, lanes, channels)
         blocked = scratch[: main * channels].view(blocks, channels, 1, lanes)
         blocked.copy_(nhwc.permute(0, 3, 1, 2))
         # The same memory as a channels_last (blocks, lanes, K, 1) tensor: the K values
         # of a pixel run down the pooled height axis, pixels across the channels.
         view = blocked.as_strided((blocks, lanes, channels, 1), (channels * lanes, 1, lanes, lanes))
-        values, index = F.max_pool2d(view, (channels, 1), return_indices=True)
-        # Outputs are channels_last (blocks, lanes, 1, 1): memory order is pixel order,
-        # and with a window of width 1 the pooled index is the class itself.
-        classes = index.permute(0, 2, 3, 1).reshape(main)
-        nan = torch.isnan(values.permute(0, 2, 3, 1).reshape(main))
-        out[:main] = classes
-        if bool(nan.any()):  # max pooling lets the last NaN win, argmax the first
-            out[:main][nan] = torch.argmax(pixels[:main][nan], dim=1).to(torch.int32)
+        out[:main] = _torch_pool_argmax(view, pixels[:main])
     if main < n:
-        out[main:] = torch.argmax(pixels[main:], dim=1).to(torch.int32)
+        out[main:] = pixels[main:].argmax(dim=1).int()
 
 
-def _torch_planar_argmax(planar):
-    """Argmax over axis 1 of a contiguous `(B, K, S)` tensor, as int32 `(B, S)`.
+def _torch_pool_argmax(view, rows):
+    """Argmax over the height axis of a channels_last `(N, C, K, W)` view, as int32.
 
-    `S` must be a multiple of `_TORCH_POOL_LANES`.
+    `F.max_pool2d(..., return_indices=True)` with a `(K, 1)` window keeps the first
+    maximum of each window (a later value must be strictly greater): argmax's tie
+    rule. Its outputs are channels_last `(N, C, 1, W)`, so their memory order is the
+    pixel order `(N, W, C)`, and the pooled index within a plane is `k * W + w`.
+    `rows` holds the same scores as `(..., K)` rows in pixel order, its leading
+    shape is the result's: pixels with a NaN are redone with `argmax` on them (max
+    pooling lets the last NaN win, argmax the first).
     """
-    import torch
     import torch.nn.functional as F
 
-    batch, channels, size = planar.shape
-    lanes = _TORCH_POOL_LANES  # `size` is a multiple of it
-    width = size // lanes
-    # View (B, K, S) as a channels_last (B, lanes, K, width) tensor: pixel s = w * lanes
-    # + c sits at channel c, column w, and the K channel values of a pixel run down
-    # the pooled height axis. Element strides: batch K*S, channel 1, height S, width lanes.
-    view = planar.as_strided((batch, lanes, channels, width), (channels * size, 1, size, lanes))
-    values, index = F.max_pool2d(view, (channels, 1), return_indices=True)
-    # The outputs are channels_last (B, lanes, 1, width): memory order is pixel order.
-    # The pooled index is k * width + w within each (batch, lane) plane.
-    classes = torch.div(
-        index.permute(0, 2, 3, 1).reshape(batch, size), width, rounding_mode="floor"
-    )
-    classes = classes.to(torch.int32)
-    nan = torch.isnan(values.permute(0, 2, 3, 1).reshape(batch, size))
+    width = view.shape[3]
+    values, index = F.max_pool2d(view, (view.shape[2], 1), return_indices=True)
+    shape = rows.shape[:-1]
+    index = index.permute(0, 2, 3, 1).reshape(shape)
+    classes = (index if width == 1 else index.div(width, rounding_mode="floor")).int()
+    nan = values.permute(0, 2, 3, 1).reshape(shape).isnan()
     if bool(nan.any()):
-        rows = planar.permute(0, 2, 1)[nan]  # (n, K) pixels holding a NaN
-        classes[nan] = torch.argmax(rows, dim=1).to(torch.int32)
+        classes[nan] = rows[nan].argmax(dim=1).int()
     return classes
