@@ -16,7 +16,7 @@ _TORCH_FAST_ARGMAX_MIN_SIZE = 1 << 16
 # within the allocator's reuse range (no fresh pages on every call) and in the cache.
 _TORCH_CHUNK_ELEMENTS = 1 << 21
 # Pixels per transposed block on torch (`_torch_pixels_argmax`; 64 measured fastest
-# among 16..1024), and lanes of the pooling view of planar maps (`_torch_planar_argmax`).
+# among 16..1024), and lanes of the pooling view of channel-first maps.
 _TORCH_BLOCK = 64
 _TORCH_POOL_LANES = 256
 
