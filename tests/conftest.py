@@ -7,6 +7,19 @@ import numpy as np
 import pytest
 
 
+def pytest_runtest_setup(item):
+    """The one check for tests that need channels_first convolutions."""
+    if item.get_closest_marker("channels_first_conv") is None:
+        return
+    from kseg.ops._backend import channels_first_conv_supported
+
+    if not channels_first_conv_supported():
+        pytest.skip(
+            "TensorFlow cannot run channels_first convolutions on this CPU (oneDNN is off: "
+            "TF_ENABLE_ONEDNN_OPTS=0 or no AVX-512)"
+        )
+
+
 def pytest_report_header(config):
     return f"keras {keras.__version__}, backend {keras.backend.backend()}"
 

@@ -162,15 +162,13 @@ def test_lower_resolution_output_is_resized():
     np.testing.assert_allclose(probs, 1 / 3, rtol=1e-6)
 
 
+@pytest.mark.channels_first_conv
 def test_channels_first_model():
     inputs = keras.Input((3, None, None))
     outputs = keras.layers.Conv2D(K, 1, data_format="channels_first")(inputs)
     model = keras.Model(inputs, outputs)
     images = _images((1, 6, 5, 3))
-    try:
-        direct = keras.ops.convert_to_numpy(model.predict(images.transpose(0, 3, 1, 2), verbose=0))
-    except Exception as e:  # some CPU kernels lack NCHW convolutions
-        pytest.skip(f"channels_first convolution unavailable: {e}")
+    direct = keras.ops.convert_to_numpy(model.predict(images.transpose(0, 3, 1, 2), verbose=0))
     got = inference.predict_probabilities(
         model, images, crop_size=4, stride=2, data_format="channels_first"
     )

@@ -5,6 +5,7 @@ import keras
 from kseg._common import check_choice, check_float, check_int, standardize_data_format
 from kseg.backbones._info import BackboneInfo, FeatureSpec
 from kseg.backbones._weights import check_weights, load_reference_weights
+from kseg.ops._backend import check_conv_data_format
 
 _OUTPUT_STRIDES = (8, 16, 32)
 _DILATE_FIRST = ("full", "contract")
@@ -217,7 +218,7 @@ def ResNet(
             "Pretrained `weights` exist only for the keras.applications layouts "
             f"{sorted(_APPLICATIONS)}. Received: weights={weights!r} with blocks={blocks}"
         )
-    data_format = standardize_data_format(data_format)
+    data_format = check_conv_data_format(standardize_data_format(data_format))
     bn = {
         "axis": -1 if data_format == "channels_last" else 1,
         "momentum": check_float("bn_momentum", bn_momentum, 0.0, 1.0),

@@ -5,6 +5,7 @@ import keras
 from kseg._common import check_choice, check_float, standardize_data_format
 from kseg.backbones._info import BackboneInfo, FeatureSpec
 from kseg.backbones._weights import check_weights, load_reference_weights
+from kseg.ops._backend import check_conv_data_format
 
 _VARIANTS = ("classic", "fcn", "deeplab_v1", "bn")
 _WIDTHS = (64, 128, 256, 512, 512)
@@ -127,7 +128,7 @@ def VGG16(
     """
     check_choice("variant", variant, _VARIANTS)
     weights = check_weights(weights)
-    data_format = standardize_data_format(data_format)
+    data_format = check_conv_data_format(standardize_data_format(data_format))
     bn_momentum = check_float("bn_momentum", bn_momentum, 0.0, 1.0)
     bn_epsilon = check_float("bn_epsilon", bn_epsilon, 0.0, None, inclusive=False)
     axis = -1 if data_format == "channels_last" else 1

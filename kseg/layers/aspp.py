@@ -11,6 +11,7 @@ from kseg._common import (
 )
 from kseg.layers.conv import ConvBNAct
 from kseg.layers.resize import ResizeLike
+from kseg.ops._backend import check_conv_data_format
 
 _DEFAULT_RATES = {"v2": (6, 12, 18, 24), "v3": (6, 12, 18)}
 
@@ -124,7 +125,7 @@ class ASPP(keras.layers.Layer):
         self.pool_align_corners = bool(pool_align_corners)
         self.bn_momentum = check_float("bn_momentum", bn_momentum, 0.0, 1.0)
         self.bn_epsilon = check_float("bn_epsilon", bn_epsilon, 0.0, None, inclusive=False)
-        self.data_format = standardize_data_format(data_format)
+        self.data_format = check_conv_data_format(standardize_data_format(data_format))
         self._channel_axis = -1 if self.data_format == "channels_last" else 1
         self._spatial_axes = (1, 2) if self.data_format == "channels_last" else (2, 3)
 

@@ -9,6 +9,7 @@ from kseg._common import (
     normalize_tuple,
     standardize_data_format,
 )
+from kseg.ops._backend import check_conv_data_format
 
 
 def _normalize_padding(padding):
@@ -144,7 +145,7 @@ class ConvBNAct(keras.layers.Layer):
         self.bn_epsilon = check_float("bn_epsilon", bn_epsilon, 0.0, None, inclusive=False)
         self.separable_inner_bn_act = bool(separable_inner_bn_act)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.data_format = standardize_data_format(data_format)
+        self.data_format = check_conv_data_format(standardize_data_format(data_format))
         if max(self.strides) > 1 and max(self.dilation_rate) > 1:
             raise ValueError(
                 "`strides > 1` together with `dilation_rate > 1` is not supported by "

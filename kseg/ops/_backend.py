@@ -5,6 +5,8 @@ the backend branches exist only for speed and were chosen by measurement
 (benchmarks/README.md, "Metrics").
 """
 
+import functools
+
 import keras
 import numpy as np
 from keras import ops
@@ -19,6 +21,49 @@ _TORCH_CHUNK_ELEMENTS = 1 << 21
 # among 16..1024), and lanes of the pooling view of channel-first maps.
 _TORCH_BLOCK = 64
 _TORCH_POOL_LANES = 256
+
+
+@functools.cache
+def channels_first_conv_supported():
+    """Whether the backend can run a `channels_first` (NCHW) convolution here.
+
+    TensorFlow runs NCHW convolutions on a CPU only through oneDNN, which it turns
+    on by default only on CPUs with AVX-512 (and never with
+    `TF_ENABLE_ONEDNN_OPTS=0`); without it the convolution raises
+    `UnimplementedError` when it runs. This tries one tiny NCHW convolution on
+    TensorFlow's default device, outside any graph being traced, once per process.
+    JAX and torch always can.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return True
+    import tensorflow as tf
+
+    with tf.init_scope():
+        try:
+            x = tf.zeros((1, 1, 2, 2))
+            tf.nn.conv2d(x, tf.zeros((1, 1, 1, 1)), strides=1, padding="VALID", data_format="NCHW")
+        except tf.errors.OpError:
+            return False
+    return True
+
+
+def check_conv_data_format(data_format):
+    """Raises `ValueError` when `data_format` asks for convolutions the backend cannot run.
+
+    Layers and builders that create convolutions call this with their (standardised)
+    `data_format`, so that a user gets this message at construction instead of a
+    TensorFlow traceback on the first call.
+    """
+    if data_format == "channels_first" and not channels_first_conv_supported():
+        raise ValueError(
+            "The TensorFlow backend cannot run channels_first (NCHW) convolutions on this "
+            "CPU: TensorFlow runs them on a CPU only through oneDNN, which is off in this "
+            "process (TF_ENABLE_ONEDNN_OPTS=0, or a CPU without AVX-512, where TensorFlow "
+            "leaves it off). Use data_format='channels_last' (the Keras default), set "
+            "TF_ENABLE_ONEDNN_OPTS=1 before TensorFlow is imported, or run on a GPU. "
+            f"Received: data_format={data_format!r}"
+        )
+    return data_format
 
 
 def _is_jax_tracer(x):

@@ -285,6 +285,7 @@ def test_load_weights_file_with_classifier_top(tmp_path):
             np.testing.assert_array_equal(to_numpy(got), to_numpy(want))
 
 
+@pytest.mark.channels_first_conv
 def test_channels_first_matches_channels_last():
     last = ResNet((1, 1, 1, 1), output_stride=8, width=4)
     first = ResNet((1, 1, 1, 1), output_stride=8, width=4, data_format="channels_first")

@@ -230,6 +230,7 @@ def test_public_names():
     assert "| pool5" in VGG16.__doc__
 
 
+@pytest.mark.channels_first_conv
 def test_channels_first_matches_channels_last(variants):
     # deeplab_v1 has the asymmetric ceil-mode padding, the most layout-sensitive part.
     last = variants["deeplab_v1"]

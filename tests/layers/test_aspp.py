@@ -135,6 +135,7 @@ def test_v3_matches_torch_functional():
     np.testing.assert_allclose(y, ref.numpy(), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.channels_first_conv
 def test_channels_first_matches_channels_last():
     x = random_array((1, 9, 10, 6))
     last = ASPP(filters=4, atrous_rates=(2,))

@@ -76,6 +76,7 @@ def test_layer_basics_strided_explicit_padding():
     )
 
 
+@pytest.mark.channels_first_conv
 def test_channels_first():
     x = random_array((1, 5, 9, 11))
     layer = ConvBNAct(4, dilation_rate=2, data_format="channels_first")

@@ -74,6 +74,7 @@ def test_structure_and_bn_settings():
     assert all(bn.epsilon == pytest.approx(1e-3) for bn in bns)
 
 
+@pytest.mark.channels_first_conv
 def test_channels_first():
     high = random_array((1, 3, 4, 6), seed=1)
     low = random_array((1, 9, 11, 5), seed=2)

@@ -132,6 +132,7 @@ def test_default_filters_and_bn_settings():
     assert all(c.bn.epsilon == pytest.approx(1e-3) for c in layer.convs)
 
 
+@pytest.mark.channels_first_conv
 def test_channels_first():
     x = random_array((1, 9, 7, 4))
     last = PyramidPoolingModule(bins=(1, 3), filters=2)

@@ -133,3 +133,50 @@ def test_xla_function_runs_eagerly_and_inside_a_trace():
         import tensorflow as tf
 
         np.testing.assert_allclose(tf.function(lambda x: fn(x, x)[1])(a).numpy(), 0 * a)
+
+
+_CHANNELS_FIRST_SCRIPT = """
+import kseg
+from kseg.ops._backend import channels_first_conv_supported
+print("supported" if channels_first_conv_supported() else "unsupported")
+for build in (
+    lambda: kseg.layers.ConvBNAct(4, data_format="channels_first"),
+    lambda: kseg.layers.ASPP(filters=4, data_format="channels_first"),
+    lambda: kseg.backbones.ResNet((1, 1, 1, 1), width=4, data_format="channels_first"),
+    lambda: kseg.backbones.VGG16(data_format="channels_first"),
+):
+    try:
+        build()
+        print("built")
+    except ValueError as e:
+        print("error:", e)
+"""
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="only TensorFlow lacks NCHW convolutions")
+def test_channels_first_without_onednn_is_a_clear_error():
+    """With oneDNN off, TensorFlow on a CPU cannot run NCHW convolutions: kseg says so."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    run = subprocess.run(
+        [sys.executable, "-c", _CHANNELS_FIRST_SCRIPT],
+        env=env, capture_output=True, text=True, timeout=300, check=True,
+    )
+    lines = run.stdout.strip().splitlines()
+    if lines[0] == "supported":
+        pytest.skip("TensorFlow runs NCHW convolutions here (a GPU is visible)")
+    assert len(lines) == 5
+    for line in lines[1:]:
+        assert line.startswith("error:"), line
+        assert "TF_ENABLE_ONEDNN_OPTS" in line
+        assert "Received: data_format='channels_first'" in line
+
+
+def test_channels_first_accepted_where_supported():
+    if not _backend.channels_first_conv_supported():
+        pytest.skip("no NCHW convolutions on this CPU")
+    assert _backend.check_conv_data_format("channels_first") == "channels_first"
+    assert _backend.check_conv_data_format("channels_last") == "channels_last"
