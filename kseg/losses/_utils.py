@@ -1,15 +1,84 @@
 """Input handling shared by kseg's segmentation losses."""
 
+import keras
 from keras import ops
 
 from kseg._common import squeeze_labels, valid_mask
 
 
-def prepare_dense(y_true, y_pred, data_format, ignore_index):
+class PixelLoss(keras.losses.Loss):
+    """Base of kseg's segmentation losses: `sample_weight` weighs pixels inside the loss.
+
+    A Keras loss returns per-sample values that Keras' reduction then weighs; kseg's
+    losses are already one scalar per batch (a mean over the labelled pixels of the
+    whole batch), so Keras' reduction would only rescale that scalar by the mean of
+    the weights. Here `__call__` hands `sample_weight` to `compute_loss` instead, so
+    a per-pixel weight map gives the weighted mean over the labelled pixels, as
+    torch does with a weight map (`(F.cross_entropy(..., reduction="none") * w).sum()
+    / (w * valid).sum()`). `reduction` is kept for API compatibility: the result is
+    always that one scalar.
+    """
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        with keras.name_scope(self.name):
+            y_pred = ops.convert_to_tensor(y_pred)
+            return ops.cast(self.compute_loss(y_true, y_pred, sample_weight), self.dtype)
+
+    def call(self, y_true, y_pred):
+        return self.compute_loss(y_true, y_pred, None)
+
+    def compute_loss(self, y_true, y_pred, sample_weight):
+        raise NotImplementedError
+
+
+def pixel_weights(sample_weight, labels, data_format):
+    """`sample_weight` as float32 weights of the `(B, H, W)` pixels of `labels`, or None.
+
+    Accepts `(B,)` or `(B, 1)` (one weight per image), `(B, H, W)`, and `(B, H, W, 1)`
+    (`(B, 1, H, W)` in channels_first).
+    """
+    if sample_weight is None:
+        return None
+    weights = ops.cast(ops.convert_to_tensor(sample_weight), "float32")
+    shape = tuple(weights.shape)
+    if len(shape) == 4:
+        axis = 1 if data_format == "channels_first" else 3
+        if shape[axis] not in (1, None):
+            raise ValueError(
+                "Expected `sample_weight` to be a weight map (B, H, W) or (B, H, W, 1), or one "
+                f"weight per image (B,). Received: sample_weight.shape={shape}"
+            )
+        weights = ops.squeeze(weights, axis)
+    elif len(shape) == 1 or (len(shape) == 2 and shape[1] == 1):
+        weights = ops.reshape(weights, (-1, 1, 1))
+    elif len(shape) != 3:
+        raise ValueError(
+            "Expected `sample_weight` to be a weight map (B, H, W) or (B, H, W, 1), or one "
+            f"weight per image (B,). Received: sample_weight.shape={shape}"
+        )
+    return ops.broadcast_to(weights, ops.shape(labels))
+
+
+def two_class_scores(scores, from_logits):
+    """One sigmoid channel `(..., 1)` as two softmax channels (background, foreground).
+
+    Logits `x` become `[0, x]` (`softmax([0, x]) = [1 - sigmoid(x), sigmoid(x)]`, so
+    the softmax losses become their binary forms exactly); probabilities `p` become
+    `[1 - p, p]`.
+    """
+    if from_logits:
+        return ops.concatenate([ops.zeros_like(scores), scores], axis=-1)
+    return ops.concatenate([1.0 - scores, scores], axis=-1)
+
+
+def prepare_dense(y_true, y_pred, data_format, ignore_index, from_logits=True):
     """Common preparation of a `(labels, scores)` pair for a per-pixel loss.
 
     Returns `(labels, valid, scores)`: `labels` int32 `(B, H, W)` with invalid pixels
     set to 0, `valid` bool `(B, H, W)`, `scores` float32 `(B, H, W, K)` channels_last.
+    A one-channel `y_pred` (binary segmentation, one sigmoid output) comes back as
+    two channels, background and foreground (`two_class_scores`), so that labels 0
+    and 1 are the valid ones.
     """
     scores = ops.cast(y_pred, "float32")
     if len(scores.shape) != 4:
@@ -25,6 +94,9 @@ def prepare_dense(y_true, y_pred, data_format, ignore_index):
             "Expected `y_pred` to have a known number of channels. "
             f"Received: y_pred.shape={tuple(scores.shape)}"
         )
+    if num_classes == 1:
+        scores = two_class_scores(scores, from_logits)
+        num_classes = 2
     labels = squeeze_labels(y_true, data_format)
     for lab, pre in zip(labels.shape[1:], scores.shape[1:3]):
         if lab is not None and pre is not None and lab != pre:

@@ -5,11 +5,11 @@ import numpy as np
 from keras import ops
 
 from kseg._common import check_float, check_int, standardize_data_format
-from kseg.losses._utils import prepare_dense, safe_divide
+from kseg.losses._utils import PixelLoss, pixel_weights, prepare_dense, safe_divide
 
 
 @keras.saving.register_keras_serializable(package="kseg")
-class SegmentationCrossEntropy(keras.losses.Loss):
+class SegmentationCrossEntropy(PixelLoss):
     """Cross-entropy over the labelled pixels of a segmentation batch.
 
     The loss is the mean over all non-ignored pixels of the batch (pixels are pooled
@@ -21,7 +21,27 @@ class SegmentationCrossEntropy(keras.losses.Loss):
     over the kept pixels `i`, with `l_i = -log p_i[y_i]` and `w` the class weights
     (all ones by default), the same weighted mean as torch's `weight=` argument.
     Pixels labelled `ignore_index`, or with a label outside `[0, K)`, are not kept. A
-    batch without any kept pixel gives 0 (not NaN), with zero gradients.
+    batch without any kept pixel gives 0 (not NaN), with zero gradients. The loss
+    cannot see such labels in a compiled step, so it does not report them: kseg's
+    metrics count them, and kseg's training and evaluation code (the `LabelCheck`
+    callback of `kseg.training.segmentation_callbacks`, `kseg.inference.evaluate`,
+    the recipes) stop with an error that names them.
+
+    Per-pixel weights: a `sample_weight` passed to the loss (or to `model.fit`) of
+    shape `(B, H, W)`, `(B, H, W, 1)` or `(B,)` multiplies each pixel's weight, so
+    the loss is `sum_i s_i * w[y_i] * l_i / sum_i s_i * w[y_i]` over the kept pixels:
+    the weighted mean over the labelled pixels, as torch gives with
+    `(F.cross_entropy(..., reduction="none") * s).sum() / (s * valid).sum()`. Pixels
+    of weight 0 are not kept (also for OHEM's count).
+
+    Binary segmentation: with a one-channel `y_pred` (a model built with
+    `num_classes=1`, one sigmoid logit per pixel), this is the binary cross-entropy
+    of `sigmoid(logit)` against labels 0 and 1, as
+    `torch.nn.functional.binary_cross_entropy_with_logits`; `class_weights` then has
+    two entries (background, foreground; `[1, pos_weight]` with a 0/1 target gives
+    torch's `pos_weight` up to the normalisation by the summed weights), and label
+    smoothing moves the target to `eps / 2` and `1 - eps / 2`. Internally the logit
+    `x` becomes the two softmax logits `[0, x]`, which is exactly that loss.
 
     Label smoothing follows torch's `label_smoothing`: with `eps > 0`,
     `l_i = (1 - eps) * w[y_i] * nll_i + eps / K * sum_k w[k] * (-log p_i[k])`, divided
@@ -49,15 +69,17 @@ class SegmentationCrossEntropy(keras.losses.Loss):
         ohem_min_kept: int >= 0, default 100000. Minimum number of pixels OHEM keeps.
         label_smoothing: float in [0, 1), default 0.
         data_format: layout of `y_pred`; defaults to `keras.config.image_data_format()`.
-        reduction: Keras loss reduction, default `"sum_over_batch_size"`. The loss is
-            already one scalar per batch, so this only matters with `sample_weight`,
-            which scales that scalar.
+        reduction: kept for compatibility with Keras losses; the loss is always the
+            weighted mean described above, whatever the reduction.
         name: default `"segmentation_cross_entropy"`.
         dtype: loss dtype, float32 by default.
 
     Inputs:
         y_true: labels `(B, H, W)` or `(B, H, W, 1)`, integers (floats are rounded).
-        y_pred: `(B, H, W, K)` logits or probabilities, same spatial size.
+        y_pred: `(B, H, W, K)` logits or probabilities, same spatial size; `K = 1`
+            for binary segmentation (a sigmoid logit or probability).
+        sample_weight: optional per-pixel `(B, H, W)` / `(B, H, W, 1)` or per-image
+            `(B,)` non-negative weights.
 
     Example:
 
@@ -110,9 +132,12 @@ class SegmentationCrossEntropy(keras.losses.Loss):
             )
         self.data_format = standardize_data_format(data_format)
 
-    def call(self, y_true, y_pred):
-        labels, valid, scores = prepare_dense(y_true, y_pred, self.data_format, self.ignore_index)
+    def compute_loss(self, y_true, y_pred, sample_weight):
+        labels, valid, scores = prepare_dense(
+            y_true, y_pred, self.data_format, self.ignore_index, self.from_logits
+        )
         num_classes = scores.shape[-1]
+        weights = pixel_weights(sample_weight, labels, self.data_format)
         if self.from_logits:
             log_probs = ops.log_softmax(scores, axis=-1)
         else:
@@ -134,6 +159,9 @@ class SegmentationCrossEntropy(keras.losses.Loss):
         else:
             weight_table = None
             pixel_weight = ops.ones_like(nll)
+        if weights is not None:
+            pixel_weight = pixel_weight * weights
+            valid = valid & (weights > 0)
 
         keep = valid
         if self.ohem_threshold is not None:
@@ -148,6 +176,8 @@ class SegmentationCrossEntropy(keras.losses.Loss):
             else:
                 smooth = -ops.sum(log_probs * weight_table, axis=-1)
             smooth = ops.where(keep, smooth, 0.0)
+            if weights is not None:
+                smooth = smooth * weights
             pixel_loss = (1.0 - eps) * pixel_loss + (eps / num_classes) * smooth
         return safe_divide(ops.sum(pixel_loss), ops.sum(pixel_weight))
 

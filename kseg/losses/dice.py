@@ -1,14 +1,14 @@
-"""Multi-class soft Dice loss with an ignore index."""
+"""Soft Dice loss (multi-class and binary) with an ignore index and pixel weights."""
 
 import keras
 from keras import ops
 
 from kseg._common import check_float, check_int, standardize_data_format
-from kseg.losses._utils import prepare_dense, probabilities
+from kseg.losses._utils import PixelLoss, pixel_weights, prepare_dense, probabilities
 
 
 @keras.saving.register_keras_serializable(package="kseg")
-class DiceLoss(keras.losses.Loss):
+class DiceLoss(PixelLoss):
     """Multi-class soft Dice loss (Milletari et al., "V-Net", 3DV 2016), ignore-aware.
 
     With `p` the softmax probabilities and `t` the one-hot labels, both zeroed on
@@ -24,19 +24,29 @@ class DiceLoss(keras.losses.Loss):
     denominator is clamped at 1e-7, so such classes count as dice 0. Computes in
     float32.
 
+    Binary segmentation: with a one-channel `y_pred` (one sigmoid logit per pixel, a
+    model built with `num_classes=1`), `p` is the sigmoid (or the given probability)
+    and the loss is `1 - dice` of the foreground alone (labels 1), as
+    segmentation_models_pytorch's `DiceLoss(mode="binary")`.
+
+    Per-pixel weights: a `sample_weight` `(B, H, W)`, `(B, H, W, 1)` or `(B,)`
+    multiplies each pixel's `p` and `t` in all three sums (a weight of 0 is the same
+    as the ignore index, a weight of 2 counts the pixel twice).
+
     Args:
         ignore_index: int or None, default 255.
         from_logits: bool, default True (softmax inside); False for probabilities.
         per_image: bool, default False.
         smooth: float >= 0, default 1.0.
         data_format: layout of `y_pred`; defaults to `keras.config.image_data_format()`.
-        reduction: Keras loss reduction (the loss is already a scalar).
+        reduction: kept for compatibility; the loss is always the scalar above.
         name: default `"dice_loss"`.
         dtype: loss dtype, float32 by default.
 
     Inputs:
         y_true: labels `(B, H, W)` or `(B, H, W, 1)`.
-        y_pred: `(B, H, W, K)` logits or probabilities.
+        y_pred: `(B, H, W, K)` logits or probabilities (`K = 1`: binary).
+        sample_weight: optional pixel `(B, H, W)` or image `(B,)` weights.
 
     Example:
 
@@ -63,16 +73,25 @@ class DiceLoss(keras.losses.Loss):
         self.smooth = check_float("smooth", smooth, minimum=0.0)
         self.data_format = standardize_data_format(data_format)
 
-    def call(self, y_true, y_pred):
-        labels, valid, scores = prepare_dense(y_true, y_pred, self.data_format, self.ignore_index)
+    def compute_loss(self, y_true, y_pred, sample_weight):
+        binary = y_pred.shape[1 if self.data_format == "channels_first" else -1] == 1
+        labels, valid, scores = prepare_dense(
+            y_true, y_pred, self.data_format, self.ignore_index, self.from_logits
+        )
         num_classes = scores.shape[-1]
-        mask = ops.expand_dims(ops.cast(valid, "float32"), -1)
+        mask = ops.cast(valid, "float32")
+        weights = pixel_weights(sample_weight, labels, self.data_format)
+        if weights is not None:
+            mask = mask * weights
+        mask = ops.expand_dims(mask, -1)
         probs = probabilities(scores, self.from_logits) * mask
         target = ops.one_hot(labels, num_classes, dtype="float32") * mask
         axes = (1, 2) if self.per_image else (0, 1, 2)
         intersection = ops.sum(probs * target, axis=axes)
         cardinality = ops.sum(probs, axis=axes) + ops.sum(target, axis=axes)
         dice = (2.0 * intersection + self.smooth) / ops.maximum(cardinality + self.smooth, 1e-7)
+        if binary:
+            dice = dice[..., 1]  # the foreground only
         return 1.0 - ops.mean(dice)
 
     def get_config(self):

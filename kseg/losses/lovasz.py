@@ -1,14 +1,14 @@
-"""Lovasz-softmax loss: a convex surrogate of the per-class Jaccard (IoU) loss."""
+"""Lovasz-softmax and Lovasz hinge losses: convex surrogates of the Jaccard (IoU) loss."""
 
 import keras
 from keras import ops
 
 from kseg._common import check_choice, check_int, standardize_data_format
-from kseg.losses._utils import prepare_dense, probabilities
+from kseg.losses._utils import PixelLoss, pixel_weights, prepare_dense, probabilities
 
 
 @keras.saving.register_keras_serializable(package="kseg")
-class LovaszSoftmaxLoss(keras.losses.Loss):
+class LovaszSoftmaxLoss(PixelLoss):
     """Lovasz-softmax loss (Berman et al., "The Lovasz-Softmax loss", CVPR 2018).
 
     For every class `c`, with `f_i = 1[y_i == c]` and errors `e_i = |f_i - p_i[c]|`
@@ -28,19 +28,34 @@ class LovaszSoftmaxLoss(keras.losses.Loss):
     of the whole batch. Sorting is not differentiated; gradients flow through the
     sorted errors. Computes in float32.
 
+    Binary segmentation: with a one-channel `y_pred` (one logit per pixel, a model
+    built with `num_classes=1`) this is the Lovasz hinge of the same paper
+    (`lovasz_hinge` of the reference code): with signs `s_i = 2 y_i - 1` the errors
+    are the hinge errors `e_i = max(1 - s_i * x_i, 0)` of the logits `x_i`, and the
+    Jaccard loss of the foreground gives the weights, as above, for the foreground
+    class only and whether or not it is present (`classes` does not apply; an image
+    without foreground still pays for its largest error, as in the reference). It
+    needs logits (`from_logits=True`).
+
+    Per-pixel weights: with a `sample_weight` `(B, H, W)`, `(B, H, W, 1)` or `(B,)`,
+    pixels of weight 0 are left out like ignored ones, and the error of every other
+    pixel is multiplied by its weight (0/1 weights are an exact mask; other values
+    scale the pixel's error, not its place in the Jaccard term).
+
     Args:
         ignore_index: int or None, default 255.
         from_logits: bool, default True (softmax inside); False for probabilities.
         per_image: bool, default False.
         classes: `"present"` (default) or `"all"`.
         data_format: layout of `y_pred`; defaults to `keras.config.image_data_format()`.
-        reduction: Keras loss reduction (the loss is already a scalar).
+        reduction: kept for compatibility; the loss is always the scalar above.
         name: default `"lovasz_softmax_loss"`.
         dtype: loss dtype, float32 by default.
 
     Inputs:
         y_true: labels `(B, H, W)` or `(B, H, W, 1)`.
-        y_pred: `(B, H, W, K)` logits or probabilities.
+        y_pred: `(B, H, W, K)` logits or probabilities (`K = 1`: logits, binary).
+        sample_weight: optional pixel `(B, H, W)` or image `(B,)` weights.
 
     Example:
 
@@ -67,13 +82,33 @@ class LovaszSoftmaxLoss(keras.losses.Loss):
         self.classes = check_choice("classes", classes, ("present", "all"))
         self.data_format = standardize_data_format(data_format)
 
-    def call(self, y_true, y_pred):
-        labels, valid, scores = prepare_dense(y_true, y_pred, self.data_format, self.ignore_index)
-        num_classes = scores.shape[-1]
-        probs = probabilities(scores, self.from_logits)
+    def compute_loss(self, y_true, y_pred, sample_weight):
+        binary = y_pred.shape[1 if self.data_format == "channels_first" else -1] == 1
+        if binary and not self.from_logits:
+            raise ValueError(
+                "The binary Lovasz hinge (one-channel `y_pred`) needs logits. "
+                f"Received: from_logits={self.from_logits}"
+            )
+        labels, valid, scores = prepare_dense(
+            y_true, y_pred, self.data_format, self.ignore_index, self.from_logits
+        )
+        weights = pixel_weights(sample_weight, labels, self.data_format)
+        if weights is not None:
+            valid = valid & (weights > 0)
         mask = ops.expand_dims(ops.cast(valid, "float32"), -1)
-        fg = ops.one_hot(labels, num_classes, dtype="float32") * mask
-        errors = ops.abs(fg - probs) * mask
+        if binary:
+            # scores are the two-class logits [0, x]: one "class", the foreground.
+            num_classes = 1
+            fg = ops.expand_dims(ops.cast(labels, "float32"), -1) * mask
+            logits = scores[..., 1:] - scores[..., :1]
+            errors = ops.relu(1.0 - logits * (2.0 * fg - 1.0)) * mask
+        else:
+            num_classes = scores.shape[-1]
+            probs = probabilities(scores, self.from_logits)
+            fg = ops.one_hot(labels, num_classes, dtype="float32") * mask
+            errors = ops.abs(fg - probs) * mask
+        if weights is not None:
+            errors = errors * ops.expand_dims(weights, -1)
         # (B, H, W, K) -> (groups, K, pixels): one group per image or one for the batch.
         groups = ops.shape(scores)[0] if self.per_image else 1
         fg = ops.transpose(ops.reshape(fg, (groups, -1, num_classes)), (0, 2, 1))
@@ -91,7 +126,7 @@ class LovaszSoftmaxLoss(keras.losses.Loss):
         jaccard = 1.0 - intersection / union
         grad = ops.concatenate([jaccard[..., :1], jaccard[..., 1:] - jaccard[..., :-1]], axis=-1)
         per_class = ops.sum(errors_sorted * ops.stop_gradient(grad), axis=-1)  # (groups, K)
-        if self.classes == "present":
+        if self.classes == "present" and not binary:
             present = ops.cast(gts[..., 0] > 0, "float32")
         else:
             present = ops.ones_like(per_class)

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from kseg._common import check_int, squeeze_labels, standardize_data_format, valid_mask
+from kseg.losses._utils import PixelLoss, safe_divide
 
 
 def class_presence_target(y_true, num_classes, ignore_index=255, data_format=None):
@@ -92,7 +93,7 @@ class ClassPresenceScore(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="kseg")
-class SemanticContextLoss(keras.losses.Loss):
+class SemanticContextLoss(PixelLoss):
     """GINet semantic context loss: mean binary cross-entropy of class presence.
 
     `loss = mean over (b, k) of BCE(sigmoid(score[b, k]), target[b, k])` where `score`
@@ -103,12 +104,16 @@ class SemanticContextLoss(keras.losses.Loss):
     reproduced. The GINet recipe weighs it 0.2 next to `CE_main + 0.4 * CE_aux`.
     Computes in float32.
 
+    The loss is per image, so a `sample_weight` must be one weight per image, `(B,)`
+    or `(B, 1)`: the loss is then `sum_b w_b * mean_k BCE[b, k] / sum_b w_b`. A
+    per-pixel weight map has no meaning here and is refused.
+
     Args:
         num_classes: int >= 1, the number `K` of classes.
         ignore_index: int or None, default 255.
         from_logits: bool, default True; False when `y_pred` holds probabilities.
         data_format: layout of a `(B, 1, H, W)` label map in channels_first.
-        reduction: Keras loss reduction (the loss is already a scalar).
+        reduction: kept for compatibility; the loss is always the scalar above.
         name: default `"semantic_context_loss"`.
         dtype: loss dtype, float32 by default.
 
@@ -144,7 +149,7 @@ class SemanticContextLoss(keras.losses.Loss):
         self.from_logits = bool(from_logits)
         self.data_format = standardize_data_format(data_format)
 
-    def call(self, y_true, y_pred):
+    def compute_loss(self, y_true, y_pred, sample_weight):
         y_pred = ops.cast(y_pred, "float32")
         if len(y_pred.shape) != 2 or y_pred.shape[-1] != self.num_classes:
             raise ValueError(
@@ -160,7 +165,16 @@ class SemanticContextLoss(keras.losses.Loss):
         else:
             p = ops.clip(y_pred, 1e-7, 1.0 - 1e-7)
             bce = -(target * ops.log(p) + (1.0 - target) * ops.log(1.0 - p))
-        return ops.mean(bce)
+        if sample_weight is None:
+            return ops.mean(bce)
+        weights = ops.cast(ops.convert_to_tensor(sample_weight), "float32")
+        if len(weights.shape) > 2 or (len(weights.shape) == 2 and weights.shape[1] != 1):
+            raise ValueError(
+                "Expected `sample_weight` of SemanticContextLoss to be one weight per image, "
+                f"(B,) or (B, 1). Received: sample_weight.shape={tuple(weights.shape)}"
+            )
+        weights = ops.reshape(weights, (-1,))
+        return safe_divide(ops.sum(ops.mean(bce, axis=-1) * weights), ops.sum(weights))
 
     def get_config(self):
         return {

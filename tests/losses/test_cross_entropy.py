@@ -202,3 +202,116 @@ def test_serialization_and_bad_arguments():
         )
     with pytest.raises(ValueError, match="spatial size of `y_true`"):
         SegmentationCrossEntropy()(np.zeros((1, 4, 4)), np.zeros((1, 2, 2, 3)))
+
+
+# ---------------------------------------------------------------- per-pixel weights
+def torch_weighted_ce(labels, logits, pixel_weights, class_weights=None, ignore_index=255):
+    """torch reference: per-pixel CE times the weight map, over the weighted valid pixels."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.tensor(logits, dtype=torch.float64).permute(0, 3, 1, 2)
+    y = torch.tensor(labels, dtype=torch.int64)
+    cw = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float64)
+    per_pixel = F.cross_entropy(x, y, weight=cw, ignore_index=ignore_index, reduction="none")
+    s = torch.tensor(pixel_weights, dtype=torch.float64)
+    valid = (y != ignore_index).double()
+    wy = torch.ones_like(s) if cw is None else cw[torch.where(y == ignore_index, 0, y)]
+    return float((per_pixel * s).sum() / (s * wy * valid).sum())
+
+
+def test_pixel_weight_map_is_a_weighted_mean_not_a_rescale():
+    """A map that keeps the top half gives the loss over the top half (not half the loss)."""
+    logits = random_array((2, 6, 5, 4), seed=1, scale=2.0)
+    labels = np.random.default_rng(2).integers(0, 4, (2, 6, 5))
+    top = np.zeros((2, 6, 5), "float32")
+    top[:, :3] = 1.0
+    loss = SegmentationCrossEntropy()
+    got = float(to_numpy(loss(labels, logits, sample_weight=top)))
+    want = reference_ce(labels[:, :3], logits[:, :3])
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert abs(got - loss_value(loss, labels, logits) / 2) > 1e-3
+
+
+@pytest.mark.parametrize("class_weights", [None, [0.5, 2.0, 1.0, 3.0]])
+def test_pixel_weights_against_torch(class_weights):
+    logits = random_array((2, 7, 6, 4), seed=3, scale=2.0)
+    labels = np.random.default_rng(4).integers(0, 4, (2, 7, 6))
+    labels[0, 0, :3] = 255
+    weights = np.random.default_rng(5).uniform(0, 2, (2, 7, 6)).astype("float32")
+    loss = SegmentationCrossEntropy(class_weights=class_weights)
+    want = torch_weighted_ce(labels, logits, weights, class_weights)
+    for w in (weights, weights[..., None]):
+        np.testing.assert_allclose(to_numpy(loss(labels, logits, sample_weight=w)), want, rtol=1e-5)
+    # One weight per image.
+    per_image = np.array([0.25, 2.0], "float32")
+    want = torch_weighted_ce(labels, logits, np.broadcast_to(per_image[:, None, None], labels.shape))
+    got = SegmentationCrossEntropy()(labels, logits, sample_weight=per_image)
+    np.testing.assert_allclose(to_numpy(got), want, rtol=1e-5)
+
+
+def test_pixel_weights_reach_the_loss_in_model_evaluate():
+    inputs = keras.Input((6, 5, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(4, 1)(inputs))
+    model.compile(loss=SegmentationCrossEntropy())
+    x = random_array((2, 6, 5, 3), seed=6)
+    y = np.random.default_rng(7).integers(0, 4, (2, 6, 5))
+    w = np.random.default_rng(8).uniform(0, 2, (2, 6, 5)).astype("float32")
+    logits = to_numpy(model(x))
+    got = model.evaluate(x, y, sample_weight=w, batch_size=2, verbose=0)
+    np.testing.assert_allclose(got, torch_weighted_ce(y, logits, w), rtol=1e-4)
+
+
+def test_bad_sample_weight_shape():
+    with pytest.raises(ValueError, match="sample_weight.shape"):
+        SegmentationCrossEntropy()(np.zeros((2, 4, 4)), random_array((2, 4, 4, 3)), np.ones((2, 3)))
+
+
+# ---------------------------------------------------------------- binary (one channel)
+def torch_bce(labels, logits, pixel_weights=None, class_weights=(1.0, 1.0), ignore_index=255):
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.tensor(logits[..., 0], dtype=torch.float64)
+    y = torch.tensor(labels, dtype=torch.int64)
+    valid = (y != ignore_index).double()
+    target = torch.where(y == 1, 1.0, 0.0).double()
+    cw = torch.tensor(class_weights, dtype=torch.float64)[torch.where(y == 1, 1, 0)]
+    s = torch.ones_like(x) if pixel_weights is None else torch.tensor(pixel_weights).double()
+    w = cw * s * valid
+    return float(F.binary_cross_entropy_with_logits(x, target, weight=w, reduction="sum") / w.sum())
+
+
+def test_binary_is_bce_with_logits_against_torch():
+    logits = random_array((2, 5, 6, 1), seed=9, scale=3.0)
+    labels = np.random.default_rng(10).integers(0, 2, (2, 5, 6))
+    labels[1, 2, :4] = 255
+    weights = np.random.default_rng(11).uniform(0, 2, (2, 5, 6)).astype("float32")
+    got = SegmentationCrossEntropy()(labels, logits)
+    np.testing.assert_allclose(to_numpy(got), torch_bce(labels, logits), rtol=1e-5)
+    assert float(to_numpy(got)) > 0.1  # one softmax channel would give exactly 0
+    got = SegmentationCrossEntropy(class_weights=[1.0, 3.0])(labels, logits, sample_weight=weights)
+    np.testing.assert_allclose(to_numpy(got), torch_bce(labels, logits, weights, (1.0, 3.0)), rtol=1e-5)
+
+
+def test_binary_hand_worked_probabilities_and_smoothing():
+    # Probabilities 0.8 (label 1) and 0.3 (label 0): -(log 0.8 + log 0.7) / 2.
+    probs = np.array([0.8, 0.3], "float32").reshape(1, 1, 2, 1)
+    labels = np.array([[[1, 0]]])
+    got = SegmentationCrossEntropy(from_logits=False)(labels, probs)
+    np.testing.assert_allclose(to_numpy(got), -(np.log(0.8) + np.log(0.7)) / 2, rtol=1e-5)
+    # Smoothing eps moves the targets to eps/2 and 1 - eps/2.
+    eps = 0.2
+    t = np.array([1 - eps / 2, eps / 2])
+    p = np.array([0.8, 0.3])
+    want = np.mean(-(t * np.log(p) + (1 - t) * np.log(1 - p)))
+    got = SegmentationCrossEntropy(from_logits=False, label_smoothing=eps)(labels, probs)
+    np.testing.assert_allclose(to_numpy(got), want, rtol=1e-5)
+
+
+def test_binary_label_two_is_not_a_class():
+    logits = random_array((1, 2, 2, 1), seed=12)
+    labels = np.array([[[0, 1], [2, 1]]])
+    keep = np.array([[[True, True], [False, True]]])
+    got = SegmentationCrossEntropy()(labels, logits)
+    np.testing.assert_allclose(to_numpy(got), torch_bce(np.where(keep, labels, 255), logits), rtol=1e-5)

@@ -68,3 +68,31 @@ def test_serialization_and_bad_arguments():
     assert isinstance(revived, DiceLoss) and revived.get_config() == loss.get_config()
     with pytest.raises(ValueError, match="smooth"):
         DiceLoss(smooth=-1.0)
+
+
+def test_pixel_weights_multiply_every_sum():
+    logits = random_array((2, 5, 4, 3), seed=4)
+    labels = np.random.default_rng(5).integers(0, 3, (2, 5, 4))
+    w = np.random.default_rng(6).uniform(0, 2, (2, 5, 4))
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    p = e / e.sum(-1, keepdims=True) * w[..., None]
+    t = np.eye(3)[labels] * w[..., None]
+    dice = (2 * (p * t).sum((0, 1, 2)) + 1) / (p.sum((0, 1, 2)) + t.sum((0, 1, 2)) + 1)
+    got = DiceLoss()(labels, logits, sample_weight=w.astype("float32"))
+    np.testing.assert_allclose(to_numpy(got), 1 - dice.mean(), rtol=1e-5)
+    # A 0/1 map is the same as the ignore index.
+    mask = (w > 1).astype("float32")
+    np.testing.assert_allclose(
+        to_numpy(DiceLoss()(labels, logits, sample_weight=mask)),
+        to_numpy(DiceLoss()(np.where(mask > 0, labels, 255), logits)),
+        rtol=1e-6,
+    )
+
+
+def test_binary_dice_is_the_foreground_dice_of_the_sigmoid():
+    logits = np.array([2.0, -1.0, 0.5, 255.0], "float32").reshape(1, 1, 4, 1)
+    labels = np.array([[[1, 0, 1, 255]]])
+    p = 1 / (1 + np.exp(-np.array([2.0, -1.0, 0.5])))
+    t = np.array([1.0, 0.0, 1.0])
+    want = 1 - (2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1)
+    np.testing.assert_allclose(to_numpy(DiceLoss()(labels, logits)), want, rtol=1e-5)

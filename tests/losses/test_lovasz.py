@@ -99,3 +99,45 @@ def test_serialization_and_bad_arguments():
     assert isinstance(revived, LovaszSoftmaxLoss) and revived.get_config() == loss.get_config()
     with pytest.raises(ValueError, match="classes"):
         LovaszSoftmaxLoss(classes="some")
+
+
+def reference_lovasz_hinge_flat(logits, labels):
+    """Berman et al.'s `lovasz_hinge_flat` in NumPy: logits (P,), labels (P,) in {0, 1}."""
+    signs = 2.0 * labels - 1.0
+    errors = 1.0 - logits * signs
+    order = np.argsort(-errors, kind="stable")
+    return float(np.dot(np.maximum(errors[order], 0), lovasz_grad(labels[order].astype(float))))
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+def test_binary_is_the_lovasz_hinge(per_image):
+    logits = random_array((2, 4, 5, 1), seed=7, scale=2.0)
+    labels = np.random.default_rng(8).integers(0, 2, (2, 4, 5))
+    labels[0, 1, :3] = 255
+    labels[1] = 0  # no foreground: the hinge still pays for the largest error
+    labels[1, 0, 0] = 255
+    groups = [(b,) for b in range(2)] if per_image else [slice(None)]
+    losses = []
+    for g in groups:
+        lab, x = labels[g].reshape(-1), logits[g][..., 0].reshape(-1)
+        keep = lab != 255
+        losses.append(reference_lovasz_hinge_flat(x[keep].astype(np.float64), lab[keep]))
+    got = LovaszSoftmaxLoss(per_image=per_image)(labels, logits)
+    np.testing.assert_allclose(to_numpy(got), np.mean(losses), rtol=1e-5)
+
+
+def test_binary_needs_logits():
+    with pytest.raises(ValueError, match="from_logits=False"):
+        LovaszSoftmaxLoss(from_logits=False)(np.zeros((1, 2, 2)), np.full((1, 2, 2, 1), 0.5))
+
+
+def test_zero_one_pixel_weights_are_a_mask():
+    logits = random_array((2, 4, 5, 3), seed=9)
+    labels = np.random.default_rng(10).integers(0, 3, (2, 4, 5))
+    mask = (np.random.default_rng(11).uniform(size=(2, 4, 5)) > 0.4).astype("float32")
+    loss = LovaszSoftmaxLoss()
+    np.testing.assert_allclose(
+        to_numpy(loss(labels, logits, sample_weight=mask)),
+        to_numpy(loss(np.where(mask > 0, labels, 255), logits)),
+        rtol=1e-6,
+    )

@@ -109,3 +109,16 @@ def test_serialization_and_bad_arguments():
         loss(np.zeros((1, 2, 2)), np.zeros((1, 5)))
     with pytest.raises(ValueError, match="class nodes"):
         ClassPresenceScore()(np.zeros((2, 3), "float32"))
+
+
+def test_per_image_weights_and_pixel_maps_refused():
+    labels = np.array([[[0, 1], [1, 1]], [[2, 2], [255, 0]]])
+    scores = np.array([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]], "float32")
+    target = np.array([[1, 1, 0], [1, 0, 1]], np.float64)
+    bce = np.maximum(scores, 0) - scores * target + np.log1p(np.exp(-np.abs(scores)))
+    w = np.array([0.5, 2.0], "float32")
+    want = (bce.mean(-1) * w).sum() / w.sum()
+    loss = SemanticContextLoss(num_classes=3)
+    np.testing.assert_allclose(to_numpy(loss(labels, scores, sample_weight=w)), want, rtol=1e-5)
+    with pytest.raises(ValueError, match="one weight per image"):
+        loss(labels, scores, sample_weight=np.ones((2, 2, 2), "float32"))
