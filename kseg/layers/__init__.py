@@ -1,6 +1,7 @@
 """Keras layers for semantic segmentation."""
 
 from kseg.layers.aspp import ASPP
+from kseg.layers.class_presence import ClassPresenceScore
 from kseg.layers.conv import ConvBNAct
 from kseg.layers.crop import CropLike
 from kseg.layers.decoder import DeepLabV3PlusDecoder
@@ -31,6 +32,7 @@ __all__ = [
     "GraphConvolutionalUnit",
     "GloReUnit",
     "GraphInteractionUnit",
+    "ClassPresenceScore",
     "CropLike",
     "ImageNormalization",
 ]

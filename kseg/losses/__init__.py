@@ -1,13 +1,10 @@
 """kseg.losses: segmentation losses that respect an ignore index."""
 
+from kseg.layers.class_presence import ClassPresenceScore  # a layer; kept here for old imports
 from kseg.losses.cross_entropy import SegmentationCrossEntropy
 from kseg.losses.dice import DiceLoss
 from kseg.losses.lovasz import LovaszSoftmaxLoss
-from kseg.losses.semantic_context import (
-    ClassPresenceScore,
-    SemanticContextLoss,
-    class_presence_target,
-)
+from kseg.losses.semantic_context import SemanticContextLoss, class_presence_target
 
 __all__ = [
     "SegmentationCrossEntropy",

@@ -1,16 +1,16 @@
-"""Tests for the GINet semantic context loss: presence target, score layer and loss."""
+"""Tests for the GINet semantic context loss: presence target and loss."""
 
 import keras
 import numpy as np
 import pytest
 
+from kseg.layers import ClassPresenceScore
 from kseg.losses import (
-    ClassPresenceScore,
     SegmentationCrossEntropy,
     SemanticContextLoss,
     class_presence_target,
 )
-from tests.helpers import BACKEND, random_array, run_layer_test, to_numpy
+from tests.helpers import BACKEND, random_array, to_numpy
 
 
 def test_presence_target_hand_worked():
@@ -22,23 +22,6 @@ def test_presence_target_hand_worked():
     np.testing.assert_array_equal(
         to_numpy(class_presence_target(labels, 4, ignore_index=0)), ignore_zero
     )
-
-
-def test_score_layer():
-    nodes = random_array((2, 7, 5), seed=0)
-    out = run_layer_test(
-        ClassPresenceScore,
-        {},
-        input_data=nodes,
-        expected_output_shape=(2, 7),
-        symbolic_input_shape=(7, 5),
-    )
-    np.testing.assert_allclose(out, nodes.sum(-1), rtol=1e-5)  # centroid starts at ones
-    layer = ClassPresenceScore()
-    layer.build((None, 7, 5))
-    centroid = random_array((7, 5), seed=1)
-    layer.semantic_centroid.assign(centroid)
-    np.testing.assert_allclose(to_numpy(layer(nodes)), (nodes * centroid).sum(-1), rtol=1e-5)
 
 
 def test_loss_against_numpy():
