@@ -374,3 +374,11 @@ def test_pad_value_of_the_wrong_length():
     model = _pointwise_model_channels(4, K)
     with pytest.raises(ValueError, match=r"Received: pad_value=\(1.0, 2.0, 3.0\)"):
         inference.predict(model, _images((1, 3, 3, 4)), crop_size=4, pad_value=(1.0, 2.0, 3.0))
+
+
+def test_channel_count_must_match_the_model():
+    model = _pointwise_model_channels(4, K)
+    with pytest.raises(ValueError, match=r"with 4 channels.*Received: images.shape=\(5, 6, 3\)"):
+        inference.predict(model, _images((5, 6, 3)))
+    with pytest.raises(ValueError, match=r"with 4 channels.*Received: images.shape=\(1, 5, 6, 1\)"):
+        inference.sliding_window_logits(model, _images((1, 5, 6, 1)), 4)
