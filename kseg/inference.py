@@ -410,7 +410,7 @@ def _model_channels(model, data_format):
     """The channel count of the model's (first) input, or None when unknown."""
     try:
         shape = tuple(model.inputs[0].shape)
-    except (AttributeError, IndexError, TypeError):
+    except (AttributeError, IndexError, TypeError, ValueError):
         return None
     if len(shape) != 4:
         return None

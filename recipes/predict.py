@@ -116,6 +116,11 @@ def main(argv=None):
     binary = num_classes == 1
     class_names = _common.class_names_for(2 if binary else num_classes)
     channels = input_channels(model)
+    if channels not in (1, 3, 4):
+        raise SystemExit(
+            f"predict.py: error: the model takes {channels}-channel images; image files are "
+            "read with 1 (grayscale), 3 (RGB) or 4 (RGBA, 4 bands) channels."
+        )
     os.makedirs(args.output_dir, exist_ok=True)
     palette = voc_palette(2 if binary else 256).reshape(-1).tolist()
     tta = _common.inference_kwargs(args)
