@@ -1,10 +1,17 @@
 """Sliding-window, multi-scale and flip test-time inference, and evaluation with it.
 
 Backend-neutral (keras.ops and NumPy). Images go in channels_last, as float
-RGB in [0, 255] like the training data, `(B, H, W, 3)`; results come back as
-NumPy arrays at the input resolution, `(B, H, W, K)` probabilities or
-`(B, H, W)` class ids. A model whose input and output are channels_first is
-used by passing `data_format="channels_first"`.
+values like the training data (RGB in [0, 255] for the RGB models),
+`(B, H, W, C)` with any number of channels C (1 for grayscale, 4 for RGB-NIR,
+...); results come back as NumPy arrays at the input resolution, `(B, H, W, K)`
+probabilities or `(B, H, W)` class ids. A model whose input and output are
+channels_first is used by passing `data_format="channels_first"`.
+
+A model with one output channel (`num_classes=1`) is binary: its logit is
+the foreground's, the probabilities are its sigmoid `(B, H, W, 1)` (averaged
+over scales and flips like the softmax of a multi-class model) and the class
+is 1 where that probability is above 0.5 (one view: where the logit is
+positive), else 0.
 
 Procedure (as in mmsegmentation's `EncoderDecoder.slide_inference` and
 `aug_test`, and the PSPNet evaluation code):
@@ -13,7 +20,8 @@ Procedure (as in mmsegmentation's `EncoderDecoder.slide_inference` and
    at least the crop, slide a crop-sized window with `stride`, average the
    *logits* of the windows where they overlap and crop the padding off.
    Without a `crop_size`, run the model on the whole image.
-3. Resize the logits bilinearly to the input size and take the softmax.
+3. Resize the logits bilinearly to the input size and take the softmax
+   (the sigmoid for one channel).
 4. With `flip=True`, do the same for the horizontally flipped image and flip
    the result back.
 5. Average the *probabilities* of all scales and flips.
@@ -30,6 +38,9 @@ from kseg._common import normalize_tuple, standardize_data_format
 #: The ImageNet mean colour on the [0, 255] scale. The models subtract it,
 #: so it is the neutral colour for padding images.
 IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
+
+#: The padding value of images whose channel count is not 3 (`pad_value=None`).
+DEFAULT_PAD_VALUE = 0.0
 
 
 def _to_numpy(x):
@@ -69,6 +80,28 @@ def _softmax(logits):
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def _probabilities(logits):
+    """Softmax over the classes, or the sigmoid (float64, exact near 0.5) of one logit."""
+    if logits.shape[-1] == 1:
+        return 0.5 * (1.0 + np.tanh(0.5 * logits.astype(np.float64)))
+    return _softmax(logits)
+
+
+def _pad_values(pad_value, channels):
+    """`pad_value` as a float32 vector of `channels` values."""
+    if pad_value is None:
+        pad_value = IMAGENET_MEAN_RGB if channels == 3 else DEFAULT_PAD_VALUE
+    values = np.asarray(pad_value, np.float32).reshape(-1)
+    if values.size == 1:
+        values = np.repeat(values, channels)
+    if values.size != channels:
+        raise ValueError(
+            f"Expected `pad_value` to be a scalar or one value per image channel ({channels}). "
+            f"Received: pad_value={pad_value!r}"
+        )
+    return values
+
+
 def _run_model(model, x, output_key, data_format):
     """Runs the model on a channels_last batch and returns channels_last float32 logits."""
     if data_format == "channels_first":
@@ -100,7 +133,7 @@ def sliding_window_logits(
     crop_size,
     *,
     stride=None,
-    pad_value=IMAGENET_MEAN_RGB,
+    pad_value=None,
     batch_size=4,
     output_key="main",
     data_format=None,
@@ -115,14 +148,16 @@ def sliding_window_logits(
     another size.
 
     Args:
-        model: a `keras.Model` (or a callable) taking `(B, h, w, 3)` images
+        model: a `keras.Model` (or a callable) taking `(B, h, w, C)` images
             and returning logits, or a dict of outputs holding `output_key`.
-        images: `(B, H, W, 3)` channels_last array in [0, 255].
+        images: `(B, H, W, C)` channels_last array (C channels, any count).
         crop_size: int or `(height, width)` of the windows (the training crop).
         stride: int or `(height, width)`. Defaults to two thirds of the crop
             (rounded up), a third of overlap as in PSPNet's evaluation.
-        pad_value: scalar or RGB padding colour. Defaults to the ImageNet
-            mean (zero after the models' normalisation).
+        pad_value: padding value: a scalar or one value per channel. Defaults
+            to None: the ImageNet mean colour for 3-channel images (zero after
+            the RGB models' normalisation), `DEFAULT_PAD_VALUE` (0.0) for any
+            other channel count.
         batch_size: windows per model call. Defaults to 4.
         output_key: key of the logits when the model returns a dict.
             Defaults to "main".
@@ -137,12 +172,13 @@ def sliding_window_logits(
     if stride is None:
         stride = (math.ceil(2 * crop_h / 3), math.ceil(2 * crop_w / 3))
     stride_h, stride_w = _pair("stride", stride)
-    images = _check_images(images)
-    n, height, width, _ = images.shape
+    images = _check_images(images, model, data_format)
+    n, height, width, channels = images.shape
+    pad_values = _pad_values(pad_value, channels)
     pad_h, pad_w = max(crop_h - height, 0), max(crop_w - width, 0)
     if pad_h or pad_w:
-        padded = np.empty((n, height + pad_h, width + pad_w, 3), np.float32)
-        padded[...] = np.asarray(pad_value, np.float32)
+        padded = np.empty((n, height + pad_h, width + pad_w, channels), np.float32)
+        padded[...] = pad_values
         padded[:, :height, :width] = images
         images = padded
     full_h, full_w = images.shape[1:3]
@@ -179,7 +215,7 @@ def predict_probabilities(
     stride=None,
     scales=(1.0,),
     flip=False,
-    pad_value=IMAGENET_MEAN_RGB,
+    pad_value=None,
     batch_size=4,
     output_key="main",
     data_format=None,
@@ -187,12 +223,15 @@ def predict_probabilities(
     """Class probabilities with optional sliding window and test-time augmentation.
 
     See the module docstring for the procedure. With the defaults it is the
-    softmax of one full-image prediction.
+    softmax of one full-image prediction (the sigmoid for a model with one
+    output channel).
 
     Args:
         model: a `keras.Model` (or a callable) returning logits, or a dict of
             outputs holding `output_key`.
-        images: `(B, H, W, 3)` or `(H, W, 3)` channels_last array, RGB in [0, 255].
+        images: `(B, H, W, C)` or `(H, W, C)` channels_last array with the
+            channel count C of the model's input (RGB in [0, 255] for the RGB
+            models).
         crop_size: window size for sliding-window inference, or None for
             whole-image inference. Defaults to None.
         stride: window stride; see `sliding_window_logits`.
@@ -203,12 +242,65 @@ def predict_probabilities(
             `sliding_window_logits`.
 
     Returns:
-        float32 NumPy probabilities `(B, H, W, K)` (or `(H, W, K)` for one image).
+        float32 NumPy probabilities `(B, H, W, K)` (or `(H, W, K)` for one
+        image). For a binary model (K = 1) the one channel is the foreground
+        probability (the sigmoid of the logit).
     """
+    probs, single = _average_probabilities(
+        model,
+        images,
+        crop_size=crop_size,
+        stride=stride,
+        scales=scales,
+        flip=flip,
+        pad_value=pad_value,
+        batch_size=batch_size,
+        output_key=output_key,
+        data_format=data_format,
+    )
+    probs = probs.astype(np.float32)
+    return probs[0] if single else probs
+
+
+def predict(model, images, **kwargs):
+    """Predicted class ids `(B, H, W)` (int32) (or `(H, W)` for one image).
+
+    The argmax of `predict_probabilities`; for a binary model (one output
+    channel), 1 where the foreground probability is above 0.5, else 0.
+    Takes the same keyword arguments as `predict_probabilities`.
+    """
+    probs, single = _average_probabilities(model, images, **kwargs)
+    classes = _classes(probs)
+    return classes[0] if single else classes
+
+
+def _classes(probs):
+    """int32 class ids of `(B, H, W, K)` probabilities (threshold 0.5 for K = 1)."""
+    if probs.shape[-1] == 1:
+        return (probs[..., 0] > 0.5).astype(np.int32)
+    return np.argmax(probs, axis=-1).astype(np.int32)
+
+
+def _average_probabilities(
+    model,
+    images,
+    *,
+    crop_size=None,
+    stride=None,
+    scales=(1.0,),
+    flip=False,
+    pad_value=None,
+    batch_size=4,
+    output_key="main",
+    data_format=None,
+):
+    """`predict_probabilities` before the float32 cast; also says if one image was given."""
     data_format = standardize_data_format(data_format)
     images = _to_numpy(images)
-    single = images.ndim == 3 and images.shape[-1] == 3
-    images = _check_images(images[None] if single else images)
+    single = images.ndim == 3
+    images = _check_images(
+        images[None] if single else images, model, data_format, shape=images.shape
+    )
     scales = tuple(float(s) for s in (scales if isinstance(scales, (list, tuple)) else [scales]))
     if not scales or any(s <= 0 for s in scales):
         raise ValueError(f"Expected `scales` to be positive numbers. Received: scales={scales!r}")
@@ -234,21 +326,12 @@ def predict_probabilities(
                     output_key=output_key,
                     data_format=data_format,
                 )
-            probs = _softmax(_resize(logits, (height, width)))
+            probs = _probabilities(_resize(logits, (height, width)))
             if flipped:
                 probs = probs[:, :, ::-1]
             total = probs if total is None else total + probs
             views += 1
-    probs = (total / views).astype(np.float32)
-    return probs[0] if single else probs
-
-
-def predict(model, images, **kwargs):
-    """Predicted class ids `(B, H, W)` (int32): the argmax of `predict_probabilities`.
-
-    Takes the same keyword arguments as `predict_probabilities`.
-    """
-    return np.argmax(predict_probabilities(model, images, **kwargs), axis=-1).astype(np.int32)
+    return total / views, single
 
 
 def evaluate(model, dataset, metrics, *, steps=None, reset=True, verbose=0, **predict_kwargs):
@@ -261,6 +344,11 @@ def evaluate(model, dataset, metrics, *, steps=None, reset=True, verbose=0, **pr
     passed as `(B, K, H, W)`, the layout kseg's metrics then expect). Feed full-size images with
     `kseg.data.eval_pipeline(ds, batch_size=1)` and pass `crop_size` for
     sliding-window inference, so that no pixel is resized or dropped.
+
+    A binary model (one output channel) is scored on its 0/1 class map: the
+    metrics get `metric.update_state(masks, classes)` with the int32 `(B, H, W)`
+    map of `predict`, so 2-class metrics that take label maps, such as
+    `kseg.metrics.MeanIoU(2)`, score background and foreground.
 
     Args:
         model: see `predict_probabilities`.
@@ -295,9 +383,18 @@ def evaluate(model, dataset, metrics, *, steps=None, reset=True, verbose=0, **pr
         if steps is not None and step >= steps:
             break
         images, masks = _to_numpy(batch[0]), _to_numpy(batch[1])
-        probs = predict_probabilities(model, images, **predict_kwargs)
-        if channels_first:
-            probs = np.transpose(probs, (0, 3, 1, 2))
+        if images.ndim != 4:
+            raise ValueError(
+                "Expected `dataset` to yield batches of images (B, H, W, C). "
+                f"Received: images.shape={images.shape}"
+            )
+        probs, _ = _average_probabilities(model, images, **predict_kwargs)
+        if probs.shape[-1] == 1:
+            probs = _classes(probs)
+        else:
+            probs = probs.astype(np.float32)
+            if channels_first:
+                probs = np.transpose(probs, (0, 3, 1, 2))
         for metric in metrics:
             metric.update_state(masks, probs)
         if progbar is not None:
@@ -309,11 +406,30 @@ def evaluate(model, dataset, metrics, *, steps=None, reset=True, verbose=0, **pr
     return results
 
 
-def _check_images(images):
+def _model_channels(model, data_format):
+    """The channel count of the model's (first) input, or None when unknown."""
+    try:
+        shape = tuple(model.inputs[0].shape)
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+    if len(shape) != 4:
+        return None
+    channels = shape[1] if data_format == "channels_first" else shape[-1]
+    return None if channels is None else int(channels)
+
+
+def _check_images(images, model=None, data_format=None, shape=None):
     images = _to_numpy(images).astype(np.float32)
-    if images.ndim != 4 or images.shape[-1] != 3:
+    shape = images.shape if shape is None else shape
+    if images.ndim != 4 or images.shape[-1] < 1:
         raise ValueError(
-            "Expected channels_last RGB images of shape (B, H, W, 3). "
-            f"Received: images.shape={images.shape}"
+            "Expected channels_last images of shape (B, H, W, C) (or (H, W, C) for one image). "
+            f"Received: images.shape={shape}"
+        )
+    expected = None if model is None else _model_channels(model, data_format)
+    if expected is not None and images.shape[-1] != expected:
+        raise ValueError(
+            f"Expected channels_last images with {expected} channels, the channel count of "
+            f"the model's input. Received: images.shape={shape}"
         )
     return images

@@ -10,6 +10,12 @@ a VOC image, at most 500 px, then fits one 512 window), without it the model
 sees the whole image. `--scales` and `--flip` average the class probabilities
 of rescaled and mirrored copies (`kseg.inference.predict_probabilities`).
 Prints the mean IoU, the pixel accuracy and the IoU of every class.
+
+A binary model (one output channel, a sigmoid logit) is scored as two
+classes, background 0 and foreground 1 (its class is 1 where the averaged
+foreground probability is above 0.5), on masks of labels 0, 1 and 255. The
+images of VOC and of the synthetic set are RGB, so the model must take
+3-channel images.
 """
 
 import argparse
@@ -69,18 +75,28 @@ def main(argv=None):
     import kseg.inference
 
     model = _common.load_model(args.checkpoint)
+    channels_axis = 1 if keras.config.image_data_format() == "channels_first" else -1
+    channels = model.inputs[0].shape[channels_axis]
+    if channels not in (None, 3):
+        raise SystemExit(
+            f"evaluate_voc.py: error: the model takes {channels}-channel images; the images of "
+            "PASCAL VOC and of the synthetic set are RGB (3 channels)."
+        )
     num_classes = _common.num_classes_of(model, args.output_key)
-    class_names = _common.class_names_for(num_classes)
+    binary = num_classes == 1
+    # A binary model's one logit scores two classes: background 0 and foreground 1.
+    scored_classes = 2 if binary else num_classes
+    class_names = _common.class_names_for(scored_classes)
     if args.data_dir is None:
         print(
             "No --data-dir given: evaluating on kseg's SYNTHETIC validation set "
             "(100 images, 96 x 96), not on PASCAL VOC.",
             flush=True,
         )
-        dataset = kdata.synthetic_dataset("val", num_classes=num_classes, seed=args.seed)
+        dataset = kdata.synthetic_dataset("val", num_classes=scored_classes, seed=args.seed)
     else:
         try:
-            dataset = kdata.voc_dataset(args.data_dir, args.split, num_classes=num_classes)
+            dataset = kdata.voc_dataset(args.data_dir, args.split, num_classes=scored_classes)
         except FileNotFoundError as e:
             raise SystemExit(f"evaluate_voc.py: error: argument --data-dir: {e}") from None
         print(f"PASCAL VOC 2012 '{args.split}' from {kdata.find_voc_root(args.data_dir)}.")
@@ -88,10 +104,12 @@ def main(argv=None):
         dataset = dataset.take(args.max_images)
     dataset = kdata.eval_pipeline(dataset, batch_size=1)
 
-    miou = kseg.metrics.MeanIoU(num_classes)
-    accuracy = kseg.metrics.PixelAccuracy(num_classes)
+    # kseg.inference.evaluate gives a binary model's metrics its 0/1 class map.
+    miou = kseg.metrics.MeanIoU(scored_classes)
+    accuracy = kseg.metrics.PixelAccuracy(scored_classes)
     tta = _common.inference_kwargs(args)
-    print(f"Model {model.name} ({num_classes} classes) from {args.checkpoint}; inference {tta}.")
+    kind = "binary, 1 sigmoid logit" if binary else f"{num_classes} classes"
+    print(f"Model {model.name} ({kind}) from {args.checkpoint}; inference {tta}.")
     results = kseg.inference.evaluate(model, dataset, [miou, accuracy], verbose=1, **tta)
     per_class = [float(v) for v in keras.ops.convert_to_numpy(miou.per_class_iou())]
     print()

@@ -2,21 +2,33 @@
 
     python recipes/predict.py --checkpoint runs/.../best.keras photo.jpg more/ --output-dir out
 
-Each input image `<name>.<ext>` (files, or every .jpg/.jpeg/.png/.bmp in a
-folder) gives two files in `--output-dir`: `<name>_mask.png`, a palette PNG
-whose pixel values are the class ids and whose colours are the PASCAL VOC
+Each input image `<name>.<ext>` (files, or every .jpg/.jpeg/.png/.bmp/.tif/.tiff
+in a folder) gives two files in `--output-dir`: `<name>_mask.png`, a palette
+PNG whose pixel values are the class ids and whose colours are the PASCAL VOC
 palette, and `<name>_overlay.png`, the image with the coloured mask blended
 over it. Test-time options (`--crop-size`, `--scales`, `--flip`) are those
 of `evaluate_voc.py`.
+
+Images are read with the channel count of the model's input: RGB for 3
+channels, grayscale for 1 (a grey image stored as RGB is accepted), RGBA or
+a 4-band PNG/TIFF for 4 (e.g. RGB-NIR). The overlay is drawn on the grey
+image (1 channel) or on the first three channels (4 channels). A binary model
+(one output channel, a sigmoid logit) writes 0/1 masks with two palette colours.
+
+A file that cannot be read, or whose channels do not fit the model, is
+reported in one line (`predict.py: error: <file>: <reason>`) and skipped; the
+other images are still predicted, and the script then exits with status 1
+saying how many images failed.
 """
 
 import argparse
 import os
+import sys
 import time
 
 import _common
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
 def build_parser():
@@ -67,6 +79,25 @@ def parse_args(argv=None):
     return args
 
 
+def input_channels(model):
+    """The channel count of the model's image input (3 when it is not fixed)."""
+    import keras
+
+    shape = model.inputs[0].shape
+    channels = shape[1] if keras.config.image_data_format() == "channels_first" else shape[-1]
+    return 3 if channels is None else int(channels)
+
+
+def display_rgb(image):
+    """The `(H, W, 3)` image the overlay is drawn on: grey repeated, or the first 3 channels."""
+    import numpy as np
+
+    image = np.clip(image, 0, 255)
+    if image.shape[-1] == 1:
+        return np.repeat(image, 3, axis=-1)
+    return image[..., :3]
+
+
 def main(argv=None):
     args = parse_args(argv)
     _common.quiet_tensorflow()
@@ -76,19 +107,36 @@ def main(argv=None):
     from PIL import Image
 
     import kseg.inference
+    from kseg.data import DataError
     from kseg.data.palette import overlay, voc_palette
     from kseg.data.voc import read_image
 
     model = _common.load_model(args.checkpoint)
     num_classes = _common.num_classes_of(model, args.output_key)
-    class_names = _common.class_names_for(num_classes)
+    binary = num_classes == 1
+    class_names = _common.class_names_for(2 if binary else num_classes)
+    channels = input_channels(model)
+    if channels not in (1, 3, 4):
+        raise SystemExit(
+            f"predict.py: error: the model takes {channels}-channel images; image files are "
+            "read with 1 (grayscale), 3 (RGB) or 4 (RGBA, 4 bands) channels."
+        )
     os.makedirs(args.output_dir, exist_ok=True)
-    palette = voc_palette().reshape(-1).tolist()
+    palette = voc_palette(2 if binary else 256).reshape(-1).tolist()
     tta = _common.inference_kwargs(args)
-    print(f"Model {model.name} ({num_classes} classes); {len(args.images)} image(s); {tta}.")
-    written = []
+    kind = "binary, 1 sigmoid logit" if binary else f"{num_classes} classes"
+    print(
+        f"Model {model.name} ({kind}, {channels}-channel input); "
+        f"{len(args.images)} image(s); {tta}."
+    )
+    written, failed = [], []
     for path in args.images:
-        image = read_image(path)
+        try:
+            image = read_image(path, channels=channels)
+        except DataError as e:
+            print(f"predict.py: error: {e}", file=sys.stderr, flush=True)
+            failed.append(path)
+            continue
         mask = kseg.inference.predict(model, image[None], **tta)[0].astype(np.uint8)
         stem = os.path.splitext(os.path.basename(path))[0]
         mask_path = os.path.join(args.output_dir, stem + "_mask.png")
@@ -96,11 +144,19 @@ def main(argv=None):
         png = Image.fromarray(mask, "P")
         png.putpalette(palette)
         png.save(mask_path)
-        Image.fromarray(overlay(image, mask, alpha=args.alpha), "RGB").save(overlay_path)
+        blended = overlay(display_rgb(image), mask, alpha=args.alpha, palette=voc_palette())
+        Image.fromarray(blended, "RGB").save(overlay_path)
         present = ", ".join(class_names[c] for c in np.unique(mask))
         print(f"{path} -> {mask_path}, {overlay_path} ({present})", flush=True)
         written.append((mask_path, overlay_path))
     print(f"Wrote {2 * len(written)} files to {args.output_dir} in {time.time() - start:.1f} s.")
+    if failed:
+        print(
+            f"predict.py: error: {len(failed)} of {len(args.images)} images failed "
+            "(reasons above).",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
     return written
 
 

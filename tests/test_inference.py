@@ -231,3 +231,152 @@ def test_bad_arguments():
         inference.predict(model, images, crop_size=0)
     with pytest.raises(ValueError, match="Received: data_format='nhwc'"):
         inference.predict(model, images, data_format="nhwc")
+
+
+# Binary (one sigmoid logit) and any channel count.
+
+
+def _pointwise_model_channels(channels, num_outputs, seed=0):
+    """A 1x1-conv model on `channels` input channels (plain Keras layers, no normalisation)."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((None, None, channels))
+    x = keras.layers.Rescaling(1 / 64.0, offset=-2.0)(inputs)
+    return keras.Model(inputs, keras.layers.Conv2D(num_outputs, 1, name="main_conv")(x))
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z.astype(np.float64)))
+
+
+def _torch_resize(x, size):
+    torch = pytest.importorskip("torch")
+    t = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).double()
+    y = torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False)
+    return y.numpy().transpose(0, 2, 3, 1)
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_binary_probabilities_are_sigmoid_averaged_over_scales_and_flips(channels):
+    model = _pointwise_model_channels(channels, 1, seed=7)
+    images = _images((2, 8, 12, channels), seed=8)
+    expected = 0
+    for scale in (0.5, 1.0):
+        size = (round(8 * scale), round(12 * scale))
+        for flipped in (False, True):
+            x = images[:, :, ::-1] if flipped else images
+            logits = _pointwise_numpy(model, _torch_resize(x, size))
+            probs = _sigmoid(_torch_resize(logits, (8, 12)))
+            expected = expected + (probs[:, :, ::-1] if flipped else probs)
+    expected = expected / 4
+    got = inference.predict_probabilities(model, images, scales=(0.5, 1.0), flip=True)
+    assert got.shape == (2, 8, 12, 1) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    # Not a softmax over one channel (which is 1 everywhere).
+    assert got.min() < 0.99
+    mask = inference.predict(model, images, scales=(0.5, 1.0), flip=True)
+    assert mask.dtype == np.int32 and mask.shape == (2, 8, 12)
+    np.testing.assert_array_equal(mask, (expected[..., 0] > 0.5).astype(np.int32))
+    assert set(np.unique(mask)) == {0, 1}
+
+
+def test_binary_class_is_positive_logit_with_sliding_window():
+    model = _pointwise_model_channels(1, 1, seed=9)
+    images = _images((1, 11, 9, 1), seed=10)
+    logits = _pointwise_numpy(model, images)
+    probs = inference.predict_probabilities(model, images, crop_size=4, stride=3)
+    np.testing.assert_allclose(probs, _sigmoid(logits), rtol=1e-4, atol=1e-6)
+    mask = inference.predict(model, images, crop_size=4, stride=3)
+    np.testing.assert_array_equal(mask, (logits[..., 0] > 0).astype(np.int32))
+    # One image without its batch axis.
+    single = inference.predict(model, images[0])
+    np.testing.assert_array_equal(single, mask[0])
+
+
+def test_binary_near_zero_logit_follows_its_sign():
+    def model(x):
+        out = np.full(x.shape[:3] + (1,), 1e-9, np.float32)
+        out[:, 0, 0] = -1e-9
+        return out
+
+    mask = inference.predict(model, _images((1, 3, 3, 3)))
+    expected = np.ones((1, 3, 3), np.int32)
+    expected[0, 0, 0] = 0
+    np.testing.assert_array_equal(mask, expected)
+
+
+def test_evaluate_binary_model_scores_two_classes():
+    model = _pointwise_model_channels(1, 1, seed=11)
+    images = _images((3, 6, 7, 1), seed=12)
+    masks = np.random.default_rng(13).integers(0, 2, (3, 6, 7)).astype(np.int32)
+    masks[0, 0, :3] = 255
+    pred = (_pointwise_numpy(model, images)[..., 0] > 0).astype(np.int64)
+    keep = masks != 255
+    cm = np.zeros((2, 2))
+    np.add.at(cm, (masks[keep], pred[keep]), 1)
+    tp = np.diag(cm)
+    denom = cm.sum(0) + cm.sum(1) - tp
+    expected = np.mean(tp[denom > 0] / denom[denom > 0])
+    counter = _CountingMetric()
+    results = inference.evaluate(
+        model,
+        [(images[:2], masks[:2]), (images[2:], masks[2:])],
+        [kseg.metrics.MeanIoU(2), counter],
+        crop_size=4,
+    )
+    np.testing.assert_allclose(results["mean_iou"], expected, rtol=1e-6)
+    # The metrics receive the 0/1 class map.
+    y_pred = counter.updates[0][1]
+    assert y_pred.shape == (2, 6, 7)
+    np.testing.assert_array_equal(y_pred, pred[:2])
+
+
+@pytest.mark.parametrize("channels", [1, 2, 4])
+def test_any_channel_count(channels):
+    model = _pointwise_model_channels(channels, K, seed=channels)
+    images = _images((2, 7, 9, channels), seed=channels)
+    expected = _softmax(_pointwise_numpy(model, images))
+    got = inference.predict_probabilities(model, images, crop_size=4, stride=3)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    single = inference.predict_probabilities(model, images[0], crop_size=5)
+    np.testing.assert_allclose(single, expected[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "channels,pad_value,expected",
+    [
+        (3, None, inference.IMAGENET_MEAN_RGB),
+        (1, None, [0.0]),
+        (4, None, [0.0] * 4),
+        (4, 9.0, [9.0] * 4),
+        (4, (1.0, 2.0, 3.0, 4.0), [1.0, 2.0, 3.0, 4.0]),
+        (1, (5.0,), [5.0]),
+    ],
+)
+def test_pad_value_per_channel_count(channels, pad_value, expected):
+    seen = []
+
+    def model(x):
+        seen.append(np.array(x))
+        return np.zeros(x.shape[:3] + (2,), np.float32)
+
+    images = np.full((1, 3, 2, channels), 7.0, np.float32)
+    inference.predict(model, images, crop_size=4, pad_value=pad_value)
+    window = seen[0][0]
+    assert window.shape == (4, 4, channels)
+    np.testing.assert_array_equal(window[:3, :2], images[0])
+    np.testing.assert_allclose(window[3, 0], expected, rtol=1e-6)
+    np.testing.assert_allclose(window[0, 3], expected, rtol=1e-6)
+
+
+def test_pad_value_of_the_wrong_length():
+    model = _pointwise_model_channels(4, K)
+    with pytest.raises(ValueError, match=r"Received: pad_value=\(1.0, 2.0, 3.0\)"):
+        inference.predict(model, _images((1, 3, 3, 4)), crop_size=4, pad_value=(1.0, 2.0, 3.0))
+
+
+def test_channel_count_must_match_the_model():
+    model = _pointwise_model_channels(4, K)
+    with pytest.raises(ValueError, match=r"with 4 channels.*Received: images.shape=\(5, 6, 3\)"):
+        inference.predict(model, _images((5, 6, 3)))
+    with pytest.raises(ValueError, match=r"with 4 channels.*Received: images.shape=\(1, 5, 6, 1\)"):
+        inference.sliding_window_logits(model, _images((1, 5, 6, 1)), 4)

@@ -3,6 +3,8 @@
 Every dataset yields `(image, mask)`: image float32 `(H, W, 3)` RGB in
 [0, 255] (the models normalise inside), mask int32 `(H, W)` of class ids with
 255 = ignore; batches are `(B, H, W, 3)` and `(B, H, W)`, channels_last.
+A file that cannot be read raises `kseg.data.DataError` (a `ValueError`; the
+VOC reader's `VOCDataError` is a subclass), whose message names the file.
 
 Typical use::
 
@@ -36,6 +38,7 @@ _EXPORTS = {
     "voc_palette": "palette",
     "colorize": "palette",
     "overlay": "palette",
+    "DataError": "errors",
     "VOC_SPLITS": "voc",
     "VOCDataError": "voc",
     "find_voc_root": "voc",

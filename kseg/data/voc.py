@@ -26,12 +26,18 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from kseg.data.errors import DataError
+
 #: Splits understood by `voc_dataset`; "train_aug" reads `SegmentationClassAug`.
 VOC_SPLITS = ("train", "val", "trainval", "train_aug")
 
 
-class VOCDataError(ValueError):
-    """A VOC file is missing, unreadable or holds bad labels; the message names the file."""
+class VOCDataError(DataError):
+    """A VOC folder's list file is bad or a listed file is missing; the message names the file.
+
+    The image and mask readers raise its parent `kseg.data.DataError`, which
+    `except DataError` catches along with this class.
+    """
 
 
 def find_voc_root(data_dir):
@@ -121,48 +127,87 @@ def voc_file_list(data_dir, split="train"):
     return images, masks
 
 
-def read_image(path):
-    """Reads an RGB image file as a float32 `(H, W, 3)` array in [0, 255]."""
+#: Pillow modes of one-band images read as they are stored (8-bit, 16-bit, 32-bit, float).
+_ONE_BAND_MODES = ("1", "L", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+def read_image(path, channels=3):
+    """Reads an image file as a float32 `(H, W, channels)` array (8-bit values in [0, 255]).
+
+    Args:
+        path: the image file.
+        channels: the channel count to return. 3 (default): RGB; any image
+            Pillow converts to RGB (grayscale, palette, RGBA without its alpha,
+            ...). 1: a one-band image (8-bit, 16-bit or float values as stored)
+            or an RGB image whose three channels are equal (a grey image
+            stored as RGB). 4: a four-band image (RGBA, or a 4-band TIFF/PNG
+            such as RGB-NIR), bands in the file's order.
+
+    Raises:
+        DataError: the file is missing or unreadable, or its channels cannot
+            be converted to `channels` (a colour image for 1, fewer bands for 4).
+    """
+    if channels not in (1, 3, 4):
+        raise ValueError(f"Expected `channels` to be 1, 3 or 4. Received: channels={channels!r}")
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise VOCDataError(f"{path}: image file not found.")
+        raise DataError(f"{path}: image file not found.")
     try:
         with Image.open(path) as img:
             img.load()
-            img = img.convert("RGB")
-            return np.asarray(img, dtype=np.float32)
+            mode, bands = img.mode, len(img.getbands())
+            if channels == 3:
+                return np.asarray(img.convert("RGB"), dtype=np.float32)
+            if channels == 4:
+                if bands == 4 and mode != "CMYK":
+                    return np.asarray(img, dtype=np.float32)
+            elif mode in _ONE_BAND_MODES:
+                return np.asarray(img.convert("L") if mode == "1" else img, np.float32)[..., None]
+            elif mode in ("RGB", "P"):
+                rgb = np.asarray(img.convert("RGB"), dtype=np.float32)
+                if (rgb == rgb[..., :1]).all():
+                    return rgb[..., :1]
     except (OSError, SyntaxError, ValueError) as e:
-        raise VOCDataError(f"{path}: unreadable or corrupt image ({e}).") from None
+        raise DataError(f"{path}: unreadable or corrupt image ({e}).") from None
+    if channels == 1:
+        wanted = "1 channel (a grayscale image, or an RGB one whose channels are equal)"
+    else:
+        wanted = "4 channels (RGBA or a 4-band image)"
+    colour = ", a colour image" if channels == 1 and mode in ("RGB", "P") else ""
+    raise DataError(
+        f"{path}: expected an image with {wanted}. "
+        f"Received: mode {mode!r} with {bands} channel(s){colour}."
+    )
 
 
 def read_mask(path, num_classes=21, ignore_index=255):
     """Reads a class-id PNG (palette "P" or grayscale "L") as an int32 `(H, W)` array.
 
-    Palette PNGs are read as palette indices, which are VOC's class ids; they
-    are never converted to colours. Values other than `[0, num_classes)` and
-    `ignore_index` raise `VOCDataError`.
+    Palette PNGs are read as palette indices, which are the class ids (as in
+    VOC's `SegmentationClass`); they are never converted to colours. Values
+    other than `[0, num_classes)` and `ignore_index` raise `DataError`.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise VOCDataError(f"{path}: mask file not found.")
+        raise DataError(f"{path}: mask file not found.")
     try:
         with Image.open(path) as img:
             img.load()
             if img.mode not in ("P", "L"):
-                raise VOCDataError(
+                raise DataError(
                     f"{path}: expected a palette ('P') or grayscale ('L') PNG of class ids. "
                     f"Received: mode {img.mode!r}. An RGB-coloured mask must be converted to "
                     "class ids first."
                 )
             mask = np.asarray(img, dtype=np.int32)
-    except VOCDataError:
+    except DataError:
         raise
     except (OSError, SyntaxError, ValueError) as e:
-        raise VOCDataError(f"{path}: unreadable or corrupt mask ({e}).") from None
+        raise DataError(f"{path}: unreadable or corrupt mask ({e}).") from None
     values = np.unique(mask)
     bad = values[(values >= num_classes) & (values != ignore_index)]
     if bad.size:
-        raise VOCDataError(
+        raise DataError(
             f"{path}: mask values {bad.tolist()} are outside the classes [0, {num_classes}) "
             f"and the ignore value {ignore_index}."
         )
@@ -178,7 +223,7 @@ def read_sample(image_path, mask_path, num_classes=21, ignore_index=255):
     image = read_image(image_path)
     mask = read_mask(mask_path, num_classes, ignore_index)
     if image.shape[:2] != mask.shape:
-        raise VOCDataError(
+        raise DataError(
             f"{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} (WxH) differs from its "
             f"image {image_path} ({image.shape[1]}x{image.shape[0]})."
         )
@@ -287,11 +332,11 @@ def check_voc(data_dir, splits=None, *, num_classes=21, ignore_index=255):
             image = mask = None
             try:
                 image = read_image(image_path)
-            except VOCDataError as e:
+            except DataError as e:
                 problems.append((image_path, str(e)))
             try:
                 mask = read_mask(mask_path, num_classes, ignore_index)
-            except VOCDataError as e:
+            except DataError as e:
                 problems.append((mask_path, str(e)))
             if image is not None and mask is not None and image.shape[:2] != mask.shape:
                 problems.append(

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from kseg.data import voc
+from kseg.data import DataError, voc
 from kseg.data.palette import voc_palette
 from kseg.data.synthetic import write_fake_voc
 
@@ -134,7 +134,7 @@ def test_corrupt_image(fresh_voc):
     images, masks = voc.voc_file_list(root, "train")
     with open(images[1], "wb") as f:
         f.write(b"this is not a jpeg")
-    with pytest.raises(voc.VOCDataError, match=re.escape(images[1]) + ".*corrupt"):
+    with pytest.raises(DataError, match=re.escape(images[1]) + ".*corrupt"):
         voc.read_sample(images[1], masks[1])
     with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(images[1])):
         _collect(voc.voc_dataset(root, "train"))
@@ -144,7 +144,7 @@ def test_mask_size_differs_from_image(fresh_voc):
     root, path = fresh_voc
     images, masks = voc.voc_file_list(root, "train")
     _write_palette_png(masks[0], np.zeros((5, 7), np.uint8))
-    with pytest.raises(voc.VOCDataError, match=re.escape(masks[0]) + ".*differs"):
+    with pytest.raises(DataError, match=re.escape(masks[0]) + ".*differs"):
         voc.read_sample(images[0], masks[0])
     with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(masks[0])):
         _collect(voc.voc_dataset(root, "train"))
@@ -157,10 +157,10 @@ def test_mask_values_outside_classes(fresh_voc):
     bad = np.zeros((height, width), np.uint8)
     bad[0, 0], bad[1, 1], bad[2, 2] = 21, 254, 255
     _write_palette_png(masks[2], bad)
-    with pytest.raises(voc.VOCDataError, match=re.escape(masks[2]) + r".*\[21, 254\]"):
+    with pytest.raises(DataError, match=re.escape(masks[2]) + r".*\[21, 254\]"):
         voc.read_sample(images[2], masks[2])
     # With more classes 21 is fine, 254 still is not.
-    with pytest.raises(voc.VOCDataError, match=r"\[254\]"):
+    with pytest.raises(DataError, match=r"\[254\]"):
         voc.read_sample(images[2], masks[2], num_classes=22)
     with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(masks[2])):
         _collect(voc.voc_dataset(root, "train"))
@@ -171,7 +171,7 @@ def test_rgb_mask_is_rejected(fresh_voc):
     images, masks = voc.voc_file_list(root, "val")
     height, width = np.asarray(Image.open(images[0])).shape[:2]
     Image.fromarray(np.zeros((height, width, 3), np.uint8), "RGB").save(masks[0])
-    with pytest.raises(voc.VOCDataError, match=re.escape(masks[0]) + ".*'RGB'"):
+    with pytest.raises(DataError, match=re.escape(masks[0]) + ".*'RGB'"):
         voc.read_mask(masks[0])
 
 
@@ -235,3 +235,65 @@ def test_bad_split_argument(fake_voc):
     root, _ = fake_voc
     with pytest.raises(ValueError, match="Received: split='test'"):
         voc.voc_dataset(root, "test")
+
+
+# The generic image and mask readers: `DataError`, any channel count.
+
+
+def test_reader_errors_are_data_errors_without_voc(tmp_path):
+    assert issubclass(voc.VOCDataError, DataError)
+    assert issubclass(DataError, ValueError)
+    corrupt = tmp_path / "bad.png"
+    corrupt.write_bytes(b"not a png")
+    for read, path, reason in [
+        (voc.read_image, corrupt, "corrupt image"),
+        (voc.read_image, tmp_path / "missing.png", "not found"),
+        (voc.read_mask, corrupt, "corrupt mask"),
+    ]:
+        with pytest.raises(DataError, match=re.escape(str(path)) + ".*" + reason) as e:
+            read(path)
+        assert type(e.value) is DataError
+        assert "VOC" not in type(e.value).__name__ + type(e.value).__module__ + str(e.value)
+
+
+@pytest.mark.parametrize(
+    "mode, array, channels, expected",
+    [
+        ("L", [[0, 9], [200, 255]], 1, [[[0], [9]], [[200], [255]]]),
+        ("L", [[0, 9]], 3, [[[0, 0, 0], [9, 9, 9]]]),
+        ("RGB", [[[5, 5, 5], [7, 7, 7]]], 1, [[[5], [7]]]),  # grey stored as RGB
+        ("RGB", [[[1, 2, 3], [4, 5, 6]]], 3, [[[1, 2, 3], [4, 5, 6]]]),
+        ("RGBA", [[[1, 2, 3, 4], [5, 6, 7, 8]]], 4, [[[1, 2, 3, 4], [5, 6, 7, 8]]]),
+        ("RGBA", [[[1, 2, 3, 4], [5, 6, 7, 8]]], 3, [[[1, 2, 3], [5, 6, 7]]]),
+        ("I;16", [[0, 1000]], 1, [[[0], [1000]]]),
+    ],
+)
+def test_read_image_channels(tmp_path, mode, array, channels, expected):
+    path = str(tmp_path / "image.png")
+    if mode == "I;16":  # a 16-bit grayscale PNG
+        Image.fromarray(np.asarray(array, np.uint16)).save(path)
+    else:
+        Image.fromarray(np.asarray(array, np.uint8), mode).save(path)
+    image = voc.read_image(path, channels=channels)
+    assert image.dtype == np.float32
+    np.testing.assert_array_equal(image, np.asarray(expected, np.float32))
+
+
+@pytest.mark.parametrize(
+    "mode, array, channels, message",
+    [
+        ("RGB", [[[1, 2, 3]]], 1, r"1 channel.*Received: mode 'RGB'"),
+        ("RGB", [[[1, 2, 3]]], 4, r"4 channels.*Received: mode 'RGB'"),
+        ("L", [[1]], 4, r"4 channels.*Received: mode 'L'"),
+    ],
+)
+def test_read_image_refuses_channels_it_cannot_convert(tmp_path, mode, array, channels, message):
+    path = str(tmp_path / "image.png")
+    Image.fromarray(np.asarray(array, np.uint8), mode).save(path)
+    with pytest.raises(DataError, match=re.escape(path) + ".*" + message):
+        voc.read_image(path, channels=channels)
+
+
+def test_read_image_bad_channels_argument(tmp_path):
+    with pytest.raises(ValueError, match="Received: channels=2"):
+        voc.read_image(tmp_path / "x.png", channels=2)

@@ -177,6 +177,122 @@ def test_predict_and_evaluate_agree(env, smoke_run, voc_dir, tmp_path):
     )
 
 
+# predict.py and evaluate_voc.py on binary (one-logit) and 1- or 4-channel models, and on
+# folders with bad files. The models are saved here, not trained by the recipe.
+
+
+def _save_pointwise_model(path, channels, num_outputs, seed):
+    """A 1x1-conv `.keras` model; returns its NumPy logits function."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((None, None, channels))
+    x = keras.layers.Rescaling(1 / 64.0, offset=-2.0)(inputs)
+    model = keras.Model(inputs, keras.layers.Conv2D(num_outputs, 1, name="conv")(x))
+    model.save(path)
+    kernel, bias = (keras.ops.convert_to_numpy(w) for w in model.get_layer("conv").weights)
+
+    def logits(images):
+        x = np.asarray(images, np.float64) / 64.0 - 2.0
+        return np.einsum("...c,ck->...k", x, kernel[0, 0]) + bias
+
+    return logits
+
+
+def _random_pixels(shape, seed):
+    return np.random.default_rng(seed).integers(0, 256, shape).astype(np.uint8)
+
+
+def test_predict_binary_grayscale_reports_bad_files_and_goes_on(env, tmp_path):
+    checkpoint = tmp_path / "binary.keras"
+    logits = _save_pointwise_model(checkpoint, channels=1, num_outputs=1, seed=3)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    grey = {"a": _random_pixels((12, 10), 0), "d": _random_pixels((9, 14), 1)}
+    for name, pixels in grey.items():
+        Image.fromarray(pixels, "L").save(folder / f"{name}.png")
+    Image.fromarray(_random_pixels((8, 8, 3), 2), "RGB").save(folder / "b.png")  # colour
+    (folder / "c.png").write_bytes(b"not a png")  # corrupt
+    out = tmp_path / "out"
+    result = run_recipe(
+        env, "predict.py", folder, "--checkpoint", checkpoint, "--output-dir", out, check=False
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "VOC" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("predict.py: error:")]
+    assert len(errors) == 3, result.stderr[-2000:]
+    assert str(folder / "b.png") in errors[0] and "'RGB'" in errors[0]
+    assert str(folder / "c.png") in errors[1] and "corrupt" in errors[1]
+    assert "2 of 4 images failed" in errors[2]
+    for name, pixels in grey.items():
+        expected = (logits(pixels[..., None])[..., 0] > 0).astype(np.uint8)
+        with Image.open(out / f"{name}_mask.png") as png:
+            assert png.mode == "P"
+            assert png.getpalette() == [0, 0, 0, 128, 0, 0]  # two colours
+            np.testing.assert_array_equal(np.asarray(png), expected)
+        with Image.open(out / f"{name}_overlay.png") as png:
+            assert png.mode == "RGB"
+            overlay = np.asarray(png, np.float64)
+        colours = np.array([[0, 0, 0], [128, 0, 0]], np.float64)[expected]
+        blend = 0.5 * np.repeat(pixels[..., None], 3, -1) + 0.5 * colours
+        np.testing.assert_allclose(overlay, blend, atol=0.51)
+    assert not (out / "b_mask.png").exists() and not (out / "c_mask.png").exists()
+
+
+def test_predict_four_channel_images(env, tmp_path):
+    checkpoint = tmp_path / "rgbn.keras"
+    logits = _save_pointwise_model(checkpoint, channels=4, num_outputs=3, seed=4)
+    pixels = _random_pixels((10, 11, 4), 5)
+    Image.fromarray(pixels, "RGBA").save(tmp_path / "rgbn.png")
+    Image.fromarray(pixels[..., :3], "RGB").save(tmp_path / "rgb.png")
+    out = tmp_path / "out"
+    result = run_recipe(
+        env,
+        "predict.py",
+        tmp_path / "rgbn.png",
+        tmp_path / "rgb.png",
+        "--checkpoint",
+        checkpoint,
+        "--output-dir",
+        out,
+        "--crop-size",
+        8,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "rgb.png: expected an image with 4 channels" in result.stderr, result.stderr
+    assert "1 of 2 images failed" in result.stderr
+    with Image.open(out / "rgbn_mask.png") as png:
+        np.testing.assert_array_equal(np.asarray(png), np.argmax(logits(pixels), -1))
+    with Image.open(out / "rgbn_overlay.png") as png:
+        assert png.mode == "RGB" and png.size == (11, 10)
+    # evaluate_voc.py's data is RGB: a 4-channel model is refused in one line.
+    result = run_recipe(env, "evaluate_voc.py", checkpoint, "--max-images", 1, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "evaluate_voc.py: error: the model takes 4-channel images" in result.stderr
+
+
+def test_evaluate_binary_model_scores_two_classes(env, tmp_path):
+    checkpoint = tmp_path / "binary.keras"
+    logits = _save_pointwise_model(checkpoint, channels=3, num_outputs=1, seed=6)
+    results = tmp_path / "results.json"
+    run_recipe(env, "evaluate_voc.py", checkpoint, "--max-images", 3, "--output-json", results)
+    with open(results) as f:
+        scores = json.load(f)
+    assert len(scores["per_class_iou"]) == 2
+    confusion = np.zeros((2, 2), np.int64)
+    dataset = kseg.data.synthetic_dataset("val", num_classes=2, seed=0).take(3)
+    for image, mask in dataset.as_numpy_iterator():
+        pred = (logits(image)[..., 0] > 0).astype(np.int64)
+        keep = mask != 255
+        np.add.at(confusion, (mask[keep], pred[keep]), 1)
+    tp = np.diag(confusion).astype(np.float64)
+    union = confusion.sum(0) + confusion.sum(1) - tp
+    iou = tp[union > 0] / union[union > 0]
+    np.testing.assert_allclose(scores["mean_iou"], iou.mean(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        scores["pixel_accuracy"], tp.sum() / confusion.sum(), rtol=1e-5, atol=1e-6
+    )
+
+
 def test_ginet_on_synthetic_data_trains_with_aux_and_semantic_context_losses(env, tmp_path):
     logdir = tmp_path / "ginet"
     result = run_recipe(env, "train_voc.py", "--smoke", "--model", "ginet", "--logdir", logdir)
