@@ -7,6 +7,7 @@ from kseg.layers.decoder import DeepLabV3PlusDecoder
 from kseg.layers.gcu import GraphConvolutionalUnit
 from kseg.layers.ginet import GraphInteractionUnit
 from kseg.layers.glore import GloReUnit
+from kseg.layers.jpu import JointPyramidUpsampling
 from kseg.layers.pooling import (
     AdaptiveAveragePooling2D,
     MaxPoolingWithArgmax2D,
@@ -31,6 +32,7 @@ __all__ = [
     "GraphConvolutionalUnit",
     "GloReUnit",
     "GraphInteractionUnit",
+    "JointPyramidUpsampling",
     "CropLike",
     "ImageNormalization",
 ]

@@ -5,7 +5,7 @@ import os
 import keras
 import numpy as np
 
-from kseg.layers import ConvBNAct, GraphInteractionUnit, ResizeLike
+from kseg.layers import ConvBNAct, GraphInteractionUnit, JointPyramidUpsampling
 from kseg.losses import ClassPresenceScore
 from kseg.models._base import (
     aux_logits,
@@ -53,28 +53,6 @@ def _resolve_embeddings(value, num_classes):
                 f"{num_classes}. Received: num_classes={num_classes}"
             )
     return value
-
-
-def joint_pyramid_upsampling(features, width=512, dilations=(1, 2, 4, 8), name="jpu"):
-    """JPU (Wu et al., FastFCN 2019), as PaddleSeg's GINet uses it (SPEC 3.4).
-
-    Each input (stages 2, 3, 4) goes through a 3x3 ConvBNReLU to `width`; the
-    coarser maps are resized to the first one's size (bilinear, align_corners
-    True) and concatenated; four depthwise-separable 3x3 ConvBNReLU branches
-    with the given dilations are concatenated (4 * width channels).
-    """
-    maps = [ConvBNAct(width, 3, name=f"{name}_conv{i + 2}")(f) for i, f in enumerate(features)]
-    ref = maps[0]
-    maps = [ref] + [
-        ResizeLike(align_corners=True, name=f"{name}_resize{i + 3}")([m, ref])
-        for i, m in enumerate(maps[1:])
-    ]
-    x = keras.layers.Concatenate(name=f"{name}_concat")(maps)
-    branches = [
-        ConvBNAct(width, 3, dilation_rate=d, separable=True, name=f"{name}_dilation{d}")(x)
-        for d in dilations
-    ]
-    return keras.layers.Concatenate(name=f"{name}_out")(branches)
 
 
 def GINet(
@@ -133,7 +111,8 @@ def GINet(
         class_embeddings: `"auto"` (default), `"voc"`, `"cityscapes"`, a
             `(num_classes, E)` array, `"learned"`, or None (zeros, as the
             reference implementation).
-        use_jpu: use the joint pyramid upsampling neck. Defaults to True.
+        use_jpu: use the joint pyramid upsampling neck
+            (`kseg.layers.JointPyramidUpsampling`, layer `jpu`). Defaults to True.
         jpu_width: JPU width. Defaults to 512.
         filters: width of the conv before the unit. Defaults to 512.
         num_state: GI unit state width D. Defaults to 256.
@@ -159,8 +138,8 @@ def GINet(
         normalization=normalization,
     )
     if use_jpu:
-        x = joint_pyramid_upsampling(
-            [feats["stage2"], feats["stage3"], feats["stage4"]], width=jpu_width
+        x = JointPyramidUpsampling(width=jpu_width, name="jpu")(
+            [feats["stage2"], feats["stage3"], feats["stage4"]]
         )
     else:
         x = feats[info.high_level]
