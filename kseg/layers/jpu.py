@@ -8,6 +8,71 @@ from kseg.layers.conv import ConvBNAct
 from kseg.layers.resize import ResizeLike
 
 
+class _SeparableConvBNReLU(keras.layers.Layer):
+    """FastFCN's `SeparableConv2d` + BN + ReLU, one JPU branch.
+
+    `depthwise kxk (dilated, no bias) -> BN -> pointwise 1x1 (no bias) -> BN
+    -> ReLU`: there is no activation between the two convolutions (unlike
+    `ConvBNAct(separable=True)`, which follows TF DeepLab). Built and
+    serialised by `JointPyramidUpsampling`.
+    """
+
+    def __init__(self, filters, dilation_rate, bn_momentum, bn_epsilon, data_format, **kwargs):
+        super().__init__(**kwargs)
+        axis = -1 if data_format == "channels_last" else 1
+        bn = dict(axis=axis, momentum=bn_momentum, epsilon=bn_epsilon, dtype=self.dtype_policy)
+        self.depthwise = keras.layers.DepthwiseConv2D(
+            3,
+            padding="same",
+            dilation_rate=dilation_rate,
+            use_bias=False,
+            depthwise_initializer="he_normal",
+            data_format=data_format,
+            name="depthwise",
+            dtype=self.dtype_policy,
+        )
+        self.depthwise_bn = keras.layers.BatchNormalization(name="depthwise_bn", **bn)
+        self.pointwise = keras.layers.Conv2D(
+            filters,
+            1,
+            use_bias=False,
+            kernel_initializer="he_normal",
+            data_format=data_format,
+            name="pointwise",
+            dtype=self.dtype_policy,
+        )
+        self.pointwise_bn = keras.layers.BatchNormalization(name="pointwise_bn", **bn)
+        self.act = keras.layers.Activation("relu", name="act", dtype=self.dtype_policy)
+        self._sequence = [
+            self.depthwise,
+            self.depthwise_bn,
+            self.pointwise,
+            self.pointwise_bn,
+            self.act,
+        ]
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        for layer in self._sequence:
+            layer.build(shape)
+            shape = tuple(layer.compute_output_shape(shape))
+
+    def call(self, inputs, training=None):
+        x = inputs
+        for layer in self._sequence:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                x = layer(x, training=training)
+            else:
+                x = layer(x)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        shape = tuple(input_shape)
+        for layer in self._sequence:
+            shape = tuple(layer.compute_output_shape(shape))
+        return shape
+
+
 @keras.saving.register_keras_serializable(package="kseg")
 class JointPyramidUpsampling(keras.layers.Layer):
     """Joint pyramid upsampling over three backbone stages.
@@ -19,10 +84,14 @@ class JointPyramidUpsampling(keras.layers.Layer):
     the second and third maps are resized to the first one's size (bilinear,
     `align_corners`; `resize3`, `resize4`) and the three are concatenated
     (`3 * width` channels, in input order). Then one depthwise-separable
-    3x3 branch per dilation rate (`dilation{d}`, padding equal to the
-    dilation) maps the concatenation to `width` channels, and the branches
-    are concatenated: the output has `len(dilations) * width` channels at the
-    size of the first input.
+    branch per dilation rate (`dilation{d}`) maps the concatenation to `width`
+    channels: depthwise 3x3 with that dilation (padding equal to it) -> BN ->
+    pointwise 1x1 -> BN -> ReLU, with no activation between the two
+    convolutions (FastFCN's `SeparableConv2d` + BN + ReLU, PaddleSeg's
+    `SeparableConvBNReLU`; sub-layers `depthwise`, `depthwise_bn`,
+    `pointwise`, `pointwise_bn`, `act`). The branches are concatenated: the
+    output has `len(dilations) * width` channels at the size of the first
+    input. No convolution has a bias.
 
     At output stride 8 the three stages have the same size and the resizes
     are identities; JPU was designed for an undilated backbone (output stride
@@ -106,7 +175,7 @@ class JointPyramidUpsampling(keras.layers.Layer):
             for i in (3, 4)
         ]
         self.branches = [
-            ConvBNAct(self.width, 3, dilation_rate=d, separable=True, name=f"dilation{d}", **common)
+            _SeparableConvBNReLU(self.width, d, name=f"dilation{d}", **common)
             for d in self.dilations
         ]
 
