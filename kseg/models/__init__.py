@@ -6,6 +6,7 @@ from kseg.models.gcunet import GCUNet
 from kseg.models.ginet import GINet, class_embedding_names, shipped_class_embeddings
 from kseg.models.glorenet import GloReNet
 from kseg.models.pspnet import PSPNet
+from kseg.models.segmentation_model import SegmentationModel, with_dataset
 from kseg.models.segnet import SegNet
 from kseg.models.unet import UNet
 
@@ -23,6 +24,8 @@ __all__ = [
     "GCUNet",
     "GloReNet",
     "GINet",
+    "SegmentationModel",
+    "with_dataset",
     "shipped_class_embeddings",
     "class_embedding_names",
 ]
