@@ -70,7 +70,7 @@ def main(argv=None):
 
     model = _common.load_model(args.checkpoint)
     num_classes = _common.num_classes_of(model, args.output_key)
-    class_names = _common.class_names_for(num_classes)
+    class_names = _common.dataset_of(model, num_classes)["class_names"]
     if args.data_dir is None:
         print(
             "No --data-dir given: evaluating on kseg's SYNTHETIC validation set "

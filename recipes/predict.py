@@ -4,10 +4,11 @@
 
 Each input image `<name>.<ext>` (files, or every .jpg/.jpeg/.png/.bmp in a
 folder) gives two files in `--output-dir`: `<name>_mask.png`, a palette PNG
-whose pixel values are the class ids and whose colours are the PASCAL VOC
-palette, and `<name>_overlay.png`, the image with the coloured mask blended
-over it. Test-time options (`--crop-size`, `--scales`, `--flip`) are those
-of `evaluate_voc.py`.
+whose pixel values are the class ids and whose colours are the palette the
+model carries (the PASCAL VOC palette for a model without one), and
+`<name>_overlay.png`, the image with the coloured mask blended over it.
+Test-time options (`--crop-size`, `--scales`, `--flip`) are those of
+`evaluate_voc.py`.
 """
 
 import argparse
@@ -76,14 +77,15 @@ def main(argv=None):
     from PIL import Image
 
     import kseg.inference
-    from kseg.data.palette import overlay, voc_palette
+    from kseg.data.palette import overlay
     from kseg.data.voc import read_image
 
     model = _common.load_model(args.checkpoint)
     num_classes = _common.num_classes_of(model, args.output_key)
-    class_names = _common.class_names_for(num_classes)
+    dataset = _common.dataset_of(model, num_classes)
+    class_names, colors = dataset["class_names"], dataset["palette"]
     os.makedirs(args.output_dir, exist_ok=True)
-    palette = voc_palette().reshape(-1).tolist()
+    palette = colors.reshape(-1).tolist()
     tta = _common.inference_kwargs(args)
     print(f"Model {model.name} ({num_classes} classes); {len(args.images)} image(s); {tta}.")
     written = []
@@ -96,7 +98,8 @@ def main(argv=None):
         png = Image.fromarray(mask, "P")
         png.putpalette(palette)
         png.save(mask_path)
-        Image.fromarray(overlay(image, mask, alpha=args.alpha), "RGB").save(overlay_path)
+        blended = overlay(image, mask, alpha=args.alpha, palette=colors)
+        Image.fromarray(blended, "RGB").save(overlay_path)
         present = ", ".join(class_names[c] for c in np.unique(mask))
         print(f"{path} -> {mask_path}, {overlay_path} ({present})", flush=True)
         written.append((mask_path, overlay_path))
