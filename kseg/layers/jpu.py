@@ -83,7 +83,9 @@ class JointPyramidUpsampling(keras.layers.Layer):
     through a 3x3 ConvBNReLU to `width` channels (`conv2`, `conv3`, `conv4`);
     the second and third maps are resized to the first one's size (bilinear,
     `align_corners`; `resize3`, `resize4`) and the three are concatenated
-    (`3 * width` channels, in input order). Then one depthwise-separable
+    (`3 * width` channels, in input order: stage 2 first; FastFCN and
+    PaddleSeg concatenate stage 4 first, so weights ported from them need
+    the branches' depthwise and pointwise input channels reordered). Then one depthwise-separable
     branch per dilation rate (`dilation{d}`) maps the concatenation to `width`
     channels: depthwise 3x3 with that dilation (padding equal to it) -> BN ->
     pointwise 1x1 -> BN -> ReLU, with no activation between the two

@@ -1,4 +1,8 @@
-"""Model builders: CamelCase functions returning a `keras.Model` that outputs logits."""
+"""Model builders: CamelCase functions returning a `keras.Model` that outputs logits.
+
+`SegmentationModel` / `with_dataset` give a built model the description of its
+dataset (class names, palette, ignore index), kept in its saved config.
+"""
 
 from kseg.models.deeplab import DeepLabV1, DeepLabV2, DeepLabV3, DeepLabV3Plus
 from kseg.models.fcn import FCN8s, FCN16s, FCN32s

@@ -21,6 +21,7 @@ import tensorflow as tf
 from PIL import Image
 
 import kseg.data
+from kseg.data.palette import SYNTHETIC_CLASSES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RECIPES = os.path.join(ROOT, "recipes")
@@ -206,7 +207,7 @@ def test_ginet_on_synthetic_data_trains_with_aux_and_semantic_context_losses(env
     assert "epoch_main_mean_iou" in read_events(logdir / "validation")
     config = read_model_config(logdir / "best.keras")["config"]
     assert sorted(config["output_layers"]) == ["aux", "main", "presence"]
-    assert config["dataset"]["class_names"] == list(kseg.data.palette.SYNTHETIC_CLASSES)
+    assert config["dataset"]["class_names"] == list(SYNTHETIC_CLASSES)
 
     # predict.py names the classes with the names the checkpoint carries.
     images = write_images(tmp_path / "images", 1)
@@ -220,7 +221,7 @@ def test_ginet_on_synthetic_data_trains_with_aux_and_semantic_context_losses(env
         tmp_path / "out",
     )
     present = re.search(r"image0_overlay.png \((.*)\)", out.stdout).group(1).split(", ")
-    assert set(present) <= set(kseg.data.palette.SYNTHETIC_CLASSES), out.stdout
+    assert set(present) <= set(SYNTHETIC_CLASSES), out.stdout
     assert "no dataset description" not in out.stdout
 
 
