@@ -111,6 +111,7 @@ def build_model(
     backbone_weights=None,
     aux_head=False,
     compact=None,
+    dataset=None,
 ):
     """Builds a zoo model by its lower-case name.
 
@@ -125,11 +126,17 @@ def build_model(
         compact: None for the paper-size heads, or the ResNet kwargs of a
             compact network (`COMPACT_RESNET`, `SMOKE_RESNET`); heads then
             shrink with the backbone width.
+        dataset: None, or the description of the training data
+            (`kseg.data.palette.dataset_description`). The model then
+            carries it (`kseg.models.with_dataset`), and GINet takes the
+            shipped class-name embeddings of a dataset that has them (by
+            name, never by class count), else a learned table.
 
     Returns:
-        The `keras.Model`. GINet's `"presence"` output (class-presence logits
-        for the semantic context loss) is kept; a GINet returning raw
-        `"class_nodes"` gets a `kseg.losses.ClassPresenceScore` on them.
+        The `keras.Model` (a `kseg.models.SegmentationModel` when `dataset`
+        is given). GINet's `"presence"` output (class-presence logits for the
+        semantic context loss) is kept; a GINet returning raw `"class_nodes"`
+        gets a `kseg.layers.ClassPresenceScore` on them.
     """
     import keras
 
@@ -154,15 +161,27 @@ def build_model(
         kwargs["backbone_weights"] = backbone_weights
     if compact is not None:
         kwargs.update(_compact_head_kwargs(model_name, compact["width"]))
+    if model_name == "ginet":
+        kwargs["class_embeddings"] = ginet_embeddings(dataset)
     model = builder(num_classes, **kwargs)
     if isinstance(model.output, dict) and "class_nodes" in model.output:
         # A GINet that returns its class nodes: score them for the semantic context loss.
         inputs = keras.Input((None, None, 3), name="image")
         outputs = dict(model(inputs))
         nodes = outputs.pop("class_nodes")
-        outputs["presence"] = kseg.losses.ClassPresenceScore(name="presence")(nodes)
+        outputs["presence"] = kseg.layers.ClassPresenceScore(name="presence")(nodes)
         model = keras.Model(inputs, outputs, name=f"{model.name}_with_presence")
+    if dataset is not None:
+        model = kseg.models.with_dataset(model, dataset)
     return model
+
+
+def ginet_embeddings(dataset):
+    """GINet's `class_embeddings` for a dataset description: its name if shipped, else "learned"."""
+    from kseg.models.ginet import SHIPPED_EMBEDDINGS
+
+    name = (dataset or {}).get("name")
+    return name if name in SHIPPED_EMBEDDINGS else "learned"
 
 
 def _compact_head_kwargs(model_name, width):
@@ -284,16 +303,36 @@ def num_classes_of(model, output_key="main"):
     return int(output.shape[axis])
 
 
-def class_names_for(num_classes):
-    """VOC's names for 21 classes, the synthetic set's for 6, else class_<i>."""
-    if num_classes == 21:
-        from kseg.data.palette import VOC_CLASSES
+def dataset_of(model, num_classes, log=print):
+    """The dataset description a model carries, or a generic one.
 
-        return list(VOC_CLASSES)
-    if num_classes == len(SYNTHETIC_CLASSES):
-        return list(SYNTHETIC_CLASSES)
-    return [f"class_{i}" for i in range(num_classes)]
+    Models trained by the recipes carry their dataset's name, class names,
+    palette and ignore index (`kseg.models.SegmentationModel`). For any other
+    model the classes are named `class_0`, `class_1`, ... (two names for a
+    single-logit binary model) and coloured with the PASCAL VOC palette, and
+    `log` says so once. A description without a palette gets the VOC one.
+    """
+    import numpy as np
 
+    from kseg.data.palette import voc_palette
 
-#: Names of the classes of the synthetic dataset (by the colour of their shapes).
-SYNTHETIC_CLASSES = ("background", "red", "green", "blue", "yellow", "magenta")
+    description = getattr(model, "dataset", None)
+    if isinstance(description, dict):
+        description = dict(description)
+    else:
+        count = 2 if num_classes == 1 else num_classes
+        log(
+            f"The model carries no dataset description: its {count} classes are named "
+            f"class_0 to class_{count - 1} and coloured with the PASCAL VOC palette."
+        )
+        description = {
+            "name": None,
+            "class_names": [f"class_{i}" for i in range(count)],
+            "palette": None,
+            "ignore_index": 255,
+        }
+    if description.get("palette") is None:
+        count = len(description["class_names"])
+        description["palette"] = voc_palette(min(max(count, 1), 256)).tolist()
+    description["palette"] = np.asarray(description["palette"], np.uint8)
+    return description

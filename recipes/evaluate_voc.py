@@ -86,7 +86,7 @@ def main(argv=None):
     binary = num_classes == 1
     # A binary model's one logit scores two classes: background 0 and foreground 1.
     scored_classes = 2 if binary else num_classes
-    class_names = _common.class_names_for(scored_classes)
+    class_names = _common.dataset_of(model, num_classes)["class_names"]
     if args.data_dir is None:
         print(
             "No --data-dir given: evaluating on kseg's SYNTHETIC validation set "

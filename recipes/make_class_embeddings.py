@@ -10,6 +10,10 @@ so that nothing is downloaded at run time. They come from all-MiniLM-L6-v2
     HF_HUB_OFFLINE=1 python recipes/make_class_embeddings.py
 
 The GINet paper used 300-d GloVe/fastText vectors; any (K, E) array works.
+The class lists below are `kseg.data.palette.VOC_CLASSES` and
+`CITYSCAPES_CLASSES` in label order (tests/models/test_ginet.py checks the
+names stored with the embeddings against them); they are repeated here so
+that the script needs neither TensorFlow nor kseg.
 """
 
 import argparse

@@ -4,10 +4,11 @@
 
 Each input image `<name>.<ext>` (files, or every .jpg/.jpeg/.png/.bmp/.tif/.tiff
 in a folder) gives two files in `--output-dir`: `<name>_mask.png`, a palette
-PNG whose pixel values are the class ids and whose colours are the PASCAL VOC
-palette, and `<name>_overlay.png`, the image with the coloured mask blended
-over it. Test-time options (`--crop-size`, `--scales`, `--flip`) are those
-of `evaluate_voc.py`.
+PNG whose pixel values are the class ids and whose colours are the palette the
+model carries (the PASCAL VOC palette for a model without one), and
+`<name>_overlay.png`, the image with the coloured mask blended over it.
+Test-time options (`--crop-size`, `--scales`, `--flip`) are those of
+`evaluate_voc.py`.
 
 Images are read with the channel count of the model's input: RGB for 3
 channels, grayscale for 1 (a grey image stored as RGB is accepted), RGBA or
@@ -108,13 +109,14 @@ def main(argv=None):
 
     import kseg.inference
     from kseg.data import DataError
-    from kseg.data.palette import overlay, voc_palette
+    from kseg.data.palette import overlay
     from kseg.data.voc import read_image
 
     model = _common.load_model(args.checkpoint)
     num_classes = _common.num_classes_of(model, args.output_key)
     binary = num_classes == 1
-    class_names = _common.class_names_for(2 if binary else num_classes)
+    dataset = _common.dataset_of(model, num_classes)
+    class_names, colors = dataset["class_names"], dataset["palette"]
     channels = input_channels(model)
     if channels not in (1, 3, 4):
         raise SystemExit(
@@ -122,7 +124,7 @@ def main(argv=None):
             "read with 1 (grayscale), 3 (RGB) or 4 (RGBA, 4 bands) channels."
         )
     os.makedirs(args.output_dir, exist_ok=True)
-    palette = voc_palette(2 if binary else 256).reshape(-1).tolist()
+    palette = colors.reshape(-1).tolist()
     tta = _common.inference_kwargs(args)
     kind = "binary, 1 sigmoid logit" if binary else f"{num_classes} classes"
     print(
@@ -144,7 +146,7 @@ def main(argv=None):
         png = Image.fromarray(mask, "P")
         png.putpalette(palette)
         png.save(mask_path)
-        blended = overlay(display_rgb(image), mask, alpha=args.alpha, palette=voc_palette())
+        blended = overlay(display_rgb(image), mask, alpha=args.alpha, palette=colors)
         Image.fromarray(blended, "RGB").save(overlay_path)
         present = ", ".join(class_names[c] for c in np.unique(mask))
         print(f"{path} -> {mask_path}, {overlay_path} ({present})", flush=True)

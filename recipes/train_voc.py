@@ -35,8 +35,6 @@ import time
 
 import _common
 
-SYNTHETIC_CLASSES = _common.SYNTHETIC_CLASSES
-
 # Defaults of the three configurations; None in the parser means "from here".
 DEMO = {
     "backbone": "compact",
@@ -288,15 +286,23 @@ def log(message=""):
 
 
 def make_data(args, tf, kdata):
-    """Returns `(train_ds, steps_per_epoch, val_ds, val_steps, num_classes, class_names)`."""
+    """Returns `(train_ds, steps_per_epoch, val_ds, val_steps, dataset)`.
+
+    `dataset` is the description (name, class names, palette, ignore index)
+    that the trained model carries.
+    """
+    from kseg.data.palette import dataset_description
+
     scale_range = args.scale_range
     if args.data_dir is None:
+        dataset = dataset_description("synthetic")
+        num_classes = len(dataset["class_names"])
         sizes = {"train": 1000, "val": 100, "image_size": 96}
         if args.smoke:
             sizes = {"train": 16, "val": 4, "image_size": 32}
         log(
             "No --data-dir given: training on kseg's SYNTHETIC dataset (textured shapes of "
-            f"{len(SYNTHETIC_CLASSES) - 1} classes on a noisy background, "
+            f"{num_classes - 1} classes on a noisy background, "
             f"{sizes['image_size']} x {sizes['image_size']} px, {sizes['train']} training and "
             f"{sizes['val']} validation images, generated in memory), not on PASCAL VOC."
         )
@@ -305,7 +311,7 @@ def make_data(args, tf, kdata):
             "train",
             sizes["train"],
             image_size=sizes["image_size"],
-            num_classes=len(SYNTHETIC_CLASSES),
+            num_classes=num_classes,
             seed=args.seed,
             shuffle=True,
         )
@@ -313,14 +319,13 @@ def make_data(args, tf, kdata):
             "val",
             sizes["val"],
             image_size=sizes["image_size"],
-            num_classes=len(SYNTHETIC_CLASSES),
+            num_classes=num_classes,
             seed=args.seed,
         )
         log(f"Synthetic data generated in {time.time() - start:.1f} s.")
         num_train = sizes["train"]
         val_ds = kdata.eval_pipeline(val, batch_size=args.batch_size)
         val_steps = None
-        num_classes, class_names = len(SYNTHETIC_CLASSES), list(SYNTHETIC_CLASSES)
     else:
         root = kdata.find_voc_root(args.data_dir)
         split = args.train_split
@@ -338,7 +343,7 @@ def make_data(args, tf, kdata):
         else:
             val_ds = kdata.eval_pipeline(val, batch_size=args.batch_size, size=args.val_size)
         val_steps = None
-        num_classes, class_names = len(kdata.VOC_CLASSES), list(kdata.VOC_CLASSES)
+        dataset = dataset_description("voc")
     if num_train < args.batch_size:
         raise SystemExit(
             f"train_voc.py: error: argument --batch-size: {args.batch_size} is larger than the "
@@ -356,7 +361,7 @@ def make_data(args, tf, kdata):
         seed=args.seed,
         repeat=True,
     )
-    return train_ds, steps_per_epoch, val_ds, val_steps, num_classes, class_names
+    return train_ds, steps_per_epoch, val_ds, val_steps, dataset
 
 
 def compile_model(model, args, num_classes, total_steps, jit_compile, keras, kseg):
@@ -426,7 +431,9 @@ def main(argv=None):
         data = make_data(args, tf, kdata)
     except FileNotFoundError as e:
         raise SystemExit(f"train_voc.py: error: argument --data-dir: {e}") from None
-    train_ds, steps_per_epoch, val_ds, val_steps, num_classes, class_names = data
+    train_ds, steps_per_epoch, val_ds, val_steps, dataset = data
+    class_names = dataset["class_names"]
+    num_classes = len(class_names)
     if args.steps is not None:
         epochs, steps_per_epoch = _common.steps_for(args.steps, steps_per_epoch)
     else:
@@ -444,6 +451,7 @@ def main(argv=None):
         backbone_weights=args.backbone_weights,
         aux_head=args.aux_weight > 0,
         compact=compact,
+        dataset=dataset,
     )
     miou, monitor, outputs = compile_model(
         model, args, num_classes, total_steps, jit_compile, keras, kseg
@@ -473,6 +481,18 @@ def main(argv=None):
         f"mixed precision {policy or 'off'}; {epochs} epoch(s) of {steps_per_epoch} steps, "
         f"batch {args.batch_size}, crop {args.crop_size}."
     )
+    shown = ", ".join(class_names[:8]) + (", ..." if num_classes > 8 else "")
+    log(
+        f"Dataset {dataset['name']!r}: {num_classes} classes ({shown}); the saved models "
+        "carry the class names, palette and ignore index."
+    )
+    if args.model == "ginet":
+        embeddings = _common.ginet_embeddings(dataset)
+        log(
+            f"GINet: class embeddings {embeddings!r}"
+            + (" (shipped)" if embeddings != "learned" else " (a trainable table)")
+            + "."
+        )
     if "presence" in (outputs or []):
         log(f"GINet: semantic context loss on the class nodes, weight {args.sc_weight}.")
     log(f"Logs and checkpoints in {args.logdir}. To resume after an interruption:")

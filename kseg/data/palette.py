@@ -1,4 +1,4 @@
-"""The PASCAL VOC colour palette and helpers that colour label maps with it."""
+"""Class names and colour palettes of the datasets, and helpers that colour label maps."""
 
 import numpy as np
 
@@ -26,6 +26,99 @@ VOC_CLASSES = (
     "train",
     "tvmonitor",
 )
+
+#: The 19 Cityscapes training classes (`trainId` 0-18); the index is the class id.
+CITYSCAPES_CLASSES = (
+    "road",
+    "sidewalk",
+    "building",
+    "wall",
+    "fence",
+    "pole",
+    "traffic light",
+    "traffic sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "train",
+    "motorcycle",
+    "bicycle",
+)
+
+#: Colours of the Cityscapes training classes (cityscapesScripts `labels.py`).
+CITYSCAPES_COLORS = (
+    (128, 64, 128),
+    (244, 35, 232),
+    (70, 70, 70),
+    (102, 102, 156),
+    (190, 153, 153),
+    (153, 153, 153),
+    (250, 170, 30),
+    (220, 220, 0),
+    (107, 142, 35),
+    (152, 251, 152),
+    (70, 130, 180),
+    (220, 20, 60),
+    (255, 0, 0),
+    (0, 0, 142),
+    (0, 0, 70),
+    (0, 60, 100),
+    (0, 80, 100),
+    (0, 0, 230),
+    (119, 11, 32),
+)
+
+#: Names of the 6 classes of kseg's synthetic dataset (by the colour of their shapes).
+SYNTHETIC_CLASSES = ("background", "red", "green", "blue", "yellow", "magenta")
+
+#: The ignore value of every dataset kseg reads.
+IGNORE_INDEX = 255
+
+
+def dataset_description(name):
+    """The description of a known dataset that trained models carry.
+
+    A plain dict, `{"name", "class_names", "palette", "ignore_index"}`: the
+    class names in label order, one RGB colour per class (`[r, g, b]` lists)
+    and the label value that is not a class. Attach it to a model with
+    `kseg.models.with_dataset(model, description)`, so that the saved model
+    tells prediction and evaluation what its outputs mean.
+
+    Args:
+        name: `"voc"` (PASCAL VOC 2012, 21 classes, VOC palette),
+            `"cityscapes"` (19 training classes, Cityscapes colours) or
+            `"synthetic"` (kseg's synthetic set of 6 classes, VOC palette).
+
+    Returns:
+        A new dict (JSON-serialisable).
+
+    Example:
+
+    >>> dataset_description("voc")["class_names"][15]
+    'person'
+    """
+    if name == "voc":
+        names, colors = VOC_CLASSES, voc_palette(len(VOC_CLASSES))
+    elif name == "cityscapes":
+        names, colors = CITYSCAPES_CLASSES, np.array(CITYSCAPES_COLORS)
+    elif name == "synthetic":
+        names, colors = SYNTHETIC_CLASSES, voc_palette(len(SYNTHETIC_CLASSES))
+    else:
+        raise ValueError(
+            "Expected `name` to be 'voc', 'cityscapes' or 'synthetic'. "
+            f"Received: name={name!r}"
+        )
+    return {
+        "name": name,
+        "class_names": list(names),
+        "palette": [[int(v) for v in c] for c in colors],
+        "ignore_index": IGNORE_INDEX,
+    }
 
 
 def voc_palette(num_colors=256):

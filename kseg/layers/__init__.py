@@ -8,6 +8,7 @@ from kseg.layers.decoder import DeepLabV3PlusDecoder
 from kseg.layers.gcu import GraphConvolutionalUnit
 from kseg.layers.ginet import GraphInteractionUnit
 from kseg.layers.glore import GloReUnit
+from kseg.layers.jpu import JointPyramidUpsampling
 from kseg.layers.pooling import (
     AdaptiveAveragePooling2D,
     MaxPoolingWithArgmax2D,
@@ -33,6 +34,7 @@ __all__ = [
     "GloReUnit",
     "GraphInteractionUnit",
     "ClassPresenceScore",
+    "JointPyramidUpsampling",
     "CropLike",
     "ImageNormalization",
 ]

@@ -34,7 +34,7 @@ class ClassPresenceScore(keras.layers.Layer):
     Example:
 
     >>> nodes = keras.Input((21, 256))
-    >>> kseg.losses.ClassPresenceScore(name="presence")(nodes).shape
+    >>> kseg.layers.ClassPresenceScore(name="presence")(nodes).shape
     (None, 21)
     """
 

@@ -1,4 +1,8 @@
-"""Model builders: CamelCase functions returning a `keras.Model` that outputs logits."""
+"""Model builders: CamelCase functions returning a `keras.Model` that outputs logits.
+
+`SegmentationModel` / `with_dataset` give a built model the description of its
+dataset (class names, palette, ignore index), kept in its saved config.
+"""
 
 from kseg.models.deeplab import DeepLabV1, DeepLabV2, DeepLabV3, DeepLabV3Plus
 from kseg.models.fcn import FCN8s, FCN16s, FCN32s
@@ -6,6 +10,7 @@ from kseg.models.gcunet import GCUNet
 from kseg.models.ginet import GINet, class_embedding_names, shipped_class_embeddings
 from kseg.models.glorenet import GloReNet
 from kseg.models.pspnet import PSPNet
+from kseg.models.segmentation_model import SegmentationModel, with_dataset
 from kseg.models.segnet import SegNet
 from kseg.models.unet import UNet
 
@@ -23,6 +28,8 @@ __all__ = [
     "GCUNet",
     "GloReNet",
     "GINet",
+    "SegmentationModel",
+    "with_dataset",
     "shipped_class_embeddings",
     "class_embedding_names",
 ]

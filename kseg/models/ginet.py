@@ -5,8 +5,7 @@ import os
 import keras
 import numpy as np
 
-from kseg.layers import ConvBNAct, GraphInteractionUnit, ResizeLike
-from kseg.losses import ClassPresenceScore
+from kseg.layers import ClassPresenceScore, ConvBNAct, GraphInteractionUnit, JointPyramidUpsampling
 from kseg.models._base import (
     aux_logits,
     check_num_classes,
@@ -18,19 +17,25 @@ from kseg.models._base import (
 _EMBEDDINGS_FILE = os.path.join(os.path.dirname(__file__), "class_embeddings.npz")
 
 
+#: Datasets whose class-name embeddings ship with kseg, and their class counts.
+SHIPPED_EMBEDDINGS = {"voc": 21, "cityscapes": 19}
+
+
 def shipped_class_embeddings(dataset):
     """Returns the shipped `(K, 384)` class-name embeddings of `"voc"` (21) or `"cityscapes"` (19).
 
     They are all-MiniLM-L6-v2 sentence embeddings of the class names, made by
     `recipes/make_class_embeddings.py` and stored in the package, so GINet's
     semantic graph needs no download. The class order is the dataset's label
-    order (`class_embedding_names(dataset)`).
+    order (`class_embedding_names(dataset)`, equal to
+    `kseg.data.palette.VOC_CLASSES` / `CITYSCAPES_CLASSES`).
     """
+    if not isinstance(dataset, str) or dataset not in SHIPPED_EMBEDDINGS:
+        raise ValueError(
+            f"Expected `dataset` to be one of {sorted(SHIPPED_EMBEDDINGS)}. "
+            f"Received: dataset={dataset!r}"
+        )
     with np.load(_EMBEDDINGS_FILE) as data:
-        if dataset not in ("voc", "cityscapes"):
-            raise ValueError(
-                f"Expected `dataset` to be 'voc' or 'cityscapes'. Received: dataset={dataset!r}"
-            )
         return data[dataset].astype("float32")
 
 
@@ -42,39 +47,37 @@ def class_embedding_names(dataset):
 
 
 def _resolve_embeddings(value, num_classes):
-    if isinstance(value, str) and value == "auto":
-        by_size = {21: "voc", 19: "cityscapes"}
-        value = by_size.get(num_classes, "learned")
-    if isinstance(value, str) and value in ("voc", "cityscapes"):
-        value = shipped_class_embeddings(value)
-        if value.shape[0] != num_classes:
+    """The GI unit's `class_embeddings` for GINet's argument: None, "learned" or an array."""
+    if value is None or (isinstance(value, str) and value == "learned"):
+        return value
+    if isinstance(value, str):
+        if value not in SHIPPED_EMBEDDINGS:
             raise ValueError(
-                f"The shipped embeddings have {value.shape[0]} classes but the model has "
-                f"{num_classes}. Received: num_classes={num_classes}"
+                "Expected `class_embeddings` to be a dataset name with shipped embeddings "
+                f"({', '.join(repr(n) for n in SHIPPED_EMBEDDINGS)}), a (num_classes, "
+                f"embedding_dim) array, 'learned' or None. Received: class_embeddings={value!r}"
             )
+        count = SHIPPED_EMBEDDINGS[value]
+        if count != num_classes:
+            raise ValueError(
+                f"The shipped embeddings of {value!r} have {count} classes but the model has "
+                f"{num_classes}: pass the embeddings of your own classes as an array, "
+                f"'learned' or None. Received: num_classes={num_classes}"
+            )
+        return shipped_class_embeddings(value)
+    if isinstance(value, (bool, int, float)) or not hasattr(value, "__len__"):
+        raise TypeError(
+            "Expected `class_embeddings` to be a dataset name, a (num_classes, embedding_dim) "
+            f"array, 'learned' or None. Received: class_embeddings={value!r}"
+        )
+    shape = np.shape(value)
+    if len(shape) != 2 or shape[0] != num_classes:
+        raise ValueError(
+            f"Expected `class_embeddings` of shape (num_classes, embedding_dim) with "
+            f"num_classes rows; the array has shape {shape} ({shape[0] if shape else 0} rows). "
+            f"Received: num_classes={num_classes}"
+        )
     return value
-
-
-def joint_pyramid_upsampling(features, width=512, dilations=(1, 2, 4, 8), name="jpu"):
-    """JPU (Wu et al., FastFCN 2019), as PaddleSeg's GINet uses it (SPEC 3.4).
-
-    Each input (stages 2, 3, 4) goes through a 3x3 ConvBNReLU to `width`; the
-    coarser maps are resized to the first one's size (bilinear, align_corners
-    True) and concatenated; four depthwise-separable 3x3 ConvBNReLU branches
-    with the given dilations are concatenated (4 * width channels).
-    """
-    maps = [ConvBNAct(width, 3, name=f"{name}_conv{i + 2}")(f) for i, f in enumerate(features)]
-    ref = maps[0]
-    maps = [ref] + [
-        ResizeLike(align_corners=True, name=f"{name}_resize{i + 3}")([m, ref])
-        for i, m in enumerate(maps[1:])
-    ]
-    x = keras.layers.Concatenate(name=f"{name}_concat")(maps)
-    branches = [
-        ConvBNAct(width, 3, dilation_rate=d, separable=True, name=f"{name}_dilation{d}")(x)
-        for d in dilations
-    ]
-    return keras.layers.Concatenate(name=f"{name}_out")(branches)
 
 
 def GINet(
@@ -83,7 +86,7 @@ def GINet(
     backbone="resnet50",
     output_stride=8,
     backbone_weights=None,
-    class_embeddings="auto",
+    class_embeddings=None,
     use_jpu=True,
     jpu_width=512,
     filters=512,
@@ -107,7 +110,7 @@ def GINet(
     The model has two outputs, `{"main": logits, "presence": (B, K)}` (plus
     `"aux"` with `aux_head=True`). `presence` holds class-presence logits
     computed from the unit's class nodes `(B, K, 256)` with a learnable
-    semantic centroid (`kseg.losses.ClassPresenceScore`); train it with
+    semantic centroid (`kseg.layers.ClassPresenceScore`); train it with
     `kseg.losses.SemanticContextLoss` (weight 0.2 in the GINet recipe), feeding
     the label map as its target, or give it no loss at `compile` time:
 
@@ -118,10 +121,15 @@ def GINet(
             loss_weights={"main": 1.0, "presence": 0.2})
         model.fit(images, {"main": labels, "presence": labels})
 
-    Class embeddings: the reference feeds all-zero word vectors, which makes
-    the semantic graph K learned queries (SPEC 3.5). kseg feeds real ones by
-    default: with `"auto"`, 21 classes take the shipped PASCAL VOC embeddings,
-    19 classes the Cityscapes ones, and any other count a learned table.
+    Class embeddings are chosen explicitly, never from the class count (a
+    21-class dataset is not necessarily PASCAL VOC). The default None feeds
+    all-zero word vectors, as the reference does, which makes the semantic
+    graph K learned class queries (SPEC 3.5). A dataset name (`"voc"`,
+    `"cityscapes"`) takes the shipped sentence embeddings of its class names
+    (`shipped_class_embeddings`), in that dataset's label order; a
+    `(num_classes, E)` array gives your own (for example GloVe vectors of your
+    class names, row k for label k), stored as a frozen weight; `"learned"`
+    gives a trainable table drawn from N(0, 0.02).
 
     Args:
         num_classes: number of classes.
@@ -130,10 +138,13 @@ def GINet(
             `kseg.backbones`.
         output_stride: 8 (default), 16 or 32, for a backbone given by name.
         backbone_weights: None, `"imagenet"` or a path (see `kseg.backbones`).
-        class_embeddings: `"auto"` (default), `"voc"`, `"cityscapes"`, a
-            `(num_classes, E)` array, `"learned"`, or None (zeros, as the
-            reference implementation).
-        use_jpu: use the joint pyramid upsampling neck. Defaults to True.
+        class_embeddings: None (default: zeros, as the reference), a
+            dataset name with shipped embeddings (`"voc"`: 21 classes,
+            `"cityscapes"`: 19), a `(num_classes, E)` array or `"learned"`.
+            A name or array whose class count differs from `num_classes`
+            raises a `ValueError`.
+        use_jpu: use the joint pyramid upsampling neck
+            (`kseg.layers.JointPyramidUpsampling`, layer `jpu`). Defaults to True.
         jpu_width: JPU width. Defaults to 512.
         filters: width of the conv before the unit. Defaults to 512.
         num_state: GI unit state width D. Defaults to 256.
@@ -159,8 +170,8 @@ def GINet(
         normalization=normalization,
     )
     if use_jpu:
-        x = joint_pyramid_upsampling(
-            [feats["stage2"], feats["stage3"], feats["stage4"]], width=jpu_width
+        x = JointPyramidUpsampling(width=jpu_width, name="jpu")(
+            [feats["stage2"], feats["stage3"], feats["stage4"]]
         )
     else:
         x = feats[info.high_level]

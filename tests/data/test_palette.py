@@ -45,3 +45,20 @@ def test_bad_arguments():
         colorize(np.array([[0, 300]]))
     with pytest.raises(TypeError, match="mask.dtype=float"):
         colorize(np.zeros((2, 2)))
+
+
+def test_dataset_descriptions():
+    from kseg.data.palette import CITYSCAPES_CLASSES, dataset_description
+
+    voc = dataset_description("voc")
+    assert voc["name"] == "voc" and voc["ignore_index"] == 255
+    assert voc["class_names"] == list(VOC_CLASSES)
+    assert voc["palette"][1] == [128, 0, 0] and len(voc["palette"]) == 21
+    city = dataset_description("cityscapes")
+    assert city["class_names"] == list(CITYSCAPES_CLASSES) and len(city["palette"]) == 19
+    assert city["palette"][0] == [128, 64, 128]  # road
+    assert dataset_description("synthetic")["class_names"][0] == "background"
+    voc["class_names"][0] = "changed"  # a fresh dict every call
+    assert dataset_description("voc")["class_names"][0] == "background"
+    with pytest.raises(ValueError, match="Received: name='ade'"):
+        dataset_description("ade")

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import kseg
-from tests.helpers import run_model_test
+from tests.helpers import run_model_test, to_numpy
 from tests.models.conftest import tiny_resnet
 
 
@@ -56,15 +56,56 @@ def test_shipped_embeddings():
     assert kseg.models.shipped_class_embeddings("cityscapes").shape == (19, 384)
 
 
-def test_auto_embeddings_pick_the_dataset_by_class_count():
-    model = _tiny(21, use_jpu=False)
-    table = model.get_layer("gi_unit").get_weights()
-    voc = kseg.models.shipped_class_embeddings("voc")
-    assert any(w.shape == voc.shape and np.allclose(w, voc) for w in table)
+def _embedding_table(model):
+    unit = model.get_layer("gi_unit")
+    (table,) = [w for w in unit.weights if w.path.endswith("class_embeddings")]
+    return to_numpy(table)
 
 
-def test_embedding_errors():
-    with pytest.raises(ValueError, match="num_classes=19"):
-        _tiny(19, class_embeddings="voc")
+def test_class_count_does_not_choose_the_embeddings():
+    # 21 classes are not necessarily PASCAL VOC: without a dataset name the
+    # table is the reference's zeros, whatever the class count.
+    for k in (21, 19):
+        table = _embedding_table(_tiny(k, use_jpu=False))
+        assert table.shape == (k, 300)
+        np.testing.assert_array_equal(table, 0.0)
+
+
+@pytest.mark.parametrize("dataset, k", [("voc", 21), ("cityscapes", 19)])
+def test_dataset_name_takes_the_shipped_embeddings(dataset, k):
+    table = _embedding_table(_tiny(k, use_jpu=False, class_embeddings=dataset))
+    np.testing.assert_array_equal(table, kseg.models.shipped_class_embeddings(dataset))
+
+
+def test_array_embeddings_are_used_as_given():
+    values = np.random.default_rng(0).standard_normal((4, 7)).astype("float32")
+    table = _embedding_table(_tiny(4, use_jpu=False, class_embeddings=values))
+    np.testing.assert_array_equal(table, values)
+
+
+def test_shipped_embeddings_follow_the_dataset_label_order():
+    from kseg.data.palette import CITYSCAPES_CLASSES, VOC_CLASSES
+
+    assert kseg.models.class_embedding_names("voc") == tuple(VOC_CLASSES)
+    assert kseg.models.class_embedding_names("cityscapes") == tuple(CITYSCAPES_CLASSES)
+
+
+@pytest.mark.parametrize(
+    "num_classes, value, error, message",
+    [
+        (19, "voc", ValueError, r"'voc' have 21 classes.*Received: num_classes=19"),
+        (21, "cityscapes", ValueError, r"'cityscapes' have 19 classes.*num_classes=21"),
+        (4, np.zeros((5, 7), "float32"), ValueError, r"5 rows.*Received: num_classes=4"),
+        (21, "auto", ValueError, r"dataset name.*Received: class_embeddings='auto'"),
+        (21, "ade20k", ValueError, r"Received: class_embeddings='ade20k'"),
+        (3, 7, TypeError, r"Received: class_embeddings=7"),
+    ],
+)
+def test_embedding_errors(num_classes, value, error, message):
+    with pytest.raises(error, match=message):
+        _tiny(num_classes, use_jpu=False, class_embeddings=value)
+
+
+def test_shipped_embeddings_error():
     with pytest.raises(ValueError, match="dataset"):
         kseg.models.shipped_class_embeddings("ade20k")

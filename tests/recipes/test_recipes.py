@@ -21,6 +21,7 @@ import tensorflow as tf
 from PIL import Image
 
 import kseg.data
+from kseg.data.palette import SYNTHETIC_CLASSES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RECIPES = os.path.join(ROOT, "recipes")
@@ -117,7 +118,13 @@ def test_smoke_run_writes_tensorboard_logs_checkpoint_and_summary(smoke_run):
         assert validation.get(tag) == [0], (tag, sorted(validation))
     assert validation.get("per_class_iou/background") == [0], sorted(validation)
 
-    assert read_model_config(logdir / "best.keras")["class_name"] == "Functional"
+    # The checkpoint carries its dataset: what predict.py and evaluate_voc.py read.
+    config = read_model_config(logdir / "best.keras")
+    assert config["registered_name"] == "kseg>SegmentationModel"
+    dataset = config["config"]["dataset"]
+    assert dataset["name"] == "voc" and dataset["class_names"] == list(kseg.data.VOC_CLASSES)
+    assert dataset["palette"][1] == [128, 0, 0] and dataset["ignore_index"] == 255
+    assert "Dataset 'voc': 21 classes" in stdout
     with open(logdir / "args.json") as f:
         assert json.load(f)["model"] == "deeplabv3plus"
 
@@ -293,18 +300,104 @@ def test_evaluate_binary_model_scores_two_classes(env, tmp_path):
     )
 
 
+def write_images(folder, count, size=32):
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        pixels = rng.integers(0, 256, (size, size + 3, 3)).astype(np.uint8)
+        Image.fromarray(pixels, "RGB").save(folder / f"image{i}.png")
+    return folder
+
+
 def test_ginet_on_synthetic_data_trains_with_aux_and_semantic_context_losses(env, tmp_path):
     logdir = tmp_path / "ginet"
     result = run_recipe(env, "train_voc.py", "--smoke", "--model", "ginet", "--logdir", logdir)
     assert "SYNTHETIC dataset" in result.stdout
     assert "semantic context loss" in result.stdout
+    # No shipped embeddings for the synthetic classes: a learned table, by name not by count.
+    assert "GINet: class embeddings 'learned'" in result.stdout
     assert 0.0 <= parse_miou(result.stdout) <= 1.0
     train = read_events(logdir / "train")
     for tag in ("epoch_loss", "epoch_main_loss", "epoch_aux_loss", "epoch_presence_loss"):
         assert tag in train, sorted(train)
     assert "epoch_main_mean_iou" in read_events(logdir / "validation")
-    outputs = read_model_config(logdir / "best.keras")["config"]["output_layers"]
-    assert sorted(outputs) == ["aux", "main", "presence"]
+    config = read_model_config(logdir / "best.keras")["config"]
+    assert sorted(config["output_layers"]) == ["aux", "main", "presence"]
+    assert config["dataset"]["class_names"] == list(SYNTHETIC_CLASSES)
+
+    # predict.py names the classes with the names the checkpoint carries.
+    images = write_images(tmp_path / "images", 1)
+    out = run_recipe(
+        env,
+        "predict.py",
+        images,
+        "--checkpoint",
+        logdir / "best.keras",
+        "--output-dir",
+        tmp_path / "out",
+    )
+    present = re.search(r"image0_overlay.png \((.*)\)", out.stdout).group(1).split(", ")
+    assert set(present) <= set(SYNTHETIC_CLASSES), out.stdout
+    assert "no dataset description" not in out.stdout
+
+
+def save_model(path, num_classes, dataset=None):
+    """A tiny per-pixel classifier saved as a recipe checkpoint (with or without a dataset)."""
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    logits = keras.layers.Conv2D(num_classes, 1, kernel_initializer="random_normal")(x)
+    model = keras.Model(inputs, logits, name="tiny")
+    if dataset is not None:
+        model = kseg.models.with_dataset(model, dataset)
+    model.save(path)
+    return path
+
+
+def test_predict_and_evaluate_read_the_class_names_the_model_carries(env, tmp_path):
+    # A 6-class model that is not the synthetic set: its own names and colours are used.
+    names = ["void", "circle", "square", "triangle", "star", "ring"]
+    colors = [[0, 0, 0], [10, 20, 30], [40, 50, 60], [70, 80, 90], [1, 2, 3], [4, 5, 6]]
+    checkpoint = save_model(
+        tmp_path / "shapes.keras",
+        6,
+        {"name": "shapes", "class_names": names, "palette": colors, "ignore_index": 255},
+    )
+    results = tmp_path / "results.json"
+    evaluation = run_recipe(
+        env, "evaluate_voc.py", checkpoint, "--max-images", 2, "--output-json", results
+    )
+    assert re.search(r"^  circle +\d", evaluation.stdout, re.M), evaluation.stdout
+    assert not re.search(r"^  red +\d", evaluation.stdout, re.M)  # not the synthetic names
+    with open(results) as f:
+        assert list(json.load(f)["per_class_iou"]) == names
+
+    images = write_images(tmp_path / "images", 2)
+    out = tmp_path / "out"
+    prediction = run_recipe(
+        env, "predict.py", images, "--checkpoint", checkpoint, "--output-dir", out
+    )
+    for line in prediction.stdout.splitlines():
+        if "_overlay.png (" in line:
+            present = line.rsplit("(", 1)[1].rstrip(")").split(", ")
+            assert set(present) <= set(names), line
+    with Image.open(out / "image0_mask.png") as png:
+        assert png.getpalette()[: 3 * 6] == [v for c in colors for v in c]
+
+
+def test_model_without_description_gets_generic_names_said_once(env, tmp_path):
+    # 21 classes do not make a model PASCAL VOC: no VOC names are guessed.
+    checkpoint = save_model(tmp_path / "plain.keras", NUM_CLASSES)
+    images = write_images(tmp_path / "images", 2)
+    result = run_recipe(
+        env, "predict.py", images, "--checkpoint", checkpoint, "--output-dir", tmp_path / "out"
+    )
+    assert result.stdout.count("no dataset description") == 1, result.stdout
+    assert "class_0 to class_20" in result.stdout
+    overlays = [line for line in result.stdout.splitlines() if "_overlay.png (" in line]
+    assert len(overlays) == 2, result.stdout
+    for line in overlays:
+        present = line.rsplit("(", 1)[1].rstrip(")").split(", ")
+        assert all(re.fullmatch(r"class_\d+", name) for name in present), line
 
 
 @pytest.mark.parametrize(
