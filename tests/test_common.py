@@ -57,3 +57,12 @@ def test_cross_entropy_refuses_float_labels(as_tensor):
         loss(labels, logits)
     value = loss(np.array([[[0.0, 1.0], [2.0, 1.0]]], "float32"), logits)  # integer-valued
     np.testing.assert_allclose(float(to_numpy(value)), np.log(3.0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_metrics_refuse_float_labels(as_tensor):
+    labels = keras.ops.convert_to_tensor(HALF) if as_tensor else HALF
+    for metric in (kseg.metrics.MeanIoU(3), kseg.metrics.MeanIoU(1)):
+        with pytest.raises(ValueError, match=r"Expected `y_true` to hold integer.*0\.5"):
+            metric.update_state(labels, np.zeros((1, 2, 2, 1), "float32"))
+        assert metric.exact_counts().sum() == 0
