@@ -95,7 +95,8 @@ def _update_function(num_classes, ignore_index, mode, channel_axis, weighted, pa
         if mode == "labels":
             preds = to_int32(ops.reshape(y_pred, (-1,)))
         elif mode == "binary":
-            preds = ops.cast(ops.reshape(y_pred, (-1,)) > threshold, "int32")
+            scores = ops.cast(ops.reshape(y_pred, (-1,)), "float32")  # 0/1 masks too
+            preds = ops.cast(scores > threshold, "int32")
         else:
             preds = ops.reshape(channel_argmax(y_pred, channel_axis), (-1,))
         in_range = (labels >= 0) & (labels < k)
