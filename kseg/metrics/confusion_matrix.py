@@ -206,9 +206,9 @@ class ConfusionMatrix(keras.metrics.Metric):
     `result()` and the derived metrics compute in float32.
 
     The counts are sums (variables use `aggregation="sum"`), so replicas of a
-    distribution strategy reduce by summing; the largest out-of-range label is read
-    from the first replica (`aggregation="only_first_replica"`). `update_state` runs eagerly, inside
-    `model.fit`/`model.evaluate`, and under `jit_compile=True` (TF and JAX).
+    distribution strategy reduce by summing; the largest out-of-range label is read from
+    the first replica (`aggregation="only_first_replica"`). `update_state` runs eagerly,
+    inside `model.fit`/`model.evaluate`, and under `jit_compile=True` (TF and JAX).
 
     Speed: on TensorFlow and JAX the whole update is one XLA-compiled function,
     whether it is called eagerly, from Keras' plain `tf.function` (TensorFlow's
