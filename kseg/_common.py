@@ -59,7 +59,9 @@ def check_int(name, value, minimum=1):
                 f"of type {type(value).__name__}"
             ) from None
     if value < minimum:
-        raise ValueError(f"Expected `{name}` to be an integer >= {minimum}. Received: {name}={value}")
+        raise ValueError(
+            f"Expected `{name}` to be an integer >= {minimum}. Received: {name}={value}"
+        )
     return value
 
 
@@ -69,7 +71,9 @@ def check_float(name, value, minimum=None, maximum=None, inclusive=True):
         try:
             value = float(value)
         except (TypeError, ValueError):
-            raise TypeError(f"Expected `{name}` to be a number. Received: {name}={value!r}") from None
+            raise TypeError(
+                f"Expected `{name}` to be a number. Received: {name}={value!r}"
+            ) from None
     value = float(value)
     low_bad = minimum is not None and (value < minimum if inclusive else value <= minimum)
     high_bad = maximum is not None and (value > maximum if inclusive else value >= maximum)
@@ -120,11 +124,50 @@ def label_channel_axis(shape, data_format):
     return None
 
 
-def to_int32(x):
+def is_eager_value(x):
+    """True when the values of `x` can be read now: a NumPy array or an eager tensor.
+
+    False for symbolic tensors and for tensors being traced (`tf.function`, `jax.jit`,
+    `torch.compile`), whose values exist only when the compiled function runs.
+    """
+    if isinstance(x, (np.ndarray, np.generic)):
+        return True
+    # Without importing any backend: TensorFlow's eager tensors, JAX's concrete arrays
+    # and plain torch tensors (not the fake tensors of `torch.compile`).
+    return type(x).__name__ in ("EagerTensor", "ArrayImpl", "Tensor", "Parameter")
+
+
+def check_integer_valued(x, name="y_true"):
+    """Raises `ValueError` when a float label map `x` holds a value that is not an integer.
+
+    Checked only where the values can be seen (NumPy arrays and eager tensors; see
+    `is_eager_value`); integer dtypes pass without a look. Inside a traced graph there
+    is nothing to see and float labels are rounded half to even by `to_int32`.
+    """
+    if not is_eager_value(x) or "float" not in str(getattr(x, "dtype", "")):
+        return
+    values = np.asarray(x) if isinstance(x, (np.ndarray, np.generic)) else ops.convert_to_numpy(x)
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    bad = ~(np.isfinite(values) & (np.rint(values) == values))
+    if bad.any():
+        raise ValueError(
+            f"Expected `{name}` to hold integer class ids (a float label map must be "
+            "integer-valued; resize masks with nearest neighbour only). "
+            f"Received: {int(bad.sum())} non-integer values in {name}, e.g. "
+            f"{name} value {float(values[np.argmax(bad)])!r}"
+        )
+
+
+def to_int32(x, name=None):
     """Integer values as int32; floats holding integers are rounded first (half to even).
 
-    NumPy arrays stay NumPy arrays; anything else becomes a backend tensor.
+    NumPy arrays stay NumPy arrays; anything else becomes a backend tensor. With a
+    `name` (a label map's argument name, e.g. `"y_true"`), a float input whose values
+    can be seen (NumPy, eager tensors) must be integer-valued, or `ValueError` is raised
+    (`check_integer_valued`); traced inputs are rounded without a check.
     """
+    if name is not None:
+        check_integer_valued(x, name)
     if isinstance(x, np.ndarray):
         return (np.rint(x) if x.dtype.kind == "f" else x).astype(np.int32)
     x = ops.convert_to_tensor(x)
@@ -134,7 +177,12 @@ def to_int32(x):
 
 
 def squeeze_labels(y_true, data_format):
-    """Returns integer labels `(B, H, W)` from `(B, H, W)` or `(B, H, W, 1)` (`(B, 1, H, W)`)."""
+    """Returns integer labels `(B, H, W)` from `(B, H, W)` or `(B, H, W, 1)` (`(B, 1, H, W)`).
+
+    Float labels that are not integer-valued raise `ValueError` where their values can
+    be seen (NumPy, eager tensors); inside a traced graph they are rounded.
+    """
+    check_integer_valued(y_true, "y_true")
     y_true = ops.convert_to_tensor(y_true)
     axis = label_channel_axis(tuple(y_true.shape), data_format)
     if axis is not None:

@@ -366,6 +366,10 @@ def evaluate(model, dataset, metrics, *, steps=None, reset=True, verbose=0, **pr
         for vector-valued metrics). The metric objects keep their state, so
         e.g. `per_class_iou()` can be read afterwards.
 
+    Raises:
+        ValueError: from `metric.check_labels()` after a batch, when a kseg metric
+            saw labels that are neither classes nor the ignore index.
+
     Example:
 
     >>> miou = kseg.metrics.MeanIoU(21)
@@ -397,6 +401,8 @@ def evaluate(model, dataset, metrics, *, steps=None, reset=True, verbose=0, **pr
                 probs = np.transpose(probs, (0, 3, 1, 2))
         for metric in metrics:
             metric.update_state(masks, probs)
+            if callable(getattr(metric, "check_labels", None)):
+                metric.check_labels()  # labels that are not classes: ValueError
         if progbar is not None:
             progbar.update(step + 1)
     results = {}

@@ -7,11 +7,12 @@ import numpy as np
 from keras import ops
 
 from kseg._common import (
+    check_float,
     check_int,
+    check_integer_valued,
     label_channel_axis,
     standardize_data_format,
     to_int32,
-    valid_mask,
 )
 from kseg.ops._backend import channel_argmax, xla_function
 
@@ -68,31 +69,62 @@ def _bucket_size(pixels):
     return -(-pixels // (1 << 16)) * (1 << 16)
 
 
-@functools.cache
-def _update_function(num_classes, ignore_index, channel_axis, weighted):
-    """`(high, low, y_true, y_pred[, counts]) -> (high, low)`, XLA-compiled on TF and JAX.
+# The largest out-of-range label seen is kept in an int32 that starts (and resets) here.
+_NO_VALUE = -(2**31)
 
-    `y_true` is a label map of any shape; `y_pred` holds scores with the classes
-    along `channel_axis`, or (`channel_axis=None`) a label map of `y_true`'s size;
-    `counts` are int32 pixel weights of that size, flattened. Compiling the whole
-    update makes it fast wherever it runs: eagerly, inside Keras' plain
-    `tf.function` (TensorFlow's default on a CPU) and under `jit_compile=True`.
+
+@functools.cache
+def _update_function(num_classes, ignore_index, mode, channel_axis, weighted, padded, threshold):
+    """`(*state, y_true, y_pred[, counts][, pixels]) -> state`, XLA-compiled on TF and JAX.
+
+    `state` is `(high, low, bad_high, bad_low, bad_value)`: the two words of the
+    `(K, K)` matrix, of the `(2,)` out-of-range counts (labels, predicted classes) and
+    the largest out-of-range label seen. `y_true` is a label map of any shape.
+    `y_pred` is, by `mode`: `"scores"`, scores with the classes along `channel_axis`;
+    `"labels"`, a label map of `y_true`'s size; `"binary"`, one score per pixel, class 1
+    where it is above `threshold`. `counts` are int32 pixel weights of that size,
+    flattened; `pixels` (with `padded`) is the number of real pixels, those after it
+    are padding. Compiling the whole update makes it fast wherever it runs: eagerly,
+    inside Keras' plain `tf.function` (TensorFlow's default on a CPU) and under
+    `jit_compile=True`.
     """
     k = num_classes
 
-    def update(high, low, y_true, y_pred, *counts):
+    def update(high, low, bad_high, bad_low, bad_value, y_true, y_pred, *extra):
         labels = to_int32(ops.reshape(y_true, (-1,)))
-        if channel_axis is None:
+        if mode == "labels":
             preds = to_int32(ops.reshape(y_pred, (-1,)))
+        elif mode == "binary":
+            scores = ops.cast(ops.reshape(y_pred, (-1,)), "float32")  # 0/1 masks too
+            preds = ops.cast(scores > threshold, "int32")
         else:
             preds = ops.reshape(channel_argmax(y_pred, channel_axis), (-1,))
-        valid = valid_mask(labels, k, ignore_index)
-        if channel_axis is None:  # an argmax is always in range; a given label map may not be
-            valid = valid & (preds >= 0) & (preds < k)
-        # Invalid pixels go to the extra bin k * k, which is dropped.
-        index = ops.where(valid, labels * k + preds, k * k)
-        bins = _count_bins(index, k * k + 1, counts[0] if weighted else None)
-        return _accumulate_words(high, low, ops.reshape(bins[: k * k], (k, k)))
+        in_range = (labels >= 0) & (labels < k)
+        skipped = labels == ignore_index if ignore_index is not None else None
+        if padded:
+            padding = ops.arange(ops.shape(labels)[0], dtype="int32") >= extra[-1]
+            skipped = padding if skipped is None else skipped | padding
+        if skipped is None:
+            valid, bad_label = in_range, ops.logical_not(in_range)
+        else:
+            valid = in_range & ops.logical_not(skipped)
+            bad_label = ops.logical_not(in_range | skipped)
+        # Bins: k * k cells, then out-of-range labels, out-of-range predicted classes,
+        # and pixels that are not counted (ignored, padding).
+        if mode == "labels":  # an argmax or a threshold is always in range; a label map may not be
+            bad_pred = valid & ((preds < 0) | (preds >= k))
+            valid = valid & ops.logical_not(bad_pred)
+            other = ops.where(bad_pred, k * k + 1, k * k + 2)
+        else:
+            other = k * k + 2
+        index = ops.where(valid, labels * k + preds, ops.where(bad_label, k * k, other))
+        weights = extra[0] if weighted else None
+        bins = _count_bins(index, k * k + 3, weights)
+        high, low = _accumulate_words(high, low, ops.reshape(bins[: k * k], (k, k)))
+        bad_high, bad_low = _accumulate_words(bad_high, bad_low, bins[k * k : k * k + 2])
+        seen = bad_label if weights is None else bad_label & (weights > 0)
+        largest = ops.max(ops.where(seen, labels, _NO_VALUE), initial=_NO_VALUE)
+        return high, low, bad_high, bad_low, ops.maximum(bad_value, largest)
 
     return xla_function(update)
 
@@ -138,12 +170,33 @@ class ConfusionMatrix(keras.metrics.Metric):
     (`per_class_iou()`, `per_class_accuracy()`), computed from the same state.
 
     Counting rules:
-    - Pixels whose label equals `ignore_index`, or lies outside `[0, num_classes)`,
-      are not counted (they never raise, whatever their value).
+    - Pixels whose label equals `ignore_index` are not counted.
+    - Pixels whose label is neither a class (in `[0, num_classes)`) nor `ignore_index`
+      are not put in the matrix but counted apart: `out_of_range_count()` gives their
+      number and `out_of_range_value()` the largest such label seen, and
+      `check_labels()` raises `ValueError` when there is any (a dataset's raw ids fed
+      to a model with fewer classes, such as Cityscapes labelIds 0-33 for 19 classes,
+      would otherwise give plausible wrong figures). `kseg.training.LabelCheck` calls it
+      during `fit` / `evaluate`, `kseg.inference.evaluate` after its updates. The metric
+      itself never raises for a label value: it cannot inside a compiled step.
     - When predictions are integer label maps, pixels whose predicted class lies
-      outside `[0, num_classes)` are not counted either.
+      outside `[0, num_classes)` are not put in the matrix either; they are counted
+      apart too (`out_of_range_prediction_count()`), and `check_labels()` raises for them.
     - Predictions given as scores (logits or probabilities, `num_classes` channels)
       are turned into classes with an argmax over the channel axis.
+    - Float labels must hold integers: a float label map with another value raises
+      `ValueError` where its values can be seen (NumPy arrays, eager tensors). Inside
+      a traced function (`model.fit` on TensorFlow and JAX) nothing can be seen, and
+      float labels are rounded half to even.
+
+    Binary mode (`num_classes=1`, a model with one sigmoid logit per pixel): the
+    matrix is 2 x 2 (background 0, foreground 1), `y_pred` is one score per pixel,
+    `(B, H, W, 1)` (`(B, 1, H, W)` in channels_first) or `(B, H, W)`, and a pixel is
+    predicted foreground where its score is above `threshold` (default 0.0: a logit,
+    sigmoid 0.5; pass `threshold=0.5` for probabilities; 0/1 masks work with either).
+    Labels are 0 / 1 with `ignore_index` skipped; any other label is out of range.
+    Results (and `per_class_iou()`) score both classes. `num_classes=2` with a
+    1-channel integer prediction stays a label map.
 
     Exactness: each cell is held in two int32 words (`high * 2**30 + low`, the carry
     is propagated at every update), so counts stay exact up to 2**61 pixels per cell
@@ -152,9 +205,10 @@ class ConfusionMatrix(keras.metrics.Metric):
     2**31 - 1 to a cell. `exact_counts()` returns the exact matrix as NumPy int64;
     `result()` and the derived metrics compute in float32.
 
-    The state is a sum (variables use `aggregation="sum"`), so replicas of a
-    distribution strategy reduce by summing. `update_state` runs eagerly, inside
-    `model.fit`/`model.evaluate`, and under `jit_compile=True` (TF and JAX).
+    The counts are sums (variables use `aggregation="sum"`), so replicas of a
+    distribution strategy reduce by summing; the largest out-of-range label is read from
+    the first replica (`aggregation="only_first_replica"`). `update_state` runs eagerly,
+    inside `model.fit`/`model.evaluate`, and under `jit_compile=True` (TF and JAX).
 
     Speed: on TensorFlow and JAX the whole update is one XLA-compiled function,
     whether it is called eagerly, from Keras' plain `tf.function` (TensorFlow's
@@ -165,26 +219,28 @@ class ConfusionMatrix(keras.metrics.Metric):
     2-5 ms on a 2-core CPU on every backend (benchmarks/README.md).
 
     Args:
-        num_classes: int >= 2, the number of classes `K`.
-        ignore_index: int or None, default 255. Label value that is not counted.
-            Labels outside `[0, num_classes)` are never counted, so the default 255
-            is only needed explicitly when it lies inside that range.
+        num_classes: int >= 1, the number of classes `K`; 1 means binary mode.
+        ignore_index: int or None, default 255. Label value that is not counted
+            (and not reported as out of range).
         data_format: `"channels_last"` or `"channels_first"`, the layout of
             `y_pred` scores (and of a `(B, 1, H, W)` label map). Defaults to
             `keras.config.image_data_format()`.
         name: string, name of the metric.
         dtype: dtype of the results (float32 by default).
+        threshold: float, default 0.0. Binary mode only: a pixel is foreground where
+            its score is above `threshold` (0.0 for logits, 0.5 for probabilities).
 
     Inputs of `update_state(y_true, y_pred, sample_weight=None)`:
         y_true: integer labels `(B, H, W)` or `(B, H, W, 1)` (`(B, 1, H, W)` in
             channels_first). Float labels holding integers are accepted.
         y_pred: scores `(B, H, W, K)` (argmax taken inside) or an integer label map
-            `(B, H, W)` / `(B, H, W, 1)`. It must have the spatial size of `y_true`;
-            a mismatch raises `ValueError` (resize logits to the label size first).
+            `(B, H, W)` / `(B, H, W, 1)`; in binary mode one score per pixel. It must
+            have the spatial size of `y_true`; a mismatch raises `ValueError` (resize
+            logits to the label size first).
         sample_weight: optional non-negative integer weights broadcastable to
             `(B, H, W)` (`(B,)` weighs whole images). Each pixel counts
-            `round(weight)` times; 0 drops it. The counts stay integers, so
-            fractional weights are rounded.
+            `round(weight)` times (in the matrix or as out of range); 0 drops it.
+            The counts stay integers, so fractional weights are rounded.
 
     Example:
 
@@ -194,39 +250,86 @@ class ConfusionMatrix(keras.metrics.Metric):
     array([[1, 0, 0],
            [0, 0, 1],
            [0, 0, 1]])
+    >>> m.update_state([[[7, 1]]], [[[0, 1]]])  # label 7 is not a class
+    >>> m.out_of_range_count(), m.out_of_range_value()
+    (1, 7)
     """
 
-    def __init__(self, num_classes, ignore_index=255, data_format=None, name=None, dtype=None):
+    def __init__(
+        self,
+        num_classes,
+        ignore_index=255,
+        data_format=None,
+        name=None,
+        dtype=None,
+        threshold=0.0,
+    ):
         super().__init__(name=name, dtype=dtype)
-        self.num_classes = check_int("num_classes", num_classes, minimum=2)
+        self.num_classes = check_int("num_classes", num_classes, minimum=1)
         if ignore_index is not None:
             ignore_index = check_int("ignore_index", ignore_index, minimum=-(2**31))
         self.ignore_index = ignore_index
         self.data_format = standardize_data_format(data_format)
-        shape = (self.num_classes, self.num_classes)
+        self.threshold = check_float("threshold", threshold)
+        # Binary mode (num_classes=1) scores background and foreground: a 2 x 2 matrix.
+        self.binary = self.num_classes == 1
+        size = 2 if self.binary else self.num_classes
+        shape = (size, size)
         self.count_high = self.add_variable(
             shape=shape, initializer="zeros", dtype="int32", aggregation="sum", name="count_high"
         )
         self.count_low = self.add_variable(
             shape=shape, initializer="zeros", dtype="int32", aggregation="sum", name="count_low"
         )
+        # Pixels whose label (index 0) or predicted class (index 1) is out of range.
+        self.out_of_range_high = self.add_variable(
+            shape=(2,),
+            initializer="zeros",
+            dtype="int32",
+            aggregation="sum",
+            name="out_of_range_high",
+        )
+        self.out_of_range_low = self.add_variable(
+            shape=(2,),
+            initializer="zeros",
+            dtype="int32",
+            aggregation="sum",
+            name="out_of_range_low",
+        )
+        # A maximum does not sum across replicas: the first replica's value is read.
+        self.out_of_range_label = self.add_variable(
+            shape=(),
+            initializer=keras.initializers.Constant(_NO_VALUE),
+            dtype="int32",
+            aggregation="only_first_replica",
+            name="out_of_range_label",
+        )
+
+    @property
+    def _size(self):
+        """Side of the matrix: `num_classes`, or 2 in binary mode."""
+        return 2 if self.binary else self.num_classes
 
     # ------------------------------------------------------------------ inputs
     def _check_inputs(self, y_true, y_pred):
-        """Checks shapes; returns the channel axis of `y_pred` scores, None for a label map."""
+        """Checks shapes; returns `(mode, channel_axis)` of `y_pred` (see `_update_function`)."""
         channel_axis = 1 if self.data_format == "channels_first" else 3
         true_shape = _drop_label_channel(tuple(y_true.shape), self.data_format)
         pred_shape = tuple(y_pred.shape)
-        scores_axis = None
+        mode, scores_axis = ("binary" if self.binary else "labels"), None
         if len(pred_shape) == 4:
             channels = pred_shape[channel_axis]
-            if channels == self.num_classes:
-                scores_axis = channel_axis
+            if channels == self.num_classes and not self.binary:
+                mode, scores_axis = "scores", channel_axis
             elif channels != 1:
+                expected = (
+                    "1 channel (one logit per pixel, binary mode)"
+                    if self.binary
+                    else f"num_classes={self.num_classes} channels (scores) or 1 channel "
+                    "(a label map)"
+                )
                 raise ValueError(
-                    f"Expected `y_pred` to have num_classes={self.num_classes} channels "
-                    "(scores) or 1 channel (a label map). "
-                    f"Received: y_pred.shape={pred_shape}"
+                    f"Expected `y_pred` to have {expected}. Received: y_pred.shape={pred_shape}"
                 )
             pred_shape = pred_shape[:channel_axis] + pred_shape[channel_axis + 1 :]
         elif len(pred_shape) != 3:
@@ -242,7 +345,7 @@ class ConfusionMatrix(keras.metrics.Metric):
                     f"Received: y_true spatial size={true_shape[1:]}, "
                     f"y_pred spatial size={pred_shape[1:]}"
                 )
-        return scores_axis
+        return mode, scores_axis
 
     def _pixel_counts(self, sample_weight, y_true):
         """Integer weights broadcast to the `(B, H, W)` pixels, flattened: `round(weight)`."""
@@ -257,39 +360,82 @@ class ConfusionMatrix(keras.metrics.Metric):
         return ops.reshape(ops.broadcast_to(sample_weight, shape), (-1,))
 
     # ------------------------------------------------------------------ state
+    def _state(self):
+        return (
+            self.count_high.value,
+            self.count_low.value,
+            self.out_of_range_high.value,
+            self.out_of_range_low.value,
+            self.out_of_range_label.value,
+        )
+
+    def _state_variables(self):
+        return (
+            self.count_high,
+            self.count_low,
+            self.out_of_range_high,
+            self.out_of_range_low,
+            self.out_of_range_label,
+        )
+
     def update_state(self, y_true, y_pred, sample_weight=None):
-        """Adds the pixels of one batch to the confusion matrix."""
+        """Adds the pixels of one batch to the confusion matrix.
+
+        Raises `ValueError` for float labels that are not integer-valued when their
+        values can be seen (NumPy arrays, eager tensors).
+        """
+        check_integer_valued(y_true, "y_true")
         y_true, y_pred = _as_array(y_true), _as_array(y_pred)
-        scores_axis = self._check_inputs(y_true, y_pred)
+        mode, scores_axis = self._check_inputs(y_true, y_pred)
         counts = [] if sample_weight is None else [self._pixel_counts(sample_weight, y_true)]
-        state = (self.count_high.value, self.count_low.value)
-        if isinstance(y_true, np.ndarray) and isinstance(y_pred, np.ndarray):
+        padded = isinstance(y_true, np.ndarray) and isinstance(y_pred, np.ndarray)
+        if padded:
             # NumPy inputs (TF and JAX; on torch they are tensors by now), e.g. from
             # kseg.inference.evaluate at each image's own size. Backend tensors go in
             # as they are: reshaping them eagerly can cost a copy (JAX).
-            y_true, y_pred, counts, scores_axis = self._flatten_and_pad(
-                y_true, y_pred, counts, scores_axis
+            y_true, y_pred, counts, scores_axis, pixels = self._flatten_and_pad(
+                y_true, y_pred, counts, mode, scores_axis
             )
-        update = _update_function(self.num_classes, self.ignore_index, scores_axis, bool(counts))
-        high, low = update(*state, y_true, y_pred, *counts)
-        self.count_high.assign(high)
-        self.count_low.assign(low)
+            counts = counts + [np.asarray(pixels, np.int32)]
+        update = _update_function(
+            self._size,
+            self.ignore_index,
+            mode,
+            scores_axis,
+            sample_weight is not None,
+            padded,
+            self.threshold,
+        )
+        new_state = update(*self._state(), y_true, y_pred, *counts)
+        for variable, value in zip(self._state_variables(), new_state):
+            variable.assign(value)
 
-    def _flatten_and_pad(self, y_true, y_pred, counts, scores_axis):
-        """NumPy inputs: pixels flattened and padded to `_bucket_size` (in NumPy)."""
+    def _flatten_and_pad(self, y_true, y_pred, counts, mode, scores_axis):
+        """NumPy inputs: pixels flattened and padded to `_bucket_size` (in NumPy).
+
+        Returns the padded arrays, the new channel axis and the number of real pixels.
+        """
         labels = to_int32(y_true.reshape(-1))
         pixels = labels.shape[0]
         length = _bucket_size(pixels)
-        labels = _pad_to(labels, length, -1)  # -1 is never counted
-        if scores_axis is None:
-            y_pred = _pad_to(to_int32(y_pred.reshape(-1)), length, -1)
+        labels = _pad_to(labels, length, 0)  # padding is masked by the pixel count
+        if mode == "labels":
+            y_pred = _pad_to(to_int32(y_pred.reshape(-1)), length, 0)
+        elif mode == "binary":
+            y_pred = _pad_to(y_pred.reshape(-1), length, 0)
         else:
             if scores_axis == 1:
                 y_pred = np.moveaxis(y_pred, 1, -1)
             y_pred = _pad_to(y_pred.reshape(pixels, self.num_classes), length, 0)
             scores_axis = 1
         counts = [_pad_to(c, length, 0) for c in counts]
-        return labels, y_pred, counts, scores_axis
+        return labels, y_pred, counts, scores_axis, pixels
+
+    def reset_state(self):
+        """Zeroes the counts and forgets the out-of-range label."""
+        for variable in self._state_variables()[:4]:
+            variable.assign(ops.zeros(variable.shape, dtype=variable.dtype))
+        self.out_of_range_label.assign(ops.full((), _NO_VALUE, dtype="int32"))
 
     def _accumulate(self, counts):
         """Adds a `(K, K)` array of non-negative int32 counts (each < 2**31) to the state."""
@@ -302,6 +448,63 @@ class ConfusionMatrix(keras.metrics.Metric):
         high = np.asarray(ops.convert_to_numpy(self.count_high.value)).astype(np.int64)
         low = np.asarray(ops.convert_to_numpy(self.count_low.value)).astype(np.int64)
         return (high << _LOW_BITS) + low
+
+    def out_of_range_count(self):
+        """Number of counted pixels whose label is not a class (eager only), a Python int.
+
+        A label is out of range when it lies outside `[0, num_classes)` (binary mode:
+        outside {0, 1}) and is not `ignore_index`. Such pixels are not in the matrix;
+        they count `round(sample_weight)` times, like the cells.
+        """
+        return self._out_of_range_counts()[0]
+
+    def out_of_range_prediction_count(self):
+        """Number of pixels with a valid label whose predicted class (given as an integer
+        label map) lies outside `[0, num_classes)` (eager only), a Python int."""
+        return self._out_of_range_counts()[1]
+
+    def out_of_range_value(self):
+        """The largest out-of-range label seen since the last reset, or None (eager only).
+
+        Under a distribution strategy it is the first replica's value, so it can be None
+        while `out_of_range_count()` (summed over replicas) is not 0.
+        """
+        value = int(np.asarray(ops.convert_to_numpy(self.out_of_range_label.value)))
+        return None if value == _NO_VALUE else value
+
+    def check_labels(self):
+        """Raises `ValueError` when a pixel's label, or predicted class, was out of range.
+
+        Call it after updates (eagerly), e.g. at the end of each batch
+        (`kseg.training.LabelCheck` does so in `fit` and `evaluate`). The message names
+        the metric, the number of such pixels, one offending label (the largest seen),
+        the valid range and the ignore index.
+        """
+        labels, preds = self._out_of_range_counts()
+        valid = "0 or 1 (binary mode)" if self.binary else f"in [0, {self.num_classes})"
+        if labels:
+            value = self.out_of_range_value()
+            seen = "not recorded" if value is None else str(value)
+            raise ValueError(
+                f"Metric '{self.name}' counted {labels} pixel(s) whose label is not a class: "
+                f"expected labels {valid} or the ignore index "
+                f"(ignore_index={self.ignore_index}). Received: out-of-range labels, the "
+                f"largest {seen}. Remap the dataset's ids to class indices (e.g. Cityscapes "
+                "labelIds -> trainIds, with 255 for the void classes), or set `num_classes` "
+                "and `ignore_index` to match the data."
+            )
+        if preds:
+            raise ValueError(
+                f"Metric '{self.name}' counted {preds} pixel(s) whose predicted class is not a "
+                f"class: expected predicted label maps {valid}. Received: out-of-range "
+                "predicted classes. Check that the model's number of classes matches "
+                f"num_classes={self.num_classes}."
+            )
+
+    def _out_of_range_counts(self):
+        high = np.asarray(ops.convert_to_numpy(self.out_of_range_high.value)).astype(np.int64)
+        low = np.asarray(ops.convert_to_numpy(self.out_of_range_low.value)).astype(np.int64)
+        return [int(c) for c in (high << _LOW_BITS) + low]
 
     def confusion_matrix(self):
         """Returns the `(K, K)` matrix of counts as a float32 tensor."""
@@ -337,6 +540,7 @@ class ConfusionMatrix(keras.metrics.Metric):
             "num_classes": self.num_classes,
             "ignore_index": self.ignore_index,
             "data_format": self.data_format,
+            "threshold": self.threshold,
         }
 
 

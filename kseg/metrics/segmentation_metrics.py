@@ -22,17 +22,22 @@ class MeanIoU(ConfusionMatrix):
 
     All four metrics share the state and input rules of `ConfusionMatrix`: labels
     `(B, H, W)` or `(B, H, W, 1)`, predictions as scores `(B, H, W, K)` (argmax
-    inside) or label maps; `ignore_index` (default 255) and labels or predicted
-    classes outside `[0, num_classes)` are not counted; exact int counts; the
+    inside) or label maps; `ignore_index` (default 255) is not counted; labels or
+    predicted classes outside `[0, num_classes)` are not in the matrix but counted
+    apart (`out_of_range_count()`, `check_labels()` raises); exact int counts; the
     per-class values are available as `per_class_iou()` and `per_class_accuracy()`.
+    `num_classes=1` is binary mode: one logit per pixel, foreground above `threshold`,
+    a 2 x 2 matrix and results over both classes.
 
     Args:
-        num_classes: int >= 2.
+        num_classes: int >= 1 (1: binary mode, one logit per pixel).
         ignore_index: int or None, default 255.
         data_format: layout of score predictions; defaults to
             `keras.config.image_data_format()`.
         name: default `"mean_iou"`.
         dtype: result dtype.
+        threshold: binary mode only: foreground where the score is above it.
+            Defaults to 0.0 (logits).
 
     Example:
 
@@ -43,9 +48,17 @@ class MeanIoU(ConfusionMatrix):
     """
 
     def __init__(
-        self, num_classes, ignore_index=255, data_format=None, name="mean_iou", dtype=None
+        self,
+        num_classes,
+        ignore_index=255,
+        data_format=None,
+        name="mean_iou",
+        dtype=None,
+        threshold=0.0,
     ):
-        super().__init__(num_classes, ignore_index, data_format, name=name, dtype=dtype)
+        super().__init__(
+            num_classes, ignore_index, data_format, name=name, dtype=dtype, threshold=threshold
+        )
 
     def result(self):
         _, tp, gt, pred = self._stats()
@@ -62,16 +75,21 @@ class PixelAccuracy(ConfusionMatrix):
 
     All four metrics share the state and input rules of `ConfusionMatrix`: labels
     `(B, H, W)` or `(B, H, W, 1)`, predictions as scores `(B, H, W, K)` (argmax
-    inside) or label maps; `ignore_index` (default 255) and labels or predicted
-    classes outside `[0, num_classes)` are not counted; exact int counts; the
+    inside) or label maps; `ignore_index` (default 255) is not counted; labels or
+    predicted classes outside `[0, num_classes)` are not in the matrix but counted
+    apart (`out_of_range_count()`, `check_labels()` raises); exact int counts; the
     per-class values are available as `per_class_iou()` and `per_class_accuracy()`.
+    `num_classes=1` is binary mode: one logit per pixel, foreground above `threshold`,
+    a 2 x 2 matrix and results over both classes.
 
     Args:
-        num_classes: int >= 2.
+        num_classes: int >= 1 (1: binary mode, one logit per pixel).
         ignore_index: int or None, default 255.
         data_format: layout of score predictions.
         name: default `"pixel_accuracy"`.
         dtype: result dtype.
+        threshold: binary mode only: foreground where the score is above it.
+            Defaults to 0.0 (logits).
 
     Example:
 
@@ -82,9 +100,17 @@ class PixelAccuracy(ConfusionMatrix):
     """
 
     def __init__(
-        self, num_classes, ignore_index=255, data_format=None, name="pixel_accuracy", dtype=None
+        self,
+        num_classes,
+        ignore_index=255,
+        data_format=None,
+        name="pixel_accuracy",
+        dtype=None,
+        threshold=0.0,
     ):
-        super().__init__(num_classes, ignore_index, data_format, name=name, dtype=dtype)
+        super().__init__(
+            num_classes, ignore_index, data_format, name=name, dtype=dtype, threshold=threshold
+        )
 
     def result(self):
         cm, tp, _, _ = self._stats()
@@ -102,16 +128,21 @@ class MeanPixelAccuracy(ConfusionMatrix):
 
     All four metrics share the state and input rules of `ConfusionMatrix`: labels
     `(B, H, W)` or `(B, H, W, 1)`, predictions as scores `(B, H, W, K)` (argmax
-    inside) or label maps; `ignore_index` (default 255) and labels or predicted
-    classes outside `[0, num_classes)` are not counted; exact int counts; the
+    inside) or label maps; `ignore_index` (default 255) is not counted; labels or
+    predicted classes outside `[0, num_classes)` are not in the matrix but counted
+    apart (`out_of_range_count()`, `check_labels()` raises); exact int counts; the
     per-class values are available as `per_class_iou()` and `per_class_accuracy()`.
+    `num_classes=1` is binary mode: one logit per pixel, foreground above `threshold`,
+    a 2 x 2 matrix and results over both classes.
 
     Args:
-        num_classes: int >= 2.
+        num_classes: int >= 1 (1: binary mode, one logit per pixel).
         ignore_index: int or None, default 255.
         data_format: layout of score predictions.
         name: default `"mean_pixel_accuracy"`.
         dtype: result dtype.
+        threshold: binary mode only: foreground where the score is above it.
+            Defaults to 0.0 (logits).
 
     Example:
 
@@ -128,8 +159,11 @@ class MeanPixelAccuracy(ConfusionMatrix):
         data_format=None,
         name="mean_pixel_accuracy",
         dtype=None,
+        threshold=0.0,
     ):
-        super().__init__(num_classes, ignore_index, data_format, name=name, dtype=dtype)
+        super().__init__(
+            num_classes, ignore_index, data_format, name=name, dtype=dtype, threshold=threshold
+        )
 
     def result(self):
         _, tp, gt, _ = self._stats()
@@ -146,16 +180,21 @@ class FrequencyWeightedIoU(ConfusionMatrix):
 
     All four metrics share the state and input rules of `ConfusionMatrix`: labels
     `(B, H, W)` or `(B, H, W, 1)`, predictions as scores `(B, H, W, K)` (argmax
-    inside) or label maps; `ignore_index` (default 255) and labels or predicted
-    classes outside `[0, num_classes)` are not counted; exact int counts; the
+    inside) or label maps; `ignore_index` (default 255) is not counted; labels or
+    predicted classes outside `[0, num_classes)` are not in the matrix but counted
+    apart (`out_of_range_count()`, `check_labels()` raises); exact int counts; the
     per-class values are available as `per_class_iou()` and `per_class_accuracy()`.
+    `num_classes=1` is binary mode: one logit per pixel, foreground above `threshold`,
+    a 2 x 2 matrix and results over both classes.
 
     Args:
-        num_classes: int >= 2.
+        num_classes: int >= 1 (1: binary mode, one logit per pixel).
         ignore_index: int or None, default 255.
         data_format: layout of score predictions.
         name: default `"frequency_weighted_iou"`.
         dtype: result dtype.
+        threshold: binary mode only: foreground where the score is above it.
+            Defaults to 0.0 (logits).
 
     Example:
 
@@ -172,8 +211,11 @@ class FrequencyWeightedIoU(ConfusionMatrix):
         data_format=None,
         name="frequency_weighted_iou",
         dtype=None,
+        threshold=0.0,
     ):
-        super().__init__(num_classes, ignore_index, data_format, name=name, dtype=dtype)
+        super().__init__(
+            num_classes, ignore_index, data_format, name=name, dtype=dtype, threshold=threshold
+        )
 
     def result(self):
         _, tp, gt, pred = self._stats()

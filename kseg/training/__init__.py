@@ -1,10 +1,12 @@
-"""Training utilities: the poly learning-rate schedule and TensorBoard / checkpoint callbacks.
+"""Training utilities: the poly learning-rate schedule, TensorBoard / checkpoint / label-check
+callbacks.
 
 Uses TensorFlow's `tf.summary` (imported here, whatever the Keras backend) to
 write images and scalars next to `keras.callbacks.TensorBoard`'s logs.
 """
 
 from kseg.training.callbacks import (
+    LabelCheck,
     LearningRateLogger,
     PerClassIoULogger,
     SegmentationImageLogger,
@@ -20,6 +22,7 @@ __all__ = [
     "SegmentationImageLogger",
     "PerClassIoULogger",
     "LearningRateLogger",
+    "LabelCheck",
     "best_checkpoint",
     "segmentation_callbacks",
     "take_samples",

@@ -7,7 +7,11 @@ import pytest
 import kseg
 from kseg.metrics import FrequencyWeightedIoU, MeanIoU, MeanPixelAccuracy, PixelAccuracy
 from tests.helpers import BACKEND, to_numpy
-from tests.metrics.test_confusion_matrix import messy_labels, reference_confusion
+from tests.metrics.test_confusion_matrix import (
+    messy_labels,
+    reference_binary,
+    reference_confusion,
+)
 
 
 def reference_scores(cm):
@@ -130,9 +134,12 @@ def test_metrics_in_compiled_fit_and_evaluate(jit_compile):
     np.testing.assert_allclose(results["pixel_accuracy"], ref["pa"], rtol=1e-5)
     np.testing.assert_allclose(results["mean_pixel_accuracy"], ref["mpa"], rtol=1e-5)
     np.testing.assert_allclose(results["frequency_weighted_iou"], ref["fwiou"], rtol=1e-5)
-    # The compiled metric's state holds the same exact counts.
+    # The compiled metric's state holds the same exact counts, out-of-range labels too.
+    bad = (y < 0) | ((y >= k) & (y != 255))
     for m in metrics:
         np.testing.assert_array_equal(m.exact_counts(), cm)
+        assert m.out_of_range_count() == int(bad.sum())
+        assert m.out_of_range_value() == int(y[bad].max())
 
 
 def test_mixed_precision_model_output():
@@ -147,3 +154,57 @@ def test_mixed_precision_model_output():
     )
     assert to_numpy(m.result()).dtype == np.float32
     np.testing.assert_allclose(float(to_numpy(m.result())), ref["miou"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("key", sorted(METRICS))
+def test_binary_mode_scores_both_classes(key):
+    rng = np.random.default_rng(10)
+    labels = rng.integers(0, 2, size=(3, 8, 8)).astype("int32")
+    labels[rng.random(labels.shape) < 0.1] = 255
+    logits = rng.standard_normal((3, 8, 8, 1)).astype("float32") + 0.3
+    m = METRICS[key](num_classes=1)
+    m.update_state(labels, logits)
+    ref = reference_scores(reference_binary(labels, logits))
+    np.testing.assert_allclose(float(to_numpy(m.result())), ref[key], rtol=1e-6)
+    assert to_numpy(m.per_class_iou()).shape == (2,)
+    np.testing.assert_allclose(to_numpy(m.per_class_iou()), ref["iou"], rtol=1e-6)
+    assert m.get_config()["num_classes"] == 1
+
+
+def test_binary_hand_worked_mean_iou():
+    # labels 0 0 1 1, logits -1 2 3 -4: cm = [[1, 1], [1, 1]]; IoU 1/3 for both classes.
+    m = MeanIoU(num_classes=1)
+    m.update_state(np.array([[[0, 0, 1, 1]]]), np.array([[[[-1.0], [2.0], [3.0], [-4.0]]]]))
+    np.testing.assert_allclose(float(to_numpy(m.result())), 1 / 3, rtol=1e-6)
+    p = PixelAccuracy(num_classes=1, threshold=2.5)  # only the logit 3 is foreground
+    p.update_state(np.array([[[0, 0, 1, 1]]]), np.array([[[[-1.0], [2.0], [3.0], [-4.0]]]]))
+    np.testing.assert_allclose(float(to_numpy(p.result())), 3 / 4, rtol=1e-6)
+
+
+def test_binary_model_fit_and_evaluate():
+    """A one-logit model (sigmoid) trained and evaluated with binary-mode metrics vs NumPy."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((6, 16, 16, 2)).astype("float32")
+    y = (x[..., :1] + 0.5 * x[..., 1:] > 0.2).astype("float32")  # (B, H, W, 1) 0/1
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 2))
+    model = keras.Model(inputs, keras.layers.Conv2D(1, 1)(inputs))
+    metrics = [MeanIoU(1), PixelAccuracy(1), MeanPixelAccuracy(1), FrequencyWeightedIoU(1)]
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.5),
+        loss=keras.losses.BinaryCrossentropy(from_logits=True),
+        metrics=metrics,
+    )
+    history = model.fit(x, y, batch_size=2, epochs=3, verbose=0)
+    assert history.history["pixel_accuracy"][-1] > 0.6
+    results = model.evaluate(x, y, batch_size=2, verbose=0, return_dict=True)
+    logits = to_numpy(model.predict(x, verbose=0))
+    ref = reference_scores(reference_binary(y[..., 0].astype("int32"), logits))
+    np.testing.assert_allclose(results["mean_iou"], ref["miou"], rtol=1e-5)
+    np.testing.assert_allclose(results["pixel_accuracy"], ref["pa"], rtol=1e-5)
+    np.testing.assert_allclose(results["mean_pixel_accuracy"], ref["mpa"], rtol=1e-5)
+    np.testing.assert_allclose(results["frequency_weighted_iou"], ref["fwiou"], rtol=1e-5)
+    for m in metrics:
+        assert m.exact_counts().shape == (2, 2)
+        assert m.exact_counts().sum() == y.size
+        assert m.out_of_range_count() == 0
