@@ -50,6 +50,12 @@ class SGD(keras.optimizers.SGD):
         **kwargs: the other arguments of `keras.optimizers.SGD` (`clipnorm`,
             `use_ema`, `name`, ...).
 
+    The optimizer serialises (`get_config`), so `.keras` files and
+    `keras.callbacks.BackupAndRestore` keep its state; like
+    `kseg.training.PolyDecay`, it must be registered before a compiled
+    `.keras` file is loaded: `import kseg.training` first (`import kseg`
+    alone does not import it).
+
     Example:
 
     >>> optimizer = kseg.training.SGD(0.01, momentum=0.9, l2=1e-4)
