@@ -16,7 +16,8 @@ With `--data-dir` the defaults become the papers' PASCAL VOC configuration:
 the paper's backbone (ResNet-101, or VGG-16 for FCN, SegNet and DeepLab v1)
 with ImageNet weights, 512 x 512 crops of the SBD-augmented training set
 (`train_aug`, when `SegmentationClassAug` is present), batch 16, SGD with
-momentum 0.9, weight decay 1e-4, poly learning rate from 0.01 over 30k
+momentum 0.9, weight decay 1e-4 (L2 added to the gradient before momentum,
+as in Caffe and torch: `kseg.training.SGD`), poly learning rate from 0.01 over 30k
 iterations (DeepLab v3+, section 4; PSPNet, section 5.1), aux loss weight 0.4.
 Every default can be overridden; the resolved configuration is printed at the
 start and saved as `<logdir>/args.json`.
@@ -128,7 +129,12 @@ def build_parser():
     parser.add_argument("--optimizer", default=None, choices=("sgd", "adam"))
     parser.add_argument("--lr", type=float, default=None, help="initial learning rate (poly decay)")
     parser.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps")
-    parser.add_argument("--weight-decay", type=float, default=None)
+    parser.add_argument(
+        "--weight-decay",
+        type=float,
+        default=None,
+        help="sgd: L2 added to the gradient before momentum (Caffe / torch); adam: AdamW's",
+    )
     parser.add_argument(
         "--aux-weight",
         type=float,
@@ -370,9 +376,8 @@ def compile_model(model, args, num_classes, total_steps, jit_compile, keras, kse
         args.lr, decay_steps=max(total_steps, 1), warmup_steps=min(args.warmup_steps, total_steps)
     )
     if args.optimizer == "sgd":
-        optimizer = keras.optimizers.SGD(
-            schedule, momentum=0.9, weight_decay=args.weight_decay or None
-        )
+        # The papers' coupled L2 (Caffe / torch), not Keras' decoupled weight_decay.
+        optimizer = kseg.training.SGD(schedule, momentum=0.9, l2=args.weight_decay or 0.0)
     elif args.weight_decay:
         optimizer = keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay)
     else:

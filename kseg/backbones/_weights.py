@@ -1,6 +1,7 @@
 """Copies keras.applications weights into kseg backbones, layer by layer, by name."""
 
 import os
+import warnings
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _URL_HINT = "https://storage.googleapis.com/tensorflow/keras-applications/"
@@ -35,28 +36,41 @@ def check_weights(weights):
     return weights
 
 
-def _reference(app_fn, weights, file_stem):
-    """Builds the keras.applications model `app_fn` holding `weights`."""
+def _reference(app_fn, weights, file_stem, include_top=False):
+    """Builds the keras.applications model `app_fn` holding `weights`.
+
+    With `include_top=True` the classifier top is wanted: "imagenet" fetches
+    the full file, and a local file is tried with the top first (a full file
+    also loads into the model without top, silently dropping the top). Call
+    `has_top` on the result to see which layout the file had.
+    """
     if weights == "imagenet":
+        suffix = "" if include_top else "_notop"
         try:
-            return app_fn(include_top=False, weights="imagenet")
+            return app_fn(include_top=include_top, weights="imagenet")
         except Exception as error:  # get_file raises a bare Exception offline.
             raise OSError(
                 f"Could not obtain the ImageNet weights of keras.applications "
-                f"({error}). Download `{file_stem}_weights_tf_dim_ordering_tf_kernels_notop.h5` "
+                f"({error}). Download `{file_stem}_weights_tf_dim_ordering_tf_kernels{suffix}.h5` "
                 f"from {_URL_HINT} (or copy it from a machine where "
                 "`~/.keras/models/` has it) and pass its path: `weights='/path/to/"
-                f"{file_stem}_weights_tf_dim_ordering_tf_kernels_notop.h5'`."
+                f"{file_stem}_weights_tf_dim_ordering_tf_kernels{suffix}.h5'`."
             ) from error
-    # A local file: the notop layout first, then the full classifier layout.
     errors = []
-    for include_top in (False, True):
-        model = app_fn(include_top=include_top, weights=None)
+    for top in (True, False) if include_top else (False, True):
+        model = app_fn(include_top=top, weights=None)
         try:
-            model.load_weights(weights)
-            return model
+            # Keras' warnings about a layout that does not fit are noise when the
+            # attempt fails; they are passed on when it succeeds.
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                model.load_weights(weights)
         except Exception as error:  # the file does not fit this layout
-            errors.append(f"include_top={include_top}: {error}")
+            errors.append(f"include_top={top}: {error}")
+            continue
+        for item in caught:
+            warnings.warn(item.message, item.category, stacklevel=2)
+        return model
     raise ValueError(
         f"Could not load `weights` into keras.applications' {app_fn.__name__} "
         f"(tried without and with the classifier top: {'; '.join(errors)}). "
@@ -64,7 +78,12 @@ def _reference(app_fn, weights, file_stem):
     )
 
 
-def load_reference_weights(model, app_fn, weights, file_stem, skip=()):
+def has_top(reference):
+    """Whether a keras.applications model from `_reference` has its classifier top."""
+    return any(layer.name == "predictions" for layer in reference.layers)
+
+
+def load_reference_weights(model, app_fn, weights, file_stem, skip=(), reference=None):
     """Copies weights from keras.applications' `app_fn` into `model` by layer name.
 
     Args:
@@ -74,12 +93,15 @@ def load_reference_weights(model, app_fn, weights, file_stem, skip=()):
         file_stem: keras.applications' weights file stem, for the error message.
         skip: layer classes of `model` that the reference does not have and
             that keep their initial values (BatchNormalization for VGG16-BN).
+        reference: an already built keras.applications model holding
+            `weights` (from `_reference`), to avoid loading the file twice.
 
     Every weighted layer of `model` must receive weights, except those of a
     class in `skip`; anything else raises, so a name mismatch cannot pass
     silently.
     """
-    reference = _reference(app_fn, weights, file_stem)
+    if reference is None:
+        reference = _reference(app_fn, weights, file_stem)
     by_name = {layer.name: layer for layer in reference.layers if layer.weights}
     missing = []
     for layer in model.layers:

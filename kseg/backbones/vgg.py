@@ -1,10 +1,18 @@
 """VGG-16 backbones: keras.applications, FCN, DeepLab v1 and BatchNorm (SegNet) variants."""
 
+import warnings
+
 import keras
+import numpy as np
 
 from kseg._common import check_choice, check_float, standardize_data_format
 from kseg.backbones._info import BackboneInfo, FeatureSpec
-from kseg.backbones._weights import check_weights, load_reference_weights
+from kseg.backbones._weights import (
+    _reference,
+    check_weights,
+    has_top,
+    load_reference_weights,
+)
 from kseg.ops._backend import check_conv_data_format
 
 _VARIANTS = ("classic", "fcn", "deeplab_v1", "bn")
@@ -204,3 +212,108 @@ def VGG16(
         high_level="pool5",
     )
     return model
+
+
+# fc6 / fc7 layouts that VGG-16's fc1 / fc2 convert to (`load_vgg16_weights`).
+_FC_SHAPES = {
+    "fcn": ((7, 7, 512, 4096), (1, 1, 4096, 4096)),
+    "largefov": ((3, 3, 512, 1024), (1, 1, 1024, 1024)),
+}
+
+
+def check_load_fc(load_fc):
+    """Validates the `load_fc` argument of the VGG-16 models."""
+    if load_fc is True or load_fc is False or load_fc == "auto":
+        return load_fc
+    raise ValueError(
+        f"Expected `load_fc` to be 'auto', True or False. Received: load_fc={load_fc!r}"
+    )
+
+
+def convolutionalize_fc(fc1, fc2, layout):
+    """fc6 / fc7 `[kernel, bias]` lists from VGG-16's fc1 / fc2 `[kernel, bias]` (NumPy).
+
+    keras.applications' VGG16 flattens pool5 in channels_last order (whatever
+    the data format), so fc1's 25088 inputs are a `(7, 7, 512)` window read
+    row-major and `fc1_kernel.reshape(7, 7, 512, 4096)` is the equivalent
+    7x7 convolution kernel.
+
+    - `"fcn"` (Long et al., FCN): fc6 is that 7x7x512x4096 kernel with fc1's
+      bias; fc7 is fc2's kernel as 1x1x4096x4096 with fc2's bias.
+    - `"largefov"` (Chen et al., DeepLab v1, section 4.1: "we subsample (by
+      decimation) the first FC layer"): fc6 keeps the taps at rows and columns
+      0, 3, 6 of the 7x7 kernel (a 3x3 kernel, dilated in the model) and the
+      output channels 0, 4, ..., 4092 (every 4th: 1024), with the bias of
+      those channels; fc7 keeps fc2's kernel at inputs and outputs 0, 4, ...,
+      4092 (1x1x1024x1024) and the bias of those outputs.
+    """
+    k1, b1 = (np.asarray(v) for v in fc1)
+    k2, b2 = (np.asarray(v) for v in fc2)
+    k6 = k1.reshape(7, 7, 512, 4096)
+    if layout == "fcn":
+        return [k6, b1], [k2.reshape(1, 1, 4096, 4096), b2]
+    if layout == "largefov":
+        k6 = k6[0::3, 0::3, :, 0::4]
+        return [k6, b1[0::4]], [k2[0::4, 0::4].reshape(1, 1, 1024, 1024), b2[0::4]]
+    raise ValueError(f"Expected `layout` to be 'fcn' or 'largefov'. Received: layout={layout!r}")
+
+
+def load_vgg16_weights(backbone, fc6, fc7, weights, load_fc, layout):
+    """Loads VGG-16 weights into a backbone and, convolutionalised, into fc6 / fc7.
+
+    Args:
+        backbone: a `VGG16` backbone (gets the 13 convolutions).
+        fc6, fc7: the model's fc6 / fc7 `Conv2D` layers.
+        weights: "imagenet" or the path of a keras.applications VGG16 file.
+        load_fc: "auto", True or False (see `kseg.models.FCN8s`).
+        layout: "fcn" or "largefov" (see `convolutionalize_fc`).
+
+    With "auto", fc6 / fc7 are loaded when their shapes are the paper's and the
+    weights have the classifier top ("imagenet" then fetches the full VGG16
+    file); otherwise they keep their initial values and a `UserWarning` says
+    why. With True, those cases raise `ValueError` instead. With False only
+    the convolutions are loaded.
+    """
+    weights = check_weights(weights)
+    load_fc = check_load_fc(load_fc)
+    shapes = _FC_SHAPES[layout]
+    got = (tuple(fc6.kernel.shape), tuple(fc7.kernel.shape))
+    if load_fc is not False and got != shapes:
+        message = (
+            f"fc6 / fc7 can take VGG-16's fc1 / fc2 only with kernels of shapes {shapes} "
+            f"(fc_filters={shapes[0][-1]}); these have {got}"
+        )
+        if load_fc is True:
+            raise ValueError(f"{message}. Received: load_fc=True")
+        warnings.warn(f"{message}: fc6 and fc7 keep their random initialisation.", stacklevel=3)
+        load_fc = False
+    reference = _reference(
+        keras.applications.VGG16, weights, "vgg16", include_top=load_fc is not False
+    )
+    load_reference_weights(
+        backbone, keras.applications.VGG16, weights, "vgg16", reference=reference
+    )
+    if load_fc is False:
+        return
+    if not has_top(reference):
+        message = (
+            f"The VGG-16 weights file {weights!r} has no classifier top (fc1, fc2): the "
+            "13 convolutions were loaded"
+        )
+        if load_fc is True:
+            raise ValueError(
+                f"{message}, but fc6 and fc7 cannot be. Pass a file saved from "
+                "`keras.applications.VGG16(include_top=True)` (or 'imagenet'), or "
+                "load_fc='auto' / False. Received: load_fc=True"
+            )
+        warnings.warn(
+            f"{message}; fc6 and fc7 keep their random initialisation. Pass a file with "
+            "the top (include_top=True) to start them from VGG-16's fc1 / fc2.",
+            stacklevel=3,
+        )
+        return
+    new6, new7 = convolutionalize_fc(
+        reference.get_layer("fc1").get_weights(), reference.get_layer("fc2").get_weights(), layout
+    )
+    fc6.set_weights(new6)
+    fc7.set_weights(new7)

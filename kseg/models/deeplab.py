@@ -3,6 +3,8 @@
 import keras
 
 from kseg.backbones import VGG16
+from kseg.backbones._weights import check_weights
+from kseg.backbones.vgg import check_load_fc, load_vgg16_weights
 from kseg.layers import ASPP, DeepLabV3PlusDecoder
 from kseg.models._base import (
     aux_logits,
@@ -31,6 +33,7 @@ def DeepLabV1(
     dropout=0.5,
     align_corners=True,
     normalization="auto",
+    load_fc="auto",
     name="deeplabv1",
 ):
     """DeepLab v1 "LargeFOV" on VGG-16 (Chen et al., ICLR 2015).
@@ -48,7 +51,9 @@ def DeepLabV1(
         num_classes: number of classes.
         input_shape: `(height, width, 3)`, RGB in [0, 255]; any size works.
         backbone: `"vgg16"` or a `kseg.backbones.VGG16(variant="deeplab_v1")`.
-        backbone_weights: None, `"imagenet"` or a path (see `kseg.backbones`).
+        backbone_weights: None, `"imagenet"` or the path of a
+            keras.applications VGG16 weights file (see `kseg.backbones`):
+            the 13 convolutions, and fc6 / fc7 as `load_fc` says.
         fc_filters: width of fc6 and fc7. Defaults to 1024.
         fc6_dilation: dilation of fc6. Defaults to 12 (LargeFOV).
         dropout: dropout rate after fc6 and fc7. Defaults to 0.5.
@@ -56,6 +61,21 @@ def DeepLabV1(
             of the Caffe model do).
         normalization: input normalisation, `"auto"` (what the backbone's
             weights expect), `"caffe"`, `"torch"`, `"unit"` or None.
+        load_fc: whether `backbone_weights` also initialise fc6 and fc7 from
+            VGG-16's fc1 and fc2 subsampled by decimation (paper, section
+            4.1). With fc1's kernel read as 7x7x512x4096 (keras.applications
+            flattens pool5 in channels_last order), fc6 takes its taps at
+            rows and columns 0, 3, 6 (3x3, dilated by `fc6_dilation` in the
+            model) and its output channels 0, 4, ..., 4092 (every 4th, 1024),
+            with fc1's bias at those channels; fc7 takes fc2's kernel at input
+            and output channels 0, 4, ..., 4092 (1x1x1024x1024) and fc2's bias
+            at those outputs. `"auto"` (default): load them when `fc_filters`
+            is 1024 and the weights have the classifier top (`"imagenet"` then
+            fetches the full 528 MB VGG16 file instead of the 58 MB one
+            without top); otherwise keep them random and warn (`UserWarning`).
+            True: the same, but raise `ValueError` where "auto" warns (also
+            when `backbone_weights` is None). False: only the convolutions.
+            Applies to a backbone given by name.
         name: model name.
 
     Returns:
@@ -63,11 +83,22 @@ def DeepLabV1(
         `(B, H, W, num_classes)`.
     """
     num_classes = check_num_classes(num_classes)
+    load_fc = check_load_fc(load_fc)
+    if load_fc is True and backbone_weights is None:
+        raise ValueError(
+            "`load_fc=True` loads fc6 / fc7 from the VGG-16 weights given as "
+            "`backbone_weights`, which is None. Received: load_fc=True"
+        )
+    # Weights for a backbone built here are loaded once the model exists, from
+    # one file for the convolutions and fc6 / fc7.
+    deferred = isinstance(backbone, str) and backbone_weights is not None
+    if deferred:
+        check_weights(backbone_weights)
     inputs, feats, info = backbone_features(
         backbone,
         names={"vgg16": VGG16},
         input_shape=input_shape,
-        backbone_weights=backbone_weights,
+        backbone_weights=None if deferred else backbone_weights,
         family="vgg16",
         required_variant="deeplab_v1",
         variant="deeplab_v1",
@@ -87,7 +118,17 @@ def DeepLabV1(
         num_classes, 1, kernel_initializer=classifier_initializer(), name="fc8"
     )(x)
     logits = upsample_logits(x, inputs, align_corners)
-    return keras.Model(inputs, logits, name=name)
+    model = keras.Model(inputs, logits, name=name)
+    if deferred:
+        load_vgg16_weights(
+            model.get_layer("vgg16"),
+            model.get_layer("fc6"),
+            model.get_layer("fc7"),
+            backbone_weights,
+            load_fc,
+            layout="largefov",
+        )
+    return model
 
 
 def DeepLabV2(

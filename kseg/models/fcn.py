@@ -3,6 +3,8 @@
 import keras
 
 from kseg.backbones import VGG16
+from kseg.backbones._weights import check_weights
+from kseg.backbones.vgg import check_load_fc, load_vgg16_weights
 from kseg.initializers import BilinearUpsampling
 from kseg.layers import CropLike
 from kseg.models._base import (
@@ -44,14 +46,26 @@ def _fcn(
     at_once,
     trainable_upsampling,
     normalization,
+    load_fc,
     name,
 ):
     num_classes = check_num_classes(num_classes)
+    load_fc = check_load_fc(load_fc)
+    if load_fc is True and backbone_weights is None:
+        raise ValueError(
+            "`load_fc=True` loads fc6 / fc7 from the VGG-16 weights given as "
+            "`backbone_weights`, which is None. Received: load_fc=True"
+        )
+    # Weights for a backbone built here are loaded once the model exists, from
+    # one file for the convolutions and fc6 / fc7.
+    deferred = isinstance(backbone, str) and backbone_weights is not None
+    if deferred:
+        check_weights(backbone_weights)
     inputs, feats, info = backbone_features(
         backbone,
         names={"vgg16": VGG16},
         input_shape=input_shape,
-        backbone_weights=backbone_weights,
+        backbone_weights=None if deferred else backbone_weights,
         family="vgg16",
         required_variant="fcn",
         variant="fcn",
@@ -72,7 +86,17 @@ def _fcn(
         x = keras.layers.Add(name=f"fuse_{skip}")([x, s])
     x = _upscore(x, num_classes, stride, trainable_upsampling, f"upscore{stride}")
     logits = CropLike(offset=_OFFSETS[stride], dtype="float32", name="logits")([x, inputs])
-    return keras.Model(inputs, logits, name=name)
+    model = keras.Model(inputs, logits, name=name)
+    if deferred:
+        load_vgg16_weights(
+            model.get_layer("vgg16"),
+            model.get_layer("fc6"),
+            model.get_layer("fc7"),
+            backbone_weights,
+            load_fc,
+            layout="fcn",
+        )
+    return model
 
 
 _DOC = """FCN-{stride}s on VGG-16 (Long, Shelhamer & Darrell, CVPR 2015).
@@ -90,7 +114,9 @@ _DOC = """FCN-{stride}s on VGG-16 (Long, Shelhamer & Darrell, CVPR 2015).
         num_classes: number of classes.
         input_shape: `(height, width, 3)`, RGB in [0, 255]; any size works.
         backbone: `"vgg16"` or a `kseg.backbones.VGG16(variant="fcn")`.
-        backbone_weights: None, `"imagenet"` or a path (see `kseg.backbones`).
+        backbone_weights: None, `"imagenet"` or the path of a
+            keras.applications VGG16 weights file (see `kseg.backbones`):
+            the 13 convolutions, and fc6 / fc7 as `load_fc` says.
         fc_filters: width of fc6 and fc7. Defaults to 4096.
         dropout: after fc6 and fc7. Defaults to 0.5.
         at_once: scale pool4 by 0.01 and pool3 by 1e-4 before their score
@@ -99,6 +125,17 @@ _DOC = """FCN-{stride}s on VGG-16 (Long, Shelhamer & Darrell, CVPR 2015).
             (the PyTorch port); the Caffe nets freeze them (`lr_mult: 0`).
         normalization: input normalisation, `"auto"` (what the backbone's
             weights expect), `"caffe"`, `"torch"`, `"unit"` or None.
+        load_fc: whether `backbone_weights` also initialise fc6 and fc7, as
+            the paper does, from VGG-16's fc1 and fc2 made convolutional: fc6
+            is fc1's kernel reshaped to 7x7x512x4096 (keras.applications
+            flattens pool5 in channels_last order), fc7 is fc2's kernel as
+            1x1x4096x4096, biases unchanged. `"auto"` (default): load them
+            when `fc_filters` is 4096 and the weights have the classifier top
+            (`"imagenet"` then fetches the full 528 MB VGG16 file instead of
+            the 58 MB one without top); otherwise keep them random and warn
+            (`UserWarning`). True: the same, but raise `ValueError` where
+            "auto" warns (also when `backbone_weights` is None). False: only
+            the convolutions. Applies to a backbone given by name.
         name: model name.
 
     Returns:
@@ -117,6 +154,7 @@ def _builder(stride, params, skips, kernel):
         at_once=False,
         trainable_upsampling=True,
         normalization="auto",
+        load_fc="auto",
         name=f"fcn{stride}s",
     ):
         return _fcn(
@@ -130,6 +168,7 @@ def _builder(stride, params, skips, kernel):
             at_once,
             trainable_upsampling,
             normalization,
+            load_fc,
             name,
         )
 

@@ -1,5 +1,5 @@
-"""Training utilities: the poly learning-rate schedule, TensorBoard / checkpoint / label-check
-callbacks.
+"""Training utilities: the poly learning-rate schedule, the papers' SGD, and TensorBoard /
+checkpoint / label-check callbacks.
 
 Uses TensorFlow's `tf.summary` (imported here, whatever the Keras backend) to
 write images and scalars next to `keras.callbacks.TensorBoard`'s logs.
@@ -14,9 +14,11 @@ from kseg.training.callbacks import (
     segmentation_callbacks,
     take_samples,
 )
+from kseg.training.optimizers import SGD
 from kseg.training.schedules import PolyDecay, PolyLearningRateSchedule
 
 __all__ = [
+    "SGD",
     "PolyDecay",
     "PolyLearningRateSchedule",
     "SegmentationImageLogger",

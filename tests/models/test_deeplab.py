@@ -6,6 +6,7 @@ import kseg
 from kseg.models.deeplab import default_atrous_rates
 from tests.helpers import run_model_test
 from tests.models.conftest import tiny_resnet
+from tests.models.vgg16_files import vgg16_file, vgg16_values
 
 
 def test_deeplab_v1_parameter_count():
@@ -84,3 +85,61 @@ def test_mixed_precision_logits_are_float32():
     y = model(np.zeros((1, 33, 35, 3), "float32"))
     assert keras.backend.standardize_dtype(y.dtype) == "float32"
     assert np.all(np.isfinite(np.asarray(keras.ops.convert_to_numpy(y))))
+
+
+# DeepLab v1 initialised from VGG-16's classifier (Chen et al., ICLR 2015, section 4.1).
+
+
+@pytest.fixture(scope="module")
+def vgg16_files(tmp_path_factory):
+    return {
+        "top": vgg16_file(tmp_path_factory, include_top=True),
+        "notop": vgg16_file(tmp_path_factory, include_top=False),
+        "values": vgg16_values(),
+    }
+
+
+def test_deeplab_v1_fc6_fc7_are_vgg16_fc1_fc2_decimated(vgg16_files):
+    values = vgg16_files["values"]
+    model = kseg.models.DeepLabV1(num_classes=3, backbone_weights=vgg16_files["top"])
+    conv = model.get_layer("vgg16").get_layer("block5_conv3").get_weights()[0]
+    np.testing.assert_array_equal(conv, values["block5_conv3"][0])
+    fc1_kernel, fc1_bias = values["fc1"]
+    fc2_kernel, fc2_bias = values["fc2"]
+    kernel6, bias6 = model.get_layer("fc6").get_weights()
+    kernel7, bias7 = model.get_layer("fc7").get_weights()
+    assert kernel6.shape == (3, 3, 512, 1024) and kernel7.shape == (1, 1, 1024, 1024)
+    # fc1's input index of tap (row, col), channel c is (row * 7 + col) * 512 + c.
+    for a, row in enumerate((0, 3, 6)):
+        for b, col in enumerate((0, 3, 6)):
+            rows = (row * 7 + col) * 512 + np.arange(512)
+            np.testing.assert_array_equal(kernel6[a, b], fc1_kernel[rows][:, 0:4096:4])
+    np.testing.assert_array_equal(bias6, fc1_bias[[4 * k for k in range(1024)]])
+    kept = np.arange(0, 4096, 4)
+    np.testing.assert_array_equal(kernel7[0, 0], fc2_kernel[np.ix_(kept, kept)])
+    np.testing.assert_array_equal(bias7, fc2_bias[kept])
+
+
+def test_deeplab_v1_weights_without_top_warn_or_raise(vgg16_files):
+    values = vgg16_files["values"]
+    with pytest.warns(UserWarning, match="has no classifier top .* fc6 and fc7 keep their random"):
+        model = kseg.models.DeepLabV1(num_classes=3, backbone_weights=vgg16_files["notop"])
+    conv = model.get_layer("vgg16").get_layer("block1_conv1").get_weights()[0]
+    np.testing.assert_array_equal(conv, values["block1_conv1"][0])
+    with pytest.raises(ValueError, match="has no classifier top .*Received: load_fc=True"):
+        kseg.models.DeepLabV1(num_classes=3, backbone_weights=vgg16_files["notop"], load_fc=True)
+
+
+def test_deeplab_v1_other_fc_widths_warn_or_raise(vgg16_files):
+    with pytest.warns(UserWarning, match=r"shapes .*1024.* keep their random initialisation"):
+        model = kseg.models.DeepLabV1(
+            num_classes=3, fc_filters=8, backbone_weights=vgg16_files["notop"]
+        )
+    conv = model.get_layer("vgg16").get_layer("block1_conv1").get_weights()[0]
+    np.testing.assert_array_equal(conv, vgg16_files["values"]["block1_conv1"][0])
+    with pytest.raises(ValueError, match=r"fc_filters=1024.*Received: load_fc=True"):
+        kseg.models.DeepLabV1(
+            num_classes=3, fc_filters=8, backbone_weights=vgg16_files["notop"], load_fc=True
+        )
+    with pytest.raises(ValueError, match="which is None. Received: load_fc=True"):
+        kseg.models.DeepLabV1(num_classes=3, fc_filters=8, load_fc=True)
