@@ -512,6 +512,8 @@ def main(argv=None):
         with open(state_path) as f:
             checkpoint.best = json.load(f)[monitor]
     callbacks = [
+        # Stops at the first batch whose labels are neither classes nor the ignore index.
+        kseg.training.LabelCheck(),
         # Kept after the run, so that --resume can also extend a finished run.
         keras.callbacks.BackupAndRestore(backup_dir, delete_checkpoint=False),
         keras.callbacks.TensorBoard(args.logdir),
