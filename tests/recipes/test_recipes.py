@@ -103,11 +103,49 @@ def parse_miou(stdout):
     return float(lines[-1].split(":")[1])
 
 
-def test_smoke_run_writes_tensorboard_logs_checkpoint_and_summary(smoke_run):
+def parse_iou_table(stdout):
+    """`{class: IoU or None}` from the recipe's per-class IoU table."""
+    lines = stdout.splitlines()
+    start = lines.index("Per-class IoU") + 3
+    table = {}
+    for line in lines[start:]:
+        if not line.strip():
+            break
+        name, value = line.split()
+        table[name] = None if value == "n/a" else float(value)
+    return table
+
+
+def numpy_miou(model, batches):
+    """Mean IoU over the classes present in labels or predictions, scored in NumPy."""
+    confusion = None
+    for images, masks in batches:
+        logits = keras.ops.convert_to_numpy(model.predict_on_batch(images))
+        preds = logits.argmax(-1)
+        masks = masks.reshape(preds.shape)
+        k = logits.shape[-1]
+        confusion = np.zeros((k, k), np.int64) if confusion is None else confusion
+        keep = (masks >= 0) & (masks < k)
+        np.add.at(confusion, (masks[keep], preds[keep]), 1)
+    tp = np.diag(confusion).astype(np.float64)
+    union = confusion.sum(0) + confusion.sum(1) - tp
+    return (tp[union > 0] / union[union > 0]).mean()
+
+
+def test_smoke_run_writes_tensorboard_logs_checkpoint_and_summary(smoke_run, voc_dir):
     logdir, stdout = smoke_run
     assert "PASCAL VOC 2012" in stdout and "'train_aug' (6 images)" in stdout
     assert "Per-class IoU" in stdout and "aeroplane" in stdout
-    assert 0.0 <= parse_miou(stdout) <= 1.0
+    # The printed mIoU is that of the trained model (one epoch: best.keras) on the smoke
+    # validation batches (crop size 32, resized), scored here in NumPy.
+    model = keras.saving.load_model(logdir / "best.keras", compile=False)
+    val = kseg.data.eval_pipeline(
+        kseg.data.voc_dataset(voc_dir, "val"), batch_size=2, size=32, policy="resize"
+    )
+    miou = numpy_miou(model, val.take(2).as_numpy_iterator())
+    np.testing.assert_allclose(parse_miou(stdout), miou, atol=5e-5)
+    present = [v for v in parse_iou_table(stdout).values() if v is not None]
+    np.testing.assert_allclose(np.mean(present), miou, atol=5e-4)
     assert f"tensorboard --logdir {logdir}" in stdout
 
     train = read_events(logdir / "train")
@@ -316,7 +354,10 @@ def test_ginet_on_synthetic_data_trains_with_aux_and_semantic_context_losses(env
     assert "semantic context loss" in result.stdout
     # No shipped embeddings for the synthetic classes: a learned table, by name not by count.
     assert "GINet: class embeddings 'learned'" in result.stdout
-    assert 0.0 <= parse_miou(result.stdout) <= 1.0
+    table = parse_iou_table(result.stdout)
+    assert len(table) == 6, table
+    present = [v for v in table.values() if v is not None]
+    np.testing.assert_allclose(parse_miou(result.stdout), np.mean(present), atol=5e-4)
     train = read_events(logdir / "train")
     for tag in ("epoch_loss", "epoch_main_loss", "epoch_aux_loss", "epoch_presence_loss"):
         assert tag in train, sorted(train)
