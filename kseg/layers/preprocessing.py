@@ -141,7 +141,7 @@ class ImageNormalization(keras.layers.Layer):
     def build(self, input_shape):
         if self.mode is not None:
             channels = input_shape[self._axis] if len(input_shape) > 1 else None
-            mean, std = self._statistics(channels)
+            mean, std = np.broadcast_arrays(*self._statistics(channels))
             # caffe: the flipped (BGR) image minus the BGR means.
             if self._bgr and mean.size == 3:
                 mean, std = mean[::-1], std[::-1]

@@ -95,6 +95,8 @@ def test_custom_statistics_for_any_channel_count():
     # One value broadcasts to every channel; a missing std is 1.
     out = to_numpy(ImageNormalization("custom", mean=100.0)(x))
     np.testing.assert_allclose(out, x - 100.0, atol=1e-4)
+    out = to_numpy(ImageNormalization(mean=mean, std=50.0)(x))
+    np.testing.assert_allclose(out, (x - mean) / 50.0, rtol=1e-5, atol=1e-5)
     xcf = np.transpose(x, (0, 3, 1, 2))
     layer = ImageNormalization(mean=mean, std=std, data_format="channels_first")
     np.testing.assert_allclose(
