@@ -1,4 +1,4 @@
-"""Input normalisation inside the model, so saved models take raw [0, 255] RGB images."""
+"""Input normalisation inside the model, so saved models take raw [0, 255] images."""
 
 import keras
 import numpy as np
@@ -17,28 +17,63 @@ _MODES = {
         "std": (58.395, 57.12, 57.375),
         "bgr": False,
     },
-    "unit": {"mean": (0.0, 0.0, 0.0), "std": (255.0, 255.0, 255.0), "bgr": False},
+    "unit": {"mean": (0.0,), "std": (255.0,), "bgr": False},
 }
+MODES = (*_MODES, "custom", None)
+
+
+def _as_stats(name, value, default):
+    """`value` as a 1-D float32 array (one number or one per channel)."""
+    if value is None:
+        return np.array([default], "float32")
+    try:
+        array = np.asarray(value, dtype="float64").reshape(-1)
+    except (TypeError, ValueError):
+        array = None
+    if array is None or array.size == 0 or not np.all(np.isfinite(array)):
+        raise ValueError(
+            f"Expected `{name}` to be a finite number or a non-empty list of one number per "
+            f"channel. Received: {name}={value!r}"
+        )
+    if name == "std" and np.any(array <= 0):
+        raise ValueError(f"Expected `std` to be positive. Received: std={value!r}")
+    return array.astype("float32")
 
 
 @keras.saving.register_keras_serializable(package="kseg")
 class ImageNormalization(keras.layers.Layer):
-    """Normalises RGB images in [0, 255] the way a backbone's weights expect.
+    """Normalises images in [0, 255] the way a backbone's weights expect.
 
     Putting this inside the model means a saved or exported model needs no
     separate preprocessing: it takes the image as read from disk.
 
+    The ImageNet presets hold RGB statistics. They apply to 3-channel RGB
+    images and, as a grey equivalent, to 1-channel images: a grey image gets
+    the average of the three channel means (and stds), i.e. mean 114.799 for
+    `"caffe"` and mean 114.495, std 57.63 for `"torch"`. Any other channel
+    count (e.g. 4 for RGB-NIR) has no preset statistics: use `"unit"`, which
+    works for any number of channels, or give `mean` and `std` explicitly.
+
     Args:
         mode: `"caffe"` (keras.applications ResNet/VGG ImageNet weights: RGB to
             BGR, subtract the ImageNet mean, no scaling), `"torch"` (subtract the
-            ImageNet mean and divide by its std), `"unit"` (divide by 255), or
-            `None` (identity). Defaults to `"caffe"`.
+            ImageNet mean and divide by its std), `"unit"` (divide by 255, any
+            channel count), `"custom"` (subtract `mean`, divide by `std`), or
+            `None` (identity). Defaults to `"caffe"`. Giving `mean` or `std`
+            selects `"custom"` (a `mode` of `"torch"`, `"unit"` or `None` then
+            raises an error).
+        mean: for `"custom"`: one number, or one number per channel, in the
+            input's [0, 255] units. Defaults to 0.
+        std: for `"custom"`: one positive number, or one per channel.
+            Defaults to 1.
         data_format: `"channels_last"` or `"channels_first"`. Defaults to
             `keras.config.image_data_format()`.
 
     Input shape:
-        `(batch, height, width, 3)` (or channels first), any float or int dtype;
-        mode `"unit"` takes any number of channels.
+        `(batch, height, width, channels)` (or channels first), any float or
+        int dtype. `"caffe"` and `"torch"` take 3 (RGB) or 1 (grey) channels,
+        `"custom"` as many channels as `mean`/`std` have values (or any number
+        when both are scalars), `"unit"` and `None` any number.
 
     Output shape:
         Same as the input, in the layer's compute dtype.
@@ -47,39 +82,95 @@ class ImageNormalization(keras.layers.Layer):
 
     >>> x = np.full((1, 4, 4, 3), 255.0, "float32")
     >>> kseg.layers.ImageNormalization("unit")(x)[0, 0, 0]  # -> [1., 1., 1.]
+    >>> nir = np.full((1, 4, 4, 4), 255.0, "float32")  # RGB + near infrared
+    >>> kseg.layers.ImageNormalization(mean=(124, 116, 104, 90), std=64)(nir)
     """
 
-    def __init__(self, mode="caffe", data_format=None, **kwargs):
+    def __init__(self, mode="caffe", mean=None, std=None, data_format=None, **kwargs):
         super().__init__(**kwargs)
-        self.mode = check_choice("mode", mode, (*_MODES, None))
+        if mean is not None or std is not None:
+            if mode not in ("caffe", "custom"):
+                raise ValueError(
+                    "`mean` and `std` define their own normalisation; pass them with "
+                    f"mode='custom' (or without `mode`). Received: mode={mode!r}"
+                )
+            mode = "custom"
+        self.mode = check_choice("mode", mode, MODES)
         self.data_format = standardize_data_format(data_format)
-        if mode is not None:
-            spec = _MODES[mode]
-            mean, std = np.array(spec["mean"]), np.array(spec["std"])
-            if spec["bgr"]:
+        self._axis = -1 if self.data_format == "channels_last" else 1
+        if self.mode == "custom":
+            self.mean = [float(v) for v in _as_stats("mean", mean, 0.0)]
+            self.std = [float(v) for v in _as_stats("std", std, 1.0)]
+            if len(self.mean) > 1 and len(self.std) > 1 and len(self.mean) != len(self.std):
+                raise ValueError(
+                    "Expected `mean` and `std` to have the same number of values (one per "
+                    f"channel) or one value. Received: mean={mean!r}, std={std!r}"
+                )
+        else:
+            self.mean = self.std = None
+        self._bgr = self.mode == "caffe"
+        self._stats = None
+
+    def _statistics(self, channels):
+        """`(mean, std)` arrays for `channels` input channels, in the input's channel order."""
+        if self.mode == "custom":
+            mean, std = np.array(self.mean), np.array(self.std)
+            sizes = {mean.size, std.size} - {1}
+            if channels is not None and sizes and sizes != {channels}:
+                raise ValueError(
+                    f"ImageNormalization got {sizes.pop()} `mean`/`std` values for an input "
+                    f"with {channels} channels; give one value per channel or one value. "
+                    f"Received: input channels={channels}"
+                )
+            return mean, std
+        spec = _MODES[self.mode]
+        mean, std = np.array(spec["mean"]), np.array(spec["std"])
+        if self.mode == "unit":
+            return mean, std
+        if channels == 1:
+            return mean.mean(keepdims=True), std.mean(keepdims=True)
+        if channels not in (None, 3):
+            raise ValueError(
+                f"ImageNormalization mode {self.mode!r} holds RGB statistics, so it takes 3 "
+                "(RGB) or 1 (grey) channels. For other images pass mode='unit' (divide by "
+                "255, any channel count) or `mean=` and `std=` with one value per channel "
+                f"(mode='custom'). Received: input channels={channels}"
+            )
+        return mean, std
+
+    def build(self, input_shape):
+        if self.mode is not None:
+            channels = input_shape[self._axis] if len(input_shape) > 1 else None
+            mean, std = np.broadcast_arrays(*self._statistics(channels))
+            # caffe: the flipped (BGR) image minus the BGR means.
+            if self._bgr and mean.size == 3:
                 mean, std = mean[::-1], std[::-1]
-            shape = (1, 1, 1, 3) if self.data_format == "channels_last" else (1, 3, 1, 1)
-            self._mean = mean.reshape(shape).astype("float32")
-            self._scale = (1.0 / std).reshape(shape).astype("float32")
-            self._bgr = spec["bgr"]
+            shape = [1, 1, 1, 1]
+            shape[self._axis] = mean.size
+            self._stats = (
+                mean.reshape(shape).astype("float32"),
+                (1.0 / std).reshape(shape).astype("float32"),
+            )
+        self.built = True
 
     def call(self, inputs):
         x = ops.cast(inputs, self.compute_dtype)
         if self.mode is None:
             return x
-        axis = -1 if self.data_format == "channels_last" else 1
-        if self.mode != "unit" and x.shape[axis] not in (None, 3):
-            raise ValueError(
-                f"ImageNormalization expects 3 (RGB) channels. Received: inputs.shape={x.shape}"
-            )
-        if self._bgr:
-            x = ops.flip(x, axis=axis)
-        mean = ops.cast(self._mean, self.compute_dtype)
-        scale = ops.cast(self._scale, self.compute_dtype)
+        if self._bgr and x.shape[self._axis] != 1:
+            x = ops.flip(x, axis=self._axis)
+        mean = ops.cast(self._stats[0], self.compute_dtype)
+        scale = ops.cast(self._stats[1], self.compute_dtype)
         return (x - mean) * scale
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
 
     def get_config(self):
-        return {**super().get_config(), "mode": self.mode, "data_format": self.data_format}
+        return {
+            **super().get_config(),
+            "mode": self.mode,
+            "mean": self.mean,
+            "std": self.std,
+            "data_format": self.data_format,
+        }

@@ -39,14 +39,23 @@ def resolve_backbone(
     A name is looked up in `names` (the names this builder supports) and built
     with `input_shape`, `backbone_weights` and `backbone_kwargs` (e.g.
     `output_stride`). A `keras.Model` must come from `kseg.backbones` (it
-    carries `feature_info`), be of `family` (and `required_variant`), and
-    bring its own weights, so `backbone_weights` must then be None.
+    carries `feature_info`), be of `family` (and `required_variant`), take
+    the channel count of `input_shape`, and bring its own weights, so
+    `backbone_weights` must then be None. Pretrained weights need 3 channels.
     """
+    channels = input_channels(input_shape)
     if isinstance(backbone, str):
         if backbone not in names:
             raise ValueError(
                 f"Expected `backbone` to be one of {tuple(names)} or a backbone built by "
                 f"`kseg.backbones`. Received: backbone={backbone!r}"
+            )
+        if backbone_weights is not None and channels != 3:
+            raise ValueError(
+                "Pretrained backbone weights take 3-channel RGB images. For a "
+                f"{channels}-channel input pass `backbone_weights=None` (train from "
+                f"scratch). Received: backbone_weights={backbone_weights!r}, "
+                f"input_shape={tuple(input_shape)}"
             )
         model = names[backbone](
             input_shape=tuple(input_shape), weights=backbone_weights, **backbone_kwargs
@@ -58,6 +67,13 @@ def resolve_backbone(
             f"Received: backbone of type {type(backbone).__name__}"
         )
     info = feature_info(backbone)
+    backbone_channels = input_channels(tuple(backbone.input.shape)[1:])
+    if backbone_channels != channels:
+        raise ValueError(
+            f"The backbone takes {backbone_channels}-channel images but `input_shape` has "
+            f"{channels} channels: build the backbone with the same channel count, e.g. "
+            f"`input_shape={tuple(input_shape)}`. Received: input_shape={tuple(input_shape)}"
+        )
     if backbone_weights is not None:
         raise ValueError(
             "`backbone_weights` applies only to a backbone given by name; a backbone "
@@ -72,12 +88,52 @@ def resolve_backbone(
     return backbone, info
 
 
+def input_channels(input_shape):
+    """Channel count of a builder's `input_shape` (`None` when unknown)."""
+    if not isinstance(input_shape, (list, tuple)) or len(input_shape) != 3:
+        raise ValueError(
+            "Expected `input_shape` to be `(height, width, channels)` (or `(channels, height, "
+            f"width)` for channels_first). Received: input_shape={input_shape!r}"
+        )
+    return input_shape[-1 if keras.config.image_data_format() == "channels_last" else 0]
+
+
+def normalization_layer(normalization, input_shape, preprocessing="unit"):
+    """The `ImageNormalization` a builder's `normalization` argument asks for.
+
+    `normalization` is a preset name (`"caffe"`, `"torch"`, `"unit"`), None,
+    `"auto"` (the backbone weights' `preprocessing` for 3-channel input,
+    `"unit"` for any other channel count, which no ImageNet statistics fit) or
+    a dict `{"mean": ..., "std": ...}` with one value (or one per channel).
+    """
+    channels = input_channels(input_shape)
+    if isinstance(normalization, dict):
+        extra = set(normalization) - {"mean", "std"}
+        if extra or not normalization:
+            raise ValueError(
+                "Expected `normalization` as a dict to have the keys 'mean' and/or 'std'. "
+                f"Received: normalization={normalization!r}"
+            )
+        return ImageNormalization("custom", **normalization, name="normalize")
+    check_choice("normalization", normalization, ("auto", "caffe", "torch", "unit", None))
+    if normalization == "auto":
+        normalization = preprocessing if channels in (None, 3) else "unit"
+    if normalization in ("caffe", "torch") and channels not in (None, 1, 3):
+        raise ValueError(
+            f"`normalization={normalization!r}` holds RGB ImageNet statistics and applies to "
+            "3-channel (or 1-channel grey) images. For a "
+            f"{channels}-channel input pass normalization='unit' (divide by 255), "
+            "normalization={'mean': [...], 'std': [...]} with one value per channel, or "
+            f"None. Received: normalization={normalization!r}, input_shape={tuple(input_shape)}"
+        )
+    return ImageNormalization(normalization, name="normalize")
+
+
 def image_input(input_shape, normalization, info_preprocessing):
     """Model input and the normalised image; `normalization="auto"` follows the backbone."""
+    layer = normalization_layer(normalization, input_shape, info_preprocessing)
     inputs = keras.Input(shape=tuple(input_shape), name="image")
-    mode = info_preprocessing if normalization == "auto" else normalization
-    check_choice("normalization", mode, ("caffe", "torch", "unit", None))
-    return inputs, ImageNormalization(mode, name="normalize")(inputs)
+    return inputs, layer(inputs)
 
 
 def backbone_features(backbone, *, input_shape, backbone_weights, normalization, **kwargs):

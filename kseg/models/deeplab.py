@@ -49,7 +49,8 @@ def DeepLabV1(
 
     Args:
         num_classes: number of classes.
-        input_shape: `(height, width, 3)`, RGB in [0, 255]; any size works.
+        input_shape: `(height, width, channels)`, values in [0, 255] (RGB
+            for pretrained weights); any size and channel count works.
         backbone: `"vgg16"` or a `kseg.backbones.VGG16(variant="deeplab_v1")`.
         backbone_weights: None, `"imagenet"` or the path of a
             keras.applications VGG16 weights file (see `kseg.backbones`):
@@ -59,8 +60,12 @@ def DeepLabV1(
         dropout: dropout rate after fc6 and fc7. Defaults to 0.5.
         align_corners: of the final upsampling. Defaults to True (as the ports
             of the Caffe model do).
-        normalization: input normalisation, `"auto"` (what the backbone's
-            weights expect), `"caffe"`, `"torch"`, `"unit"` or None.
+        normalization: input normalisation: `"auto"` (default: what the
+            backbone's weights expect for 3 channels, `"unit"` for any other
+            channel count), `"caffe"` or `"torch"` (ImageNet statistics: 3
+            channels, or their grey average for 1), `"unit"` (divide by 255),
+            `{"mean": ..., "std": ...}` (one value, or one per channel) or
+            None. See `kseg.layers.ImageNormalization`.
         load_fc: whether `backbone_weights` also initialise fc6 and fc7 from
             VGG-16's fc1 and fc2 subsampled by decimation (paper, section
             4.1). With fc1's kernel read as 7x7x512x4096 (keras.applications
@@ -151,14 +156,20 @@ def DeepLabV2(
 
     Args:
         num_classes: number of classes.
-        input_shape: `(height, width, 3)`, RGB in [0, 255]; any size works.
+        input_shape: `(height, width, channels)`, values in [0, 255] (RGB
+            for pretrained weights); any size and channel count works.
         backbone: `"resnet101"` (default), `"resnet50"` or a ResNet from
             `kseg.backbones`.
         output_stride: 8 (default), 16 or 32, for a backbone given by name.
         backbone_weights: None, `"imagenet"` or a path (see `kseg.backbones`).
         atrous_rates: ASPP rates. Defaults to ASPP-L, `(6, 12, 18, 24)`.
         align_corners: of the final upsampling. Defaults to False.
-        normalization: input normalisation (see `DeepLabV1`).
+        normalization: input normalisation: `"auto"` (default: what the
+            backbone's weights expect for 3 channels, `"unit"` for any other
+            channel count), `"caffe"` or `"torch"` (ImageNet statistics: 3
+            channels, or their grey average for 1), `"unit"` (divide by 255),
+            `{"mean": ..., "std": ...}` (one value, or one per channel) or
+            None. See `kseg.layers.ImageNormalization`.
         name: model name.
 
     Returns:
@@ -204,7 +215,8 @@ def DeepLabV3(
 
     Args:
         num_classes: number of classes.
-        input_shape: `(height, width, 3)`, RGB in [0, 255]; any size works.
+        input_shape: `(height, width, channels)`, values in [0, 255] (RGB
+            for pretrained weights); any size and channel count works.
         backbone: `"resnet50"` (default), `"resnet101"` or a ResNet from
             `kseg.backbones`.
         output_stride: 16 (default), 8 or 32, for a backbone given by name.
@@ -216,7 +228,12 @@ def DeepLabV3(
         dropout: after the ASPP projection. Defaults to 0.1 (TF DeepLab).
         aux_head: add the auxiliary FCN head. Defaults to False.
         align_corners: of the upsamplings. Defaults to False.
-        normalization: input normalisation (see `DeepLabV1`).
+        normalization: input normalisation: `"auto"` (default: what the
+            backbone's weights expect for 3 channels, `"unit"` for any other
+            channel count), `"caffe"` or `"torch"` (ImageNet statistics: 3
+            channels, or their grey average for 1), `"unit"` (divide by 255),
+            `{"mean": ..., "std": ...}` (one value, or one per channel) or
+            None. See `kseg.layers.ImageNormalization`.
         name: model name.
 
     Returns:
@@ -273,7 +290,8 @@ def DeepLabV3Plus(
 
     Args:
         num_classes: number of classes.
-        input_shape: `(height, width, 3)`, RGB in [0, 255]; any size works.
+        input_shape: `(height, width, channels)`, values in [0, 255] (RGB
+            for pretrained weights); any size and channel count works.
         backbone: `"resnet50"` (default), `"resnet101"` or a ResNet from
             `kseg.backbones`.
         output_stride: 16 (default) or 8, for a backbone given by name.
@@ -286,7 +304,12 @@ def DeepLabV3Plus(
         separable: depthwise-separable ASPP and decoder convs. Defaults to False.
         dropout: after the ASPP projection. Defaults to 0.1.
         align_corners: of the resizes. Defaults to False.
-        normalization: input normalisation (see `DeepLabV1`).
+        normalization: input normalisation: `"auto"` (default: what the
+            backbone's weights expect for 3 channels, `"unit"` for any other
+            channel count), `"caffe"` or `"torch"` (ImageNet statistics: 3
+            channels, or their grey average for 1), `"unit"` (divide by 255),
+            `{"mean": ..., "std": ...}` (one value, or one per channel) or
+            None. See `kseg.layers.ImageNormalization`.
         name: model name.
 
     Returns:

@@ -41,7 +41,8 @@ def GCUNet(
 
     Args:
         num_classes: number of classes.
-        input_shape: `(height, width, 3)`, RGB in [0, 255]; any size works.
+        input_shape: `(height, width, channels)`, values in [0, 255] (RGB
+            for pretrained weights); any size and channel count works.
         backbone: `"resnet50"` (default), `"resnet101"` or a ResNet from
             `kseg.backbones`.
         output_stride: 8 (default), 16 or 32, for a backbone given by name.
@@ -52,8 +53,12 @@ def GCUNet(
         dropout: before the classifier. Defaults to 0.1.
         aux_head: add the auxiliary head. Defaults to False.
         align_corners: of the final resize. Defaults to False.
-        normalization: input normalisation, `"auto"` (what the backbone's
-            weights expect), `"caffe"`, `"torch"`, `"unit"` or None.
+        normalization: input normalisation: `"auto"` (default: what the
+            backbone's weights expect for 3 channels, `"unit"` for any other
+            channel count), `"caffe"` or `"torch"` (ImageNet statistics: 3
+            channels, or their grey average for 1), `"unit"` (divide by 255),
+            `{"mean": ..., "std": ...}` (one value, or one per channel) or
+            None. See `kseg.layers.ImageNormalization`.
         name: model name.
 
     Returns:

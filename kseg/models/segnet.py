@@ -49,14 +49,19 @@ def SegNet(
 
     Args:
         num_classes: number of classes.
-        input_shape: `(height, width, 3)`, RGB in [0, 255]; any size of at least 32.
+        input_shape: `(height, width, channels)`, values in [0, 255] (RGB
+            for pretrained weights); any channel count, any size of at least 32.
         backbone: `"vgg16"` or a `kseg.backbones.VGG16(variant="bn")`.
         backbone_weights: None, `"imagenet"` (the encoder's convolutions from
             VGG-16, as the paper initialises it) or a path.
         bn_momentum: decoder BatchNorm momentum. Defaults to 0.9 (torch 0.1).
         bn_epsilon: decoder BatchNorm epsilon. Defaults to 1e-5.
-        normalization: input normalisation, `"auto"` (what the backbone's
-            weights expect), `"caffe"`, `"torch"`, `"unit"` or None.
+        normalization: input normalisation: `"auto"` (default: what the
+            backbone's weights expect for 3 channels, `"unit"` for any other
+            channel count), `"caffe"` or `"torch"` (ImageNet statistics: 3
+            channels, or their grey average for 1), `"unit"` (divide by 255),
+            `{"mean": ..., "std": ...}` (one value, or one per channel) or
+            None. See `kseg.layers.ImageNormalization`.
         name: model name.
 
     Returns:

@@ -4,7 +4,8 @@ import keras
 from keras import ops
 
 from kseg._common import check_choice, check_int
-from kseg.layers import ConvBNAct, CropLike, ImageNormalization
+from kseg.layers import ConvBNAct, CropLike
+from kseg.models._base import normalization_layer
 
 
 def _tile_geometry(depth, padding):
@@ -122,7 +123,8 @@ def UNet(
 
     Args:
         num_classes: number of classes.
-        input_shape: `(height, width, channels)`, values in [0, 255].
+        input_shape: `(height, width, channels)`, values in [0, 255]; any
+            channel count (1 for the paper's grey images).
         filters: width of the first level. Defaults to 64.
         depth: number of down-sampling steps. Defaults to 4.
         padding: `"valid"` (original) or `"same"` convolutions.
@@ -132,8 +134,10 @@ def UNet(
             `"bilinear"` (bilinear x2 then a 1x1 conv that halves the width).
         tile_padding: how the input is padded, `"reflect"` (default),
             `"symmetric"` or `"constant"`.
-        normalization: `"unit"` (divide by 255, default), `"torch"`,
-            `"caffe"` (3-channel only) or None.
+        normalization: `"unit"` (divide by 255, any channel count; default),
+            `"torch"` or `"caffe"` (ImageNet statistics: 3 channels, or their
+            grey average for 1 channel), `{"mean": ..., "std": ...}` (one
+            value or one per channel), or None.
         name: model name.
 
     Returns:
@@ -155,8 +159,9 @@ def UNet(
                 )(x)
         return x
 
+    normalize = normalization_layer(normalization, input_shape)
     inputs = keras.Input(shape=tuple(input_shape), name="image")
-    x = ImageNormalization(normalization, name="normalize")(inputs)
+    x = normalize(inputs)
     x = UNetInputPadding(*_tile_geometry(depth, padding), mode=tile_padding, name="tile_pad")(x)
     skips = []
     for level in range(depth):

@@ -12,6 +12,15 @@ def test_original_parameter_count():
     assert model.count_params() == 31_030_658
 
 
+@pytest.mark.parametrize("channels", [1, 4])
+def test_grey_and_multispectral_inputs_run(channels):
+    # The paper's setting is 1 channel; the normalisation must keep the channel count.
+    model = kseg.models.UNet(num_classes=2, input_shape=(None, None, channels), filters=2, depth=2)
+    x = np.random.default_rng(0).uniform(0, 255, (1, 37, 45, channels)).astype("float32")
+    logits = to_numpy(model(x))
+    assert logits.shape == (1, 37, 45, 2) and np.all(np.isfinite(logits))
+
+
 def test_original_tile_geometry():
     # 572 -> 388 in the paper: margin 92 and valid sizes 572 + 16k.
     margin, multiple, residue = _tile_geometry(4, "valid")
