@@ -9,6 +9,42 @@ import numpy as np
 BACKEND = keras.backend.backend()
 
 
+# Relative tolerance of a 16-bit policy's result against float32: a few
+# roundings to 11 (float16) or 8 (bfloat16) significant bits.
+MIXED_PRECISION_TOLERANCES = {"mixed_float16": 1e-2, "mixed_bfloat16": 6e-2}
+
+
+def assert_close_to_float32(got, expected, policy):
+    """Checks a mixed-precision result against the float32 one with the same weights.
+
+    Every floating output must be finite and agree elementwise within
+    `tol * (|expected| + max|expected|)`, `tol` from
+    `MIXED_PRECISION_TOLERANCES[policy]`: relative to each output's scale, so
+    near-zero entries are judged by the output's magnitude. Integer outputs
+    (such as argmax indices) are not compared: 16-bit rounding may create ties.
+    """
+    tol = MIXED_PRECISION_TOLERANCES[policy]
+    for i, (g, e) in enumerate(zip(_as_list(got), _as_list(expected))):
+        g, e = np.asarray(g), np.asarray(e)
+        if not (_is_float(g) and _is_float(e)):
+            continue
+        g = g.astype("float64")
+        e = e.astype("float64")
+        bad = int(np.sum(~np.isfinite(g)))
+        assert bad == 0, f"output {i}: {bad} non-finite values under {policy}"
+        scale = float(np.max(np.abs(e))) if e.size else 0.0
+        err = np.abs(g - e) - tol * (np.abs(e) + scale)
+        worst = float(np.max(err)) if e.size else 0.0
+        assert worst <= 0, (
+            f"output {i} under {policy} differs from float32 beyond tolerance {tol}: "
+            f"max |diff| = {float(np.max(np.abs(g - e))):.3g}, max |float32| = {scale:.3g}"
+        )
+
+
+def _is_float(a):
+    return np.issubdtype(a.dtype, np.floating) or str(a.dtype) == "bfloat16"
+
+
 def random_array(shape, seed=0, dtype="float32", scale=1.0):
     """Standard-normal test data, deterministic by seed."""
     return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(dtype)
@@ -52,8 +88,10 @@ def run_layer_test(
        the symbolic output matches the eager output where the size is known.
     4. `.keras` save and `safe_mode=True` reload give equal outputs.
     5. One `fit` step on float outputs leaves every weight finite.
-    6. Under the `mixed_bfloat16` policy a forward and a training step give
-       finite values.
+    6. Under each of `mixed_float16` and `mixed_bfloat16`, the same layer
+       with the float32 weights gives a finite forward pass close to the
+       float32 one (`assert_close_to_float32`), and a training step leaves
+       every weight finite.
 
     `input_shape` is a full shape with batch (or a list of them for layers with
     several inputs); `input_data` may be passed instead (array or list).
@@ -132,26 +170,26 @@ def run_layer_test(
     if train and model.trainable_weights and any(float_outs):
         _one_step(model, call_arg, expected_np)
 
-    # 6. Mixed precision.
+    # 6. Mixed precision, with the weights of the float32 model.
     if mixed_precision:
-        policy = keras.config.dtype_policy()
-        keras.config.set_dtype_policy("mixed_bfloat16")
-        try:
-            mp_layer = layer_cls(**init_kwargs)
-            mp_inputs = [
-                keras.Input(shape=s, dtype=str(d.dtype)) for s, d in zip(symbolic_input_shape, data)
-            ]
-            mp_out = mp_layer(mp_inputs if multi_input else mp_inputs[0])
-            mp_model = keras.Model(mp_inputs if multi_input else mp_inputs[0], mp_out)
-            y = to_numpy(mp_model(call_arg, training=False))
-            for v in _as_list(y):
-                assert np.all(np.isfinite(v.astype("float32"))), (
-                    "non-finite output under mixed_bfloat16"
-                )
-            if train and mp_model.trainable_weights and any(float_outs):
-                _one_step(mp_model, call_arg, y)
-        finally:
-            keras.config.set_dtype_policy(policy)
+        reference = to_numpy(model(call_arg, training=False))
+        for mp_policy in MIXED_PRECISION_TOLERANCES:
+            policy = keras.config.dtype_policy()
+            keras.config.set_dtype_policy(mp_policy)
+            try:
+                mp_inputs = [
+                    keras.Input(shape=s, dtype=str(d.dtype))
+                    for s, d in zip(symbolic_input_shape, data)
+                ]
+                mp_out = layer_cls(**init_kwargs)(mp_inputs if multi_input else mp_inputs[0])
+                mp_model = keras.Model(mp_inputs if multi_input else mp_inputs[0], mp_out)
+                mp_model.set_weights(model.get_weights())
+                y = to_numpy(mp_model(call_arg, training=False))
+                assert_close_to_float32(y, reference, mp_policy)
+                if train and mp_model.trainable_weights and any(float_outs):
+                    _one_step(mp_model, call_arg, y)
+            finally:
+                keras.config.set_dtype_policy(policy)
     return to_numpy(out)
 
 

@@ -37,9 +37,12 @@ class GloReUnit(keras.layers.Layer):
     4. `Y = Bp Z` of shape `(B, L, S)` (no `1/L`).
     5. `out = X + BN(conv_extend(Y))` with `conv_extend` 1x1, S -> C, no bias.
 
-    The projections (`conv_state`, `conv_proj`, the graph products and the
-    GCN) compute in float32 under mixed precision; `conv_extend` and the BN
-    follow the layer's dtype policy.
+    Under mixed precision the whole unit up to and including the BN computes
+    in float32, and only the residual sum is cast to the layer's compute
+    dtype. Without `1/L`, `Y` grows with the number of pixels: on ReLU-like
+    512-channel features `max|Y|` is about 1e6 at 64x128, far beyond
+    float16's 65504, and so is `conv_extend(Y)`; the BN is the first point
+    where the values are bounded again (normalised by their statistics).
 
     Initialisation follows the official code: xavier-uniform kernels, zero
     biases, and the gamma of the final BN (the "blocker") set to zero, so a
@@ -124,12 +127,13 @@ class GloReUnit(keras.layers.Layer):
             dtype=proj_dtype,
             name="gcn",
         )
+        # conv_extend and the BN stay in float32 too: see the class docstring.
         self.blocker = keras.layers.BatchNormalization(
             axis=-1,
             momentum=self.bn_momentum,
             epsilon=self.bn_epsilon,
             gamma_initializer="zeros" if self.zero_init_bn else "ones",
-            dtype=self.dtype_policy,
+            dtype=proj_dtype,
             name="blocker",
         )
 
@@ -156,7 +160,7 @@ class GloReUnit(keras.layers.Layer):
             channels,
             use_bias=False,
             kernel_initializer=fresh_initializer(self.kernel_initializer),
-            dtype=self.dtype_policy,
+            dtype=proj_dtype,
             name="conv_extend",
         )
         self.conv_state.build((None, None, None, channels))
@@ -176,10 +180,9 @@ class GloReUnit(keras.layers.Layer):
             shape = ops.shape(x)
             nodes = nodes / ops.cast(shape[1] * shape[2], proj_dtype)
         nodes = self.gcn(nodes)
-        y = ops.einsum("bhwn,bns->bhws", proj, nodes)  # Y = Bp Z
-        y = ops.cast(y, self.compute_dtype)
-        y = self.blocker(self.conv_extend(y), training=training)
-        out = ops.cast(x, self.compute_dtype) + y
+        y = ops.einsum("bhwn,bns->bhws", proj, nodes)  # Y = Bp Z, grows with H*W
+        y = self.blocker(self.conv_extend(y), training=training)  # bounded again
+        out = ops.cast(xf + y, self.compute_dtype)
         return from_channels_last(out, self.data_format)
 
     def compute_output_shape(self, input_shape):

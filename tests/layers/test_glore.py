@@ -205,3 +205,46 @@ def test_bad_arguments(kwargs, match):
 def test_rejects_wrong_rank():
     with pytest.raises(ValueError, match="rank 4"):
         GloReUnit().build((2, 8, 16))
+
+
+def _relative_error(got, expected):
+    got = np.asarray(got, "float64")
+    expected = np.asarray(expected, "float64")
+    return np.linalg.norm(got - expected) / np.linalg.norm(expected)
+
+
+@pytest.mark.parametrize("policy, tolerance", [("mixed_float16", 1e-2), ("mixed_bfloat16", 3e-2)])
+@pytest.mark.parametrize("hw", [(32, 64), (64, 128), (128, 256)])
+def test_mixed_precision_at_feature_map_sizes(policy, tolerance, hw):
+    # The PaddleSeg head's unit (C=512, S=128, N=64) on ReLU-like features:
+    # without 1/L, Y = Bp Z grows with the number of pixels (max|Y| ~ 1e6 at
+    # 64x128), far beyond float16's 65504.
+    x = np.abs(random_array((1, *hw, 512), seed=8))
+    ref = GloReUnit(num_state=128, num_node=64, zero_init_bn=False)
+    ref.build(x.shape)
+    # Moving statistics of a trained unit: those of conv_extend(Y) on this
+    # input, computed here in float64.
+    w = _weights(ref)
+    xf = x.reshape(-1, 512).astype("float64")
+    bp = xf @ w["wp"] + w["bp"]
+    v = bp.T @ (xf @ w["ws"] + w["bs"])
+    hid = w["a"].astype("float64") @ v + w["ab"][:, None] + v
+    e = (bp @ (np.maximum(hid, 0) @ w["wg"])) @ w["we"]
+    rng = np.random.default_rng(9)
+    ref.blocker.gamma.assign(rng.uniform(0.5, 1.5, 512).astype("float32"))
+    ref.blocker.beta.assign(rng.normal(0.0, 0.3, 512).astype("float32"))
+    ref.blocker.moving_mean.assign(e.mean(axis=0).astype("float32"))
+    ref.blocker.moving_variance.assign(e.var(axis=0).astype("float32"))
+    expected = to_numpy(ref(x, training=False))
+    expected_train = to_numpy(ref(x, training=True))
+    assert np.max(np.abs(e)) > 65504  # the case the test is about
+
+    keras.config.set_dtype_policy(policy)
+    layer = GloReUnit(num_state=128, num_node=64, zero_init_bn=False)
+    layer.build(x.shape)
+    layer.set_weights(ref.get_weights())
+    for training, want in ((False, expected), (True, expected_train)):
+        got = to_numpy(layer(x, training=training)).astype("float32")
+        bad = int(np.sum(~np.isfinite(got)))
+        assert bad == 0, f"{bad} non-finite outputs, training={training}"
+        assert _relative_error(got, want) < tolerance, training
