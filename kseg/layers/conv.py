@@ -41,8 +41,37 @@ def _get_activation(activation):
     return activation
 
 
+class SequenceOfLayers(keras.layers.Layer):
+    """A layer that runs its sub-layers `self._layers_in_order` one after another.
+
+    Subclasses create the sub-layers in `__init__` and list them in
+    `_layers_in_order`; BatchNormalization layers get the `training` flag.
+    """
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        for layer in self._layers_in_order:
+            layer.build(shape)
+            shape = tuple(layer.compute_output_shape(shape))
+
+    def call(self, inputs, training=None):
+        x = inputs
+        for layer in self._layers_in_order:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                x = layer(x, training=training)
+            else:
+                x = layer(x)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        shape = tuple(input_shape)
+        for layer in self._layers_in_order:
+            shape = tuple(layer.compute_output_shape(shape))
+        return shape
+
+
 @keras.saving.register_keras_serializable(package="kseg")
-class ConvBNAct(keras.layers.Layer):
+class ConvBNAct(SequenceOfLayers):
     """Convolution followed by batch normalisation and an activation.
 
     The plain form is `conv -> BN -> activation`, the "ConvBNReLU" block used by
@@ -234,27 +263,6 @@ class ConvBNAct(keras.layers.Layer):
             name=name,
             dtype=self.dtype_policy,
         )
-
-    def build(self, input_shape):
-        shape = tuple(input_shape)
-        for layer in self._layers_in_order:
-            layer.build(shape)
-            shape = tuple(layer.compute_output_shape(shape))
-
-    def call(self, inputs, training=None):
-        x = inputs
-        for layer in self._layers_in_order:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                x = layer(x, training=training)
-            else:
-                x = layer(x)
-        return x
-
-    def compute_output_shape(self, input_shape):
-        shape = tuple(input_shape)
-        for layer in self._layers_in_order:
-            shape = tuple(layer.compute_output_shape(shape))
-        return shape
 
     def get_config(self):
         padding = self.padding if isinstance(self.padding, str) else list(self.padding)

@@ -4,11 +4,11 @@ import keras
 from keras import ops
 
 from kseg._common import check_float, check_int, standardize_data_format
-from kseg.layers.conv import ConvBNAct
+from kseg.layers.conv import ConvBNAct, SequenceOfLayers
 from kseg.layers.resize import ResizeLike
 
 
-class _SeparableConvBNReLU(keras.layers.Layer):
+class _SeparableConvBNReLU(SequenceOfLayers):
     """FastFCN's `SeparableConv2d` + BN + ReLU, one JPU branch.
 
     `depthwise kxk (dilated, no bias) -> BN -> pointwise 1x1 (no bias) -> BN
@@ -43,34 +43,13 @@ class _SeparableConvBNReLU(keras.layers.Layer):
         )
         self.pointwise_bn = keras.layers.BatchNormalization(name="pointwise_bn", **bn)
         self.act = keras.layers.Activation("relu", name="act", dtype=self.dtype_policy)
-        self._sequence = [
+        self._layers_in_order = [
             self.depthwise,
             self.depthwise_bn,
             self.pointwise,
             self.pointwise_bn,
             self.act,
         ]
-
-    def build(self, input_shape):
-        shape = tuple(input_shape)
-        for layer in self._sequence:
-            layer.build(shape)
-            shape = tuple(layer.compute_output_shape(shape))
-
-    def call(self, inputs, training=None):
-        x = inputs
-        for layer in self._sequence:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                x = layer(x, training=training)
-            else:
-                x = layer(x)
-        return x
-
-    def compute_output_shape(self, input_shape):
-        shape = tuple(input_shape)
-        for layer in self._sequence:
-            shape = tuple(layer.compute_output_shape(shape))
-        return shape
 
 
 @keras.saving.register_keras_serializable(package="kseg")
