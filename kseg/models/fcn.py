@@ -112,7 +112,8 @@ _DOC = """FCN-{stride}s on VGG-16 (Long, Shelhamer & Darrell, CVPR 2015).
 
     Args:
         num_classes: number of classes.
-        input_shape: `(height, width, 3)`, RGB in [0, 255]; any size works.
+        input_shape: `(height, width, channels)`, values in [0, 255] (RGB
+            for pretrained weights); any size and channel count works.
         backbone: `"vgg16"` or a `kseg.backbones.VGG16(variant="fcn")`.
         backbone_weights: None, `"imagenet"` or the path of a
             keras.applications VGG16 weights file (see `kseg.backbones`):

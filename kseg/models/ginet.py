@@ -133,7 +133,8 @@ def GINet(
 
     Args:
         num_classes: number of classes.
-        input_shape: `(height, width, 3)`, RGB in [0, 255]; any size works.
+        input_shape: `(height, width, channels)`, values in [0, 255] (RGB
+            for pretrained weights); any size and channel count works.
         backbone: `"resnet50"` (default), `"resnet101"` or a ResNet from
             `kseg.backbones`.
         output_stride: 8 (default), 16 or 32, for a backbone given by name.
