@@ -221,13 +221,18 @@ _FC_SHAPES = {
 }
 
 
-def check_load_fc(load_fc):
-    """Validates the `load_fc` argument of the VGG-16 models."""
-    if load_fc is True or load_fc is False or load_fc == "auto":
-        return load_fc
-    raise ValueError(
-        f"Expected `load_fc` to be 'auto', True or False. Received: load_fc={load_fc!r}"
-    )
+def check_load_fc(load_fc, backbone_weights):
+    """Validates the `load_fc` argument of the VGG-16 models against `backbone_weights`."""
+    if not (load_fc is True or load_fc is False or load_fc == "auto"):
+        raise ValueError(
+            f"Expected `load_fc` to be 'auto', True or False. Received: load_fc={load_fc!r}"
+        )
+    if load_fc is True and backbone_weights is None:
+        raise ValueError(
+            "`load_fc=True` loads fc6 / fc7 from the VGG-16 weights given as "
+            "`backbone_weights`, which is None. Received: load_fc=True"
+        )
+    return load_fc
 
 
 def convolutionalize_fc(fc1, fc2, layout):
@@ -275,7 +280,7 @@ def load_vgg16_weights(backbone, fc6, fc7, weights, load_fc, layout):
     the convolutions are loaded.
     """
     weights = check_weights(weights)
-    load_fc = check_load_fc(load_fc)
+    load_fc = check_load_fc(load_fc, weights)
     shapes = _FC_SHAPES[layout]
     got = (tuple(fc6.kernel.shape), tuple(fc7.kernel.shape))
     if load_fc is not False and got != shapes:

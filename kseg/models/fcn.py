@@ -50,12 +50,7 @@ def _fcn(
     name,
 ):
     num_classes = check_num_classes(num_classes)
-    load_fc = check_load_fc(load_fc)
-    if load_fc is True and backbone_weights is None:
-        raise ValueError(
-            "`load_fc=True` loads fc6 / fc7 from the VGG-16 weights given as "
-            "`backbone_weights`, which is None. Received: load_fc=True"
-        )
+    load_fc = check_load_fc(load_fc, backbone_weights)
     # Weights for a backbone built here are loaded once the model exists, from
     # one file for the convolutions and fc6 / fc7.
     deferred = isinstance(backbone, str) and backbone_weights is not None
