@@ -368,10 +368,8 @@ def resolve_defaults(args, parser):
     elif args.backbone_weights.lower() == "none":
         args.backbone_weights = None
     if args.val_size is None:
-        policy, size = _datasets.DATASETS[args.dataset]["fit_val"]
-        args.val_size = tuple(size) if size is not None else args.crop_size
-        if isinstance(size, int):
-            args.val_size = (size, size)
+        size = _datasets.DATASETS[args.dataset]["fit_val"][1]
+        args.val_size = args.crop_size if size is None else _datasets.size_pair(size)
 
     choices = _common.backbone_choices(args.model)
     if not choices:
