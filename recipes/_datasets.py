@@ -189,7 +189,7 @@ DATASETS = {
         "read": _read_cityscapes,
         "describe": _describe("cityscapes"),
         "train_splits": ("train", "val"),
-        "val_splits": ("val", "train", "test"),
+        "val_splits": ("val", "train"),  # test has no public labels
         "fit_val": ("resize", (512, 1024)),  # half of the 1024 x 2048 images
         "sliding": True,
         "needs_data_dir": True,
@@ -247,20 +247,34 @@ def add_folder_args(parser):
     """The layout options of `--dataset folder` (passed to `kseg.data.folder_dataset`)."""
     group = parser.add_argument_group(
         "folder dataset (--dataset folder)",
-        "--data-dir holds IMAGE_DIR/<name>IMAGE_SUFFIX and MASK_DIR/<name>MASK_SUFFIX (and "
-        "optionally dataset.json with the class names and colours). The validation set is "
-        "--val-dir (a second folder of the same layout) and/or --val-list-file (names in "
-        "a list file); --list-file restricts training to the names it lists.",
+        "--data-dir holds IMAGE_DIR/.../<name>IMAGE_SUFFIX and MASK_DIR/.../<name>MASK_SUFFIX "
+        "(paired by relative path and name; optionally dataset.json with the class names, "
+        "colours and mask options), or a --list-file of pairs. The validation set is "
+        "--val-dir (a second folder of the same layout) and/or --val-list-file. See "
+        "kseg.data.folder_dataset.",
     )
     group.add_argument("--image-dir", default="images", help="image folder inside --data-dir")
     group.add_argument("--mask-dir", default="masks", help="mask folder inside --data-dir")
-    group.add_argument("--list-file", default=None, help="training names, one a line")
+    group.add_argument(
+        "--list-file",
+        default=None,
+        help="training pairs instead of the folders: 'image_path mask_path' lines, paths "
+        "relative to --data-dir (the file relative to it or absolute)",
+    )
     group.add_argument("--val-dir", default=None, help="folder of the validation set")
-    group.add_argument("--val-list-file", default=None, help="validation names, one a line")
+    group.add_argument(
+        "--val-list-file",
+        default=None,
+        help="validation pairs, as --list-file (relative to --val-dir, else --data-dir)",
+    )
     group.add_argument("--image-suffix", default=".jpg")
     group.add_argument("--mask-suffix", default=".png")
     group.add_argument(
-        "--mask-format", default="auto", help="how masks store labels (see folder_dataset)"
+        "--mask-format",
+        default="auto",
+        choices=("auto", "ids", "palette", "rgb"),
+        help="ids: grayscale class ids; palette: P PNGs (VOC); rgb: colours listed in "
+        "dataset.json; auto: ids or palette by the PNG mode",
     )
     group.add_argument(
         "--reduce-zero-label",
@@ -284,10 +298,6 @@ def check_folder_args(parser, args):
         )
     if args.val_dir is not None and not os.path.isdir(args.val_dir):
         parser.error(f"argument --val-dir: no such folder: {args.val_dir!r}")
-    for name in ("list_file", "val_list_file"):
-        value = getattr(args, name)
-        if value is not None and not os.path.isfile(value):
-            parser.error(f"argument --{name.replace('_', '-')}: no such file: {value!r}")
     if args.num_classes is not None and args.num_classes < 1:
         parser.error(f"argument --num-classes: must be >= 1, got {args.num_classes}")
 

@@ -120,10 +120,6 @@ def parse_args(argv=None, prog="evaluate.py", voc_entry=False):
                 value = getattr(args, name)
                 if value is not None and not os.path.isdir(value):
                     parser.error(f"argument --val-dir: no such folder: {value!r}")
-            for name in ("list_file", "val_list_file"):
-                value = getattr(args, name)
-                if value is not None and not os.path.isfile(value):
-                    parser.error(f"argument --{name.replace('_', '-')}: no such file: {value!r}")
     args.parser = parser
     return args
 
@@ -221,7 +217,8 @@ def main(argv=None, prog="evaluate.py", voc_entry=False):
                 )
         dataset, line = read_split(args, kdata, scored_classes)
     except FileNotFoundError as e:
-        raise SystemExit(f"{prog}: error: argument --data-dir: {e}") from None
+        where = "" if args.dataset == "folder" else "argument --data-dir: "
+        raise SystemExit(f"{prog}: error: {where}{e}") from None
     except ValueError as e:  # kseg.data.DataError and bad layout options
         raise SystemExit(f"{prog}: error: {e}") from None
     print(line, flush=True)
@@ -230,11 +227,12 @@ def main(argv=None, prog="evaluate.py", voc_entry=False):
         print(f"Note: the model was trained on {trained_on!r}, not on {args.dataset!r}.")
     if args.max_images is not None:
         dataset = dataset.take(args.max_images)
-    dataset = kdata.eval_pipeline(dataset, batch_size=1)
+    ignore_index = int(description.get("ignore_index", 255))
+    dataset = kdata.eval_pipeline(dataset, batch_size=1, ignore_index=ignore_index)
 
     # kseg.inference.evaluate gives a binary model's metrics its 0/1 class map.
-    miou = kseg.metrics.MeanIoU(scored_classes)
-    accuracy = kseg.metrics.PixelAccuracy(scored_classes)
+    miou = kseg.metrics.MeanIoU(scored_classes, ignore_index=ignore_index)
+    accuracy = kseg.metrics.PixelAccuracy(scored_classes, ignore_index=ignore_index)
     tta = _common.inference_kwargs(args)
     kind = "binary, 1 sigmoid logit" if binary else f"{num_classes} classes"
     print(f"Model {model.name} ({kind}) from {args.checkpoint}; inference {tta}.")

@@ -436,7 +436,8 @@ def make_data(args, tf, kdata):
         train = entry["read"](kdata, args, train_split, num_classes, shuffle=True, seed=args.seed)
         val = entry["read"](kdata, args, val_split, num_classes)
     except FileNotFoundError as e:
-        raise SystemExit(f"{args.prog}: error: argument --data-dir: {e}") from None
+        where = "" if args.dataset == "folder" else "argument --data-dir: "
+        raise SystemExit(f"{args.prog}: error: {where}{e}") from None
     except ValueError as e:  # kseg.data.DataError and bad layout options
         raise SystemExit(f"{args.prog}: error: {e}") from None
     num_train = int(train.cardinality())
@@ -460,14 +461,18 @@ def make_data(args, tf, kdata):
             f"{entry['title']} from {root}: '{train_split}' ({num_train} images) for "
             f"training, '{val_split}'."
         )
+    # The label that is not a class (255 but in a folder that says otherwise).
+    ignore = {"ignore_index": int(dataset.get("ignore_index", 255))}
     if args.smoke:
         val_ds = kdata.eval_pipeline(
-            val, batch_size=args.batch_size, size=args.crop_size, policy="resize"
+            val, batch_size=args.batch_size, size=args.crop_size, policy="resize", **ignore
         )
     else:
         policy = entry["fit_val"][0]
         size = None if policy == "none" else args.val_size
-        val_ds = kdata.eval_pipeline(val, batch_size=args.batch_size, size=size, policy=policy)
+        val_ds = kdata.eval_pipeline(
+            val, batch_size=args.batch_size, size=size, policy=policy, **ignore
+        )
     if num_train < args.batch_size:
         raise SystemExit(
             f"{args.prog}: error: argument --batch-size: {args.batch_size} is larger than the "
@@ -485,9 +490,10 @@ def make_data(args, tf, kdata):
         scale_range=args.scale_range,
         seed=args.seed,
         repeat=True,
+        **ignore,
     )
     if entry["sliding"]:
-        eval_ds = kdata.eval_pipeline(val, batch_size=1)
+        eval_ds = kdata.eval_pipeline(val, batch_size=1, **ignore)
         eval_steps = SMOKE_STEPS_PER_EPOCH if args.smoke else None
     else:
         eval_ds, eval_steps = val_ds, val_steps
@@ -503,7 +509,7 @@ def make_data(args, tf, kdata):
     }
 
 
-def compile_model(model, args, num_classes, total_steps, jit_compile, keras, kseg):
+def compile_model(model, args, num_classes, total_steps, jit_compile, keras, kseg, ignore_index):
     outputs = _common.model_outputs(model)
     schedule = kseg.training.PolyDecay(
         args.lr, decay_steps=max(total_steps, 1), warmup_steps=min(args.warmup_steps, total_steps)
@@ -515,19 +521,24 @@ def compile_model(model, args, num_classes, total_steps, jit_compile, keras, kse
         optimizer = keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay)
     else:
         optimizer = keras.optimizers.Adam(schedule)
-    miou = kseg.metrics.MeanIoU(num_classes)
-    metrics = [miou, kseg.metrics.PixelAccuracy(num_classes)]
+    ignore = {"ignore_index": ignore_index}
+    miou = kseg.metrics.MeanIoU(num_classes, **ignore)
+    metrics = [miou, kseg.metrics.PixelAccuracy(num_classes, **ignore)]
     if outputs is None:
-        loss, loss_weights, metric_spec = kseg.losses.SegmentationCrossEntropy(), None, metrics
+        loss, loss_weights, metric_spec = (
+            kseg.losses.SegmentationCrossEntropy(**ignore),
+            None,
+            metrics,
+        )
         monitor = "val_mean_iou"
     else:
-        loss = {"main": kseg.losses.SegmentationCrossEntropy()}
+        loss = {"main": kseg.losses.SegmentationCrossEntropy(**ignore)}
         loss_weights = {"main": 1.0}
         if "aux" in outputs:
-            loss["aux"] = kseg.losses.SegmentationCrossEntropy()
+            loss["aux"] = kseg.losses.SegmentationCrossEntropy(**ignore)
             loss_weights["aux"] = args.aux_weight
         if "presence" in outputs:
-            loss["presence"] = kseg.losses.SemanticContextLoss(num_classes)
+            loss["presence"] = kseg.losses.SemanticContextLoss(num_classes, **ignore)
             loss_weights["presence"] = args.sc_weight
         metric_spec = {"main": metrics}
         monitor = "val_main_mean_iou"
@@ -596,7 +607,14 @@ def main(argv=None, prog="train.py", voc_entry=False):
         dataset=dataset,
     )
     miou, monitor, outputs = compile_model(
-        model, args, num_classes, total_steps, jit_compile, keras, kseg
+        model,
+        args,
+        num_classes,
+        total_steps,
+        jit_compile,
+        keras,
+        kseg,
+        int(dataset.get("ignore_index", 255)),
     )
     if outputs is not None:
 
@@ -684,11 +702,12 @@ def main(argv=None, prog="train.py", voc_entry=False):
         )
     else:
         log("Evaluating the final model on the validation set.")
-    eval_miou = kseg.metrics.MeanIoU(num_classes)
+    ignore_index = int(dataset.get("ignore_index", 255))
+    eval_miou = kseg.metrics.MeanIoU(num_classes, ignore_index=ignore_index)
     results = kseg.inference.evaluate(
         model,
         data["eval_ds"],
-        [eval_miou, kseg.metrics.PixelAccuracy(num_classes)],
+        [eval_miou, kseg.metrics.PixelAccuracy(num_classes, ignore_index=ignore_index)],
         steps=data["eval_steps"],
         **eval_kwargs,
     )

@@ -27,7 +27,6 @@ import evaluate  # noqa: E402  (recipes/evaluate.py)
 import evaluate_voc  # noqa: E402
 import predict  # noqa: E402
 import train  # noqa: E402
-import train_voc  # noqa: E402
 
 # --- resolved configurations (parse_args only) --------------------------------------------
 
