@@ -28,6 +28,28 @@ import evaluate_voc  # noqa: E402
 import predict  # noqa: E402
 import train  # noqa: E402
 
+
+@pytest.fixture(scope="module", autouse=True)
+def jax_compilation_cache():
+    """JAX keeps the compiled smoke steps on disk, as the subprocesses of test_recipes.py do."""
+    if keras.backend.backend() != "jax":
+        yield
+        return
+    import tempfile
+
+    import jax
+
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+    saved = {name: getattr(jax.config, name) for name in names}
+    jax.config.update(
+        names[0], os.path.join(tempfile.gettempdir(), "kseg-tests-jax-compilation-cache")
+    )
+    jax.config.update(names[1], 0)
+    yield
+    for name, value in saved.items():
+        jax.config.update(name, value)
+
+
 # --- resolved configurations (parse_args only) --------------------------------------------
 
 # Values written out from their sources; SGD is always momentum 0.9 with poly decay.
@@ -244,3 +266,46 @@ def test_evaluate_voc_entry_point_keeps_its_splits(capsys, tmp_path):
     with pytest.raises(SystemExit):
         evaluate_voc.main([str(tmp_path / "none.keras")])
     assert "argument checkpoint: no such file" in capsys.readouterr().err
+
+
+def test_cityscapes_smoke_scores_full_images_with_a_sliding_window(tmp_path, capsys):
+    # 48 x 96 images: larger than the 32 x 64 smoke crop, so 2 x 2 windows slide over each.
+    kseg.data.write_fake_cityscapes(tmp_path / "data", size=(48, 96))
+    crop = ["--crop-size", "32", "64"]
+    out, eval_out, saved = run_smoke(
+        "cityscapes", tmp_path / "data", tmp_path, capsys, crop_args=crop
+    )
+    assert "Cityscapes from" in out and "'train' (4 images)" in out
+    assert saved["crop_size"] == [32, 64] and saved["val_size"] == [512, 1024]
+    assert "full validation images with a sliding window of 32 x 64" in out
+    # train.py's final figure is evaluate.py's on the same full images and windows.
+    final = float(out.split("Validation mIoU:")[1].split()[0])
+    evaluated = float(eval_out.split("Mean IoU:")[1].split()[0])
+    assert final == evaluated
+    assert "Cityscapes 'val'" in eval_out and "(512, 1024)" not in eval_out
+    assert "'crop_size': (32, 64)" in eval_out
+
+
+def test_ade20k_smoke_train_evaluate_predict(tmp_path, capsys):
+    kseg.data.write_fake_ade20k(tmp_path / "data")
+    out, eval_out, _ = run_smoke(
+        "ade20k", tmp_path / "data", tmp_path, capsys, crop_args=["--crop-size", "32"]
+    )
+    assert "'training' (3 images)" in out and "Dataset 'ade20k': 150 classes" in out
+    assert "ADE20K (SceneParsing, ADEChallengeData2016) 'validation'" in eval_out
+
+
+def test_folder_smoke_train_evaluate_predict(tmp_path, capsys):
+    fake = kseg.data.write_fake_folder(tmp_path / "train", num_samples=4, description=True)
+    kseg.data.write_fake_folder(tmp_path / "val", num_samples=2, description=True, seed=1)
+    out, eval_out, saved = run_smoke(
+        "folder",
+        tmp_path / "train",
+        tmp_path,
+        capsys,
+        train_argv=["--val-dir", str(tmp_path / "val")],
+    )
+    assert "an image/mask folder from" in out and "(4 images)" in out
+    assert saved["val_dir"] == str(tmp_path / "val")
+    for name in fake["class_names"]:
+        assert name in eval_out  # the per-class table names the folder's classes
