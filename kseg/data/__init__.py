@@ -1,4 +1,5 @@
-"""Input pipelines: PASCAL VOC 2012 and synthetic data as tf.data datasets, on every backend.
+"""Input pipelines as tf.data datasets, on every backend: PASCAL VOC 2012, Cityscapes, ADE20K,
+any folder of images and masks (`folder_dataset`) and synthetic data.
 
 Every dataset yields `(image, mask)`: image float32 `(H, W, 3)` RGB in
 [0, 255] (the models normalise inside), mask int32 `(H, W)` of class ids with
@@ -31,8 +32,8 @@ if keras.backend.backend() != "tensorflow":
         # TensorFlow's devices were already initialised by an earlier import; nothing to do.
         pass
 
-# Names are resolved on first use so that `python -m kseg.data.voc` runs the
-# module once, as __main__.
+# Names are resolved on first use so that `python -m kseg.data.voc` (and
+# `python -m kseg.data`) runs the module once, as __main__.
 _EXPORTS = {
     "VOC_CLASSES": "palette",
     "voc_palette": "palette",
@@ -52,6 +53,28 @@ _EXPORTS = {
     "make_synthetic_arrays": "synthetic",
     "synthetic_dataset": "synthetic",
     "write_fake_voc": "synthetic",
+    "write_fake_folder": "synthetic",
+    "write_fake_cityscapes": "synthetic",
+    "write_fake_ade20k": "synthetic",
+    "dataset_description": "palette",
+    "ADE20K_CLASSES": "palette",
+    "CITYSCAPES_CLASSES": "palette",
+    "MASK_FORMATS": "_reader",
+    "folder_dataset": "folder",
+    "folder_file_list": "folder",
+    "folder_description": "folder",
+    "check_folder": "folder",
+    "CITYSCAPES_LABEL_TO_TRAIN": "cityscapes",
+    "CITYSCAPES_SPLITS": "cityscapes",
+    "find_cityscapes_root": "cityscapes",
+    "cityscapes_file_list": "cityscapes",
+    "cityscapes_dataset": "cityscapes",
+    "check_cityscapes": "cityscapes",
+    "ADE20K_SPLITS": "ade20k",
+    "find_ade20k_root": "ade20k",
+    "ade20k_file_list": "ade20k",
+    "ade20k_dataset": "ade20k",
+    "check_ade20k": "ade20k",
     "augment_sample": "augment",
     "train_pipeline": "augment",
     "eval_preprocess": "augment",

@@ -22,10 +22,16 @@ import argparse
 import os
 import sys
 
-import numpy as np
 import tensorflow as tf
-from PIL import Image
 
+from kseg.data._reader import (
+    LabelMap,
+    build_dataset,
+    check_pairs,
+    read_image,  # noqa: F401  (public here: kseg.data.read_image, recipes)
+    read_pair,
+    require_files,
+)
 from kseg.data.errors import DataError
 
 #: Splits understood by `voc_dataset`; "train_aug" reads `SegmentationClassAug`.
@@ -127,91 +133,14 @@ def voc_file_list(data_dir, split="train"):
     return images, masks
 
 
-#: Pillow modes of one-band images read as they are stored (8-bit, 16-bit, 32-bit, float).
-_ONE_BAND_MODES = ("1", "L", "I", "I;16", "I;16B", "I;16L", "F")
-
-
-def read_image(path, channels=3):
-    """Reads an image file as a float32 `(H, W, channels)` array (8-bit values in [0, 255]).
-
-    Args:
-        path: the image file.
-        channels: the channel count to return. 3 (default): RGB; any image
-            Pillow converts to RGB (grayscale, palette, RGBA without its alpha,
-            ...). 1: a one-band image (8-bit, 16-bit or float values as stored)
-            or an RGB image whose three channels are equal (a grey image
-            stored as RGB). 4: a four-band image (RGBA, or a 4-band TIFF/PNG
-            such as RGB-NIR), bands in the file's order.
-
-    Raises:
-        DataError: the file is missing or unreadable, or its channels cannot
-            be converted to `channels` (a colour image for 1, fewer bands for 4).
-    """
-    if channels not in (1, 3, 4):
-        raise ValueError(f"Expected `channels` to be 1, 3 or 4. Received: channels={channels!r}")
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: image file not found.")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mode, bands = img.mode, len(img.getbands())
-            if channels == 3:
-                return np.asarray(img.convert("RGB"), dtype=np.float32)
-            if channels == 4:
-                if bands == 4 and mode != "CMYK":
-                    return np.asarray(img, dtype=np.float32)
-            elif mode in _ONE_BAND_MODES:
-                return np.asarray(img.convert("L") if mode == "1" else img, np.float32)[..., None]
-            elif mode in ("RGB", "P"):
-                rgb = np.asarray(img.convert("RGB"), dtype=np.float32)
-                if (rgb == rgb[..., :1]).all():
-                    return rgb[..., :1]
-    except (OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{path}: unreadable or corrupt image ({e}).") from None
-    if channels == 1:
-        wanted = "1 channel (a grayscale image, or an RGB one whose channels are equal)"
-    else:
-        wanted = "4 channels (RGBA or a 4-band image)"
-    colour = ", a colour image" if channels == 1 and mode in ("RGB", "P") else ""
-    raise DataError(
-        f"{path}: expected an image with {wanted}. "
-        f"Received: mode {mode!r} with {bands} channel(s){colour}."
-    )
-
-
 def read_mask(path, num_classes=21, ignore_index=255):
-    """Reads a class-id PNG (palette "P" or grayscale "L") as an int32 `(H, W)` array.
+    """Reads a class-id PNG (palette "P" or grayscale "L"/16-bit) as an int32 `(H, W)` array.
 
     Palette PNGs are read as palette indices, which are the class ids (as in
     VOC's `SegmentationClass`); they are never converted to colours. Values
     other than `[0, num_classes)` and `ignore_index` raise `DataError`.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: mask file not found.")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode not in ("P", "L"):
-                raise DataError(
-                    f"{path}: expected a palette ('P') or grayscale ('L') PNG of class ids. "
-                    f"Received: mode {img.mode!r}. An RGB-coloured mask must be converted to "
-                    "class ids first."
-                )
-            mask = np.asarray(img, dtype=np.int32)
-    except DataError:
-        raise
-    except (OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{path}: unreadable or corrupt mask ({e}).") from None
-    values = np.unique(mask)
-    bad = values[(values >= num_classes) & (values != ignore_index)]
-    if bad.size:
-        raise DataError(
-            f"{path}: mask values {bad.tolist()} are outside the classes [0, {num_classes}) "
-            f"and the ignore value {ignore_index}."
-        )
-    return mask
+    return LabelMap(num_classes, ignore_index=ignore_index).read(path)
 
 
 def read_sample(image_path, mask_path, num_classes=21, ignore_index=255):
@@ -220,14 +149,7 @@ def read_sample(image_path, mask_path, num_classes=21, ignore_index=255):
     Returns:
         image float32 `(H, W, 3)` in [0, 255] and mask int32 `(H, W)`.
     """
-    image = read_image(image_path)
-    mask = read_mask(mask_path, num_classes, ignore_index)
-    if image.shape[:2] != mask.shape:
-        raise DataError(
-            f"{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} (WxH) differs from its "
-            f"image {image_path} ({image.shape[1]}x{image.shape[0]})."
-        )
-    return image, mask
+    return read_pair(image_path, mask_path, LabelMap(num_classes, ignore_index=ignore_index))
 
 
 def voc_dataset(
@@ -267,31 +189,16 @@ def voc_dataset(
         vary between samples: use `train_pipeline` or `eval_pipeline` to batch.
     """
     images, masks = voc_file_list(data_dir, split)
-    missing = [p for p in images + masks if not os.path.isfile(p)]
-    if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise VOCDataError(f"{missing[0]}: listed in split {split!r} but not found{more}.")
-
-    def load(image_path, mask_path):
-        return read_sample(
-            image_path.decode(),
-            mask_path.decode(),
-            num_classes=num_classes,
-            ignore_index=ignore_index,
-        )
-
-    def tf_load(image_path, mask_path):
-        image, mask = tf.numpy_function(
-            load, [image_path, mask_path], [tf.float32, tf.int32], stateful=False
-        )
-        image.set_shape([None, None, 3])
-        mask.set_shape([None, None])
-        return image, mask
-
-    ds = tf.data.Dataset.from_tensor_slices((images, masks))
-    if shuffle:
-        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    return ds.map(tf_load, num_parallel_calls=num_parallel_calls, deterministic=True)
+    label_map = LabelMap(num_classes, ignore_index=ignore_index)
+    require_files(images, masks, f"listed in split {split!r}", error=VOCDataError)
+    return build_dataset(
+        images,
+        masks,
+        label_map,
+        shuffle=shuffle,
+        seed=seed,
+        num_parallel_calls=num_parallel_calls,
+    )
 
 
 def check_voc(data_dir, splits=None, *, num_classes=21, ignore_index=255):
@@ -316,6 +223,7 @@ def check_voc(data_dir, splits=None, *, num_classes=21, ignore_index=255):
         splits = ["train", "val", "trainval"]
         if os.path.isdir(os.path.join(root, "SegmentationClassAug")):
             splits.append("train_aug")
+    label_map = LabelMap(num_classes, ignore_index=ignore_index)
     seen = set()
     for split in splits:
         try:
@@ -325,34 +233,9 @@ def check_voc(data_dir, splits=None, *, num_classes=21, ignore_index=255):
                 (os.path.join(root, "ImageSets", "Segmentation", split + ".txt"), str(e))
             )
             continue
-        for image_path, mask_path in zip(images, masks):
-            if (image_path, mask_path) in seen:
-                continue
-            seen.add((image_path, mask_path))
-            image = mask = None
-            try:
-                image = read_image(image_path)
-            except DataError as e:
-                problems.append((image_path, str(e)))
-            try:
-                mask = read_mask(mask_path, num_classes, ignore_index)
-            except DataError as e:
-                problems.append((mask_path, str(e)))
-            if image is not None and mask is not None and image.shape[:2] != mask.shape:
-                problems.append(
-                    (
-                        mask_path,
-                        f"{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} (WxH) differs "
-                        f"from its image {image_path} ({image.shape[1]}x{image.shape[0]}).",
-                    )
-                )
-    # A file listed in several splits is reported once.
-    unique, reported = [], set()
-    for path, message in problems:
-        if (path, message) not in reported:
-            reported.add((path, message))
-            unique.append((path, message))
-    return unique
+        # A file listed in several splits is reported once.
+        problems = check_pairs(images, masks, label_map, problems, seen)
+    return problems
 
 
 def main(argv=None):
