@@ -397,10 +397,14 @@ def main(argv=None):
     ratio = macs / (RESNET50_GMAC * 1e9)
     print(
         f"GPU estimate: published ResNet-50 v1.5 training img/s at 224x224 / {ratio:.1f} "
-        "(DeepLabV3+ 512x1024 forward MACs over ResNet-50's):"
+        f"(DeepLabV3+ {crop[0]}x{crop[1]} forward MACs over ResNet-50's):"
     )
     print("| GPU | ResNet-50 img/s | DeepLabV3+ img/s needed | cores at the measured CPU ms/img |")
     print("|---|---|---|---|")
     for name, rate in RESNET50_TRAIN_IMG_S:
         need = rate / ratio
         print(f"| {name} | {rate} | {need:.1f} | {need * pipe[2] / 1000:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
