@@ -1,7 +1,7 @@
 """Input-pipeline throughput at Cityscapes size, beside the DeepLabV3+ training step it feeds.
 
-Run (about 5 minutes on 2 cores; the pipeline is tf.data whatever the backend, the
-training step runs on `KERAS_BACKEND`):
+Run (about 20 minutes on a busy 2-core machine, most of it the 512x1024 training step;
+the pipeline is tf.data whatever the backend, the training step runs on `KERAS_BACKEND`):
 
     KERAS_BACKEND=tensorflow python benchmarks/input_pipeline.py
     python benchmarks/input_pipeline.py --images 8 --runs 2 --no-train   # quick, pipeline only
