@@ -43,9 +43,10 @@ def tests(session, backend):
         "KERAS_BACKEND": backend,
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
-    # JAX compiles every new shape on one core: two workers (one file each at a time,
-    # so module fixtures run once) use both cores of a small machine.
-    workers = ["-n", "2", "--dist", "loadfile"] if backend == "jax" else []
+    # Most tests are small, single-threaded work (JAX and XLA compile on one core, tiny
+    # tensors): two workers (one file each at a time, so module fixtures run once) use
+    # both cores of a small machine.
+    workers = ["-n", "2", "--dist", "loadfile"]
     session.run("python", "-m", "pytest", "-q", "-rs", *workers, *session.posargs, env=env)
     if backend == "tensorflow" and not session.posargs:
         session.run(

@@ -25,6 +25,48 @@ Procedure (as in mmsegmentation's `EncoderDecoder.slide_inference` and
 4. With `flip=True`, do the same for the horizontally flipped image and flip
    the result back.
 5. Average the *probabilities* of all scales and flips.
+
+Size buckets (`size_buckets`): every batch reaches the model through one
+function (`_run_bucketed`), which pads it bottom/right with `pad_value` to a
+bucketed size and crops the output back, so that a compiled model (XLA on JAX,
+a traced function on TensorFlow) sees a bounded number of input shapes
+whatever the image sizes:
+
+- Height and width (whole-image inference only) are rounded up with
+  `bucket_length`: to a multiple of `min_step` (default 32, the largest output
+  stride of the backbones) up to `2 * min_step * per_octave`, then to one of
+  `per_octave` (default 4) evenly spaced lengths per octave, so a side grows
+  by less than `1 / per_octave` (25 %) beyond that. With `min_step` and
+  `per_octave` powers of two, sides up to `L >= 2 * min_step * per_octave`
+  take at most `2 * per_octave + per_octave * ceil(log2(L / (2 * min_step *
+  per_octave)))` lengths: 8 up to 256 px, 12 up to 512, 16 up to 1024 and 20
+  up to 2048 by default, so at most 144 (H, W) shapes up to 512 px and 400 up
+  to 2048 px. Multi-scale inference goes through the same ladder, so `scales`
+  add no shapes beyond those of the largest scaled size.
+- The batch is padded to the next power of two (capped at `batch_size` for the
+  sliding window, where a batch that is not the only one is padded to
+  `batch_size` as before), the extra rows are dropped: at most
+  `floor(log2(B)) + 1` batch sizes for batches up to B.
+- Sliding-window windows already have the crop size, so the sliding window
+  only pads the batch. The result is exactly that of the unbucketed call (the
+  rows of a batch do not interact at inference), hence bucketing is always on
+  there by default.
+- Whole-image inference gives exactly the unbucketed result only for a model
+  whose every output pixel depends on its own input pixel alone (1x1
+  convolutions, pointwise activations, normalisation with stored statistics),
+  or for an image whose sides already are bucket lengths (nothing is padded).
+  A convolution with a spatial kernel sees the padding at the bottom/right
+  border, a strided convolution with "same" padding samples another grid when
+  an odd side is padded to an even one, and a global pooling (ASPP's image
+  pooling) averages the padding too, so a zoo model's result changes
+  everywhere, not only near the padding. Measured on a randomly initialised
+  tiny DeepLabV3+ (ResNet of width 4, output stride 16) on 37 x 45 and
+  50 x 61 images: the probabilities moved by up to 0.09-0.39 (0.007-0.037 on
+  average) and the class changed at 4-20 % of the pixels, depending on the
+  backend's initial weights. Whole-image bucketing is therefore off by
+  default; pass `size_buckets=True` to trade that difference for a bounded
+  number of compilations (worth it on JAX, where every new size compiles
+  the model again).
 """
 
 import math
@@ -102,6 +144,106 @@ def _pad_values(pad_value, channels):
     return values
 
 
+#: The default ladder of `bucket_length`: `(min_step, per_octave)`.
+DEFAULT_SIZE_BUCKETS = (32, 4)
+
+
+def bucket_length(length, min_step=32, per_octave=4):
+    """The bucketed length of an image side: `length` rounded up on a ladder.
+
+    Up to `2 * min_step * per_octave` the length is rounded up to a multiple
+    of `min_step`; above, a length in `(2**m, 2**(m + 1)]` is rounded up to a
+    multiple of `2**m / per_octave` (when that is larger than `min_step`), so
+    each octave has `per_octave` evenly spaced bucket lengths and a side
+    grows by less than `1 / per_octave`.
+
+    Args:
+        length: the side in pixels (a positive int).
+        min_step: the smallest step (a positive int). Defaults to 32.
+        per_octave: bucket lengths per octave (a power of two). Defaults to 4.
+
+    Returns:
+        The bucket length, an int `>= length`.
+
+    Raises:
+        ValueError: for a length, `min_step` or `per_octave` out of range.
+    """
+    min_step, per_octave = _check_ladder((min_step, per_octave), "(min_step, per_octave)")
+    if isinstance(length, bool) or int(length) != length or length < 1:
+        raise ValueError(f"Expected `length` to be a positive int. Received: length={length!r}")
+    length = int(length)
+    octave = 1 << max(length - 1, 1).bit_length() - 1  # 2**m with 2**m < length <= 2**(m+1)
+    step = max(min_step, octave // per_octave)
+    return -(-length // step) * step
+
+
+def _check_ladder(ladder, name="size_buckets"):
+    """`(min_step, per_octave)` as ints, checked; `name` is the argument named in the error."""
+    try:
+        min_step, per_octave = ladder
+    except (TypeError, ValueError):
+        min_step = per_octave = None
+    ok = all(
+        not isinstance(v, bool) and isinstance(v, (int, np.integer)) and v >= 1
+        for v in (min_step, per_octave)
+    )
+    if not ok or int(per_octave) & (int(per_octave) - 1):
+        raise ValueError(
+            f"Expected `{name}` to be None, True, False or a pair (min_step, per_octave) "
+            "of positive ints, per_octave a power of two. "
+            f"Received: {name}={ladder!r}"
+        )
+    return int(min_step), int(per_octave)
+
+
+def _size_ladder(size_buckets, whole_image):
+    """The `(min_step, per_octave)` ladder of `size_buckets`, or None for no bucketing."""
+    if size_buckets is None:
+        # Default: bucket where it is exact (the sliding window's batches).
+        return DEFAULT_SIZE_BUCKETS if not whole_image else None
+    if size_buckets is True:
+        return DEFAULT_SIZE_BUCKETS
+    if size_buckets is False:
+        return None
+    return _check_ladder(size_buckets)
+
+
+def _next_power_of_two(n):
+    return 1 << (int(n) - 1).bit_length()
+
+
+def _run_bucketed(
+    model, x, output_key, data_format, pad_values, *, ladder=None, batch_to=None, spatial=False
+):
+    """Runs the model on `x` padded to a bucketed shape; returns logits for `x` alone.
+
+    The one place where batches reach the model. `x` is padded bottom/right
+    with `pad_values`: with `spatial` and a `ladder`, height and width to
+    `bucket_length`; the batch to `batch_to` rows (when given), else, with a
+    `ladder`, to the next power of two. The extra rows are dropped; when the
+    sides were padded the logits are resized (bilinearly, only if the model
+    returns another size) to the padded size and cropped to `x`'s size.
+    """
+    n, height, width, channels = x.shape
+    full_h, full_w = height, width
+    if spatial and ladder is not None:
+        full_h, full_w = bucket_length(height, *ladder), bucket_length(width, *ladder)
+    rows = n
+    if batch_to is not None:
+        rows = max(batch_to, n)
+    elif ladder is not None:
+        rows = _next_power_of_two(n)
+    if (rows, full_h, full_w) != (n, height, width):
+        padded = np.empty((rows, full_h, full_w, channels), np.float32)
+        padded[...] = pad_values
+        padded[:n, :height, :width] = x
+        x = padded
+    logits = _run_model(model, x, output_key, data_format)[:n]
+    if (full_h, full_w) != (height, width):
+        logits = _resize(logits, (full_h, full_w))[:, :height, :width]
+    return logits
+
+
 def _run_model(model, x, output_key, data_format):
     """Runs the model on a channels_last batch and returns channels_last float32 logits."""
     if data_format == "channels_first":
@@ -137,6 +279,7 @@ def sliding_window_logits(
     batch_size=4,
     output_key="main",
     data_format=None,
+    size_buckets=None,
 ):
     """Predicts logits for images of any size with a sliding window.
 
@@ -163,15 +306,32 @@ def sliding_window_logits(
             Defaults to "main".
         data_format: layout of the model's input and output. Defaults to
             `keras.config.image_data_format()`.
+        size_buckets: None or True (default: pad a short batch of windows to
+            the next power of two, at most `batch_size`, so that the model
+            sees at most `floor(log2(batch_size)) + 2` shapes; the result is
+            the same), or False (a batch of fewer windows than `batch_size` is
+            run as it is, a new shape per count). A `(min_step, per_octave)`
+            pair acts like True here: the windows already have one size.
+            See the module docstring.
 
     Returns:
         float32 NumPy logits `(B, H, W, K)`.
+
+    Raises:
+        ValueError: for bad `crop_size`, `stride`, `pad_value`, `size_buckets`
+            or images.
     """
     data_format = standardize_data_format(data_format)
     crop_h, crop_w = _pair("crop_size", crop_size)
     if stride is None:
         stride = (math.ceil(2 * crop_h / 3), math.ceil(2 * crop_w / 3))
     stride_h, stride_w = _pair("stride", stride)
+    ladder = _size_ladder(size_buckets, whole_image=False)
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(
+            f"Expected `batch_size` to be a positive int. Received: batch_size={batch_size!r}"
+        )
+    batch_size = int(batch_size)
     images = _check_images(images, model, data_format)
     n, height, width, channels = images.shape
     pad_values = _pad_values(pad_value, channels)
@@ -193,11 +353,14 @@ def sliding_window_logits(
     for start in range(0, len(windows), batch_size):
         chunk = windows[start : start + batch_size]
         batch = np.stack([images[b, t : t + crop_h, x0 : x0 + crop_w] for b, t, x0 in chunk])
-        if len(windows) > batch_size and len(chunk) < batch_size:
+        if len(windows) > batch_size:
             # Keep one batch shape, so that a compiled model is not traced again.
-            filler = np.repeat(batch[:1], batch_size - len(chunk), axis=0)
-            batch = np.concatenate([batch, filler])
-        logits = _run_model(model, batch, output_key, data_format)[: len(chunk)]
+            rows = batch_size
+        elif ladder is not None:
+            rows = min(_next_power_of_two(len(chunk)), batch_size)
+        else:
+            rows = len(chunk)
+        logits = _run_bucketed(model, batch, output_key, data_format, pad_values, batch_to=rows)
         logits = _resize(logits, (crop_h, crop_w))
         if total is None:
             total = np.zeros((n, full_h, full_w, logits.shape[-1]), np.float32)
@@ -219,6 +382,7 @@ def predict_probabilities(
     batch_size=4,
     output_key="main",
     data_format=None,
+    size_buckets=None,
 ):
     """Class probabilities with optional sliding window and test-time augmentation.
 
@@ -239,7 +403,19 @@ def predict_probabilities(
             (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) as in DeepLab. Defaults to (1.0,).
         flip: also average the horizontally flipped prediction. Defaults to False.
         pad_value, batch_size, output_key, data_format: see
-            `sliding_window_logits`.
+            `sliding_window_logits`; without a `crop_size`, `pad_value` pads
+            the whole images to their size bucket.
+        size_buckets: how the shapes that reach the model are bucketed (see
+            the module docstring). None (default): the sliding window pads
+            short batches of windows (exact, the same result); whole-image
+            inference runs every image at its own size (a new compilation per
+            size). True: also whole-image inference pads height and width
+            bottom/right to `bucket_length` and the batch to a power of two,
+            and crops the result back: at most 144 input shapes per batch
+            size for sides up to 512 px, but the result of a model with
+            spatial kernels changes (see the module docstring). A pair
+            `(min_step, per_octave)`: True with that ladder. False: no
+            bucketing at all.
 
     Returns:
         float32 NumPy probabilities `(B, H, W, K)` (or `(H, W, K)` for one
@@ -257,6 +433,7 @@ def predict_probabilities(
         batch_size=batch_size,
         output_key=output_key,
         data_format=data_format,
+        size_buckets=size_buckets,
     )
     probs = probs.astype(np.float32)
     return probs[0] if single else probs
@@ -293,6 +470,7 @@ def _average_probabilities(
     batch_size=4,
     output_key="main",
     data_format=None,
+    size_buckets=None,
 ):
     """`predict_probabilities` before the float32 cast; also says if one image was given."""
     data_format = standardize_data_format(data_format)
@@ -304,6 +482,8 @@ def _average_probabilities(
     scales = tuple(float(s) for s in (scales if isinstance(scales, (list, tuple)) else [scales]))
     if not scales or any(s <= 0 for s in scales):
         raise ValueError(f"Expected `scales` to be positive numbers. Received: scales={scales!r}")
+    whole_ladder = _size_ladder(size_buckets, whole_image=True) if crop_size is None else None
+    pad_values = _pad_values(pad_value, images.shape[-1])
     height, width = images.shape[1:3]
     total = None
     views = 0
@@ -314,7 +494,15 @@ def _average_probabilities(
             x = scaled[:, :, ::-1] if flipped else scaled
             x = np.ascontiguousarray(x)
             if crop_size is None:
-                logits = _run_model(model, x, output_key, data_format)
+                logits = _run_bucketed(
+                    model,
+                    x,
+                    output_key,
+                    data_format,
+                    pad_values,
+                    ladder=whole_ladder,
+                    spatial=True,
+                )
             else:
                 logits = sliding_window_logits(
                     model,
@@ -325,6 +513,7 @@ def _average_probabilities(
                     batch_size=batch_size,
                     output_key=output_key,
                     data_format=data_format,
+                    size_buckets=size_buckets,
                 )
             probs = _probabilities(_resize(logits, (height, width)))
             if flipped:
@@ -358,8 +547,8 @@ def evaluate(model, dataset, metrics, *, steps=None, reset=True, verbose=0, **pr
         steps: stop after this many batches. Defaults to the whole dataset.
         reset: reset the metrics first. Defaults to True.
         verbose: 1 shows a progress bar. Defaults to 0.
-        **predict_kwargs: `crop_size`, `stride`, `scales`, `flip`, ... for
-            `predict_probabilities`.
+        **predict_kwargs: `crop_size`, `stride`, `scales`, `flip`,
+            `size_buckets`, ... for `predict_probabilities`.
 
     Returns:
         A dict `{metric.name: result}`, results as floats (or NumPy arrays

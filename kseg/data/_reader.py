@@ -546,6 +546,38 @@ def check_pairs(images, masks, label_map, problems=None, seen=None):
     return unique
 
 
+def check_splits(data_dir, splits, find_root, split_files):
+    """Checks every file of several splits of a dataset folder; returns all problems.
+
+    Args:
+        data_dir: the dataset folder.
+        splits: the splits to check.
+        find_root: `find_root(data_dir)` raises `FileNotFoundError` when the
+            folder is not a dataset of this kind.
+        split_files: `split_files(data_dir, split)` returns `(images, masks,
+            label_map, pairing_problems)`, or raises for a missing folder or
+            an empty split.
+
+    Returns:
+        A list of `(path, message)`, one per bad or unpaired file, missing
+        folder or empty split, each file reported once; empty when the data
+        is good.
+    """
+    try:
+        find_root(data_dir)
+    except FileNotFoundError as e:
+        return [(os.fspath(data_dir), str(e))]
+    problems, seen = [], set()
+    for split in splits:
+        try:
+            images, masks, label_map, pairing = split_files(data_dir, split)
+        except (FileNotFoundError, DataError, ValueError) as e:
+            problems.append((os.fspath(data_dir), str(e)))
+            continue
+        problems = check_pairs(images, masks, label_map, problems + pairing, seen)
+    return problems
+
+
 def first_existing(candidates, marker):
     """The first of `candidates` that holds `marker` (a sub-path), or None."""
     for path in candidates:

@@ -18,7 +18,7 @@ import tensorflow as tf
 from kseg.data._reader import (
     LabelMap,
     build_dataset,
-    check_pairs,
+    check_splits,
     first_existing,
     pair_by_name,
     raise_problems,
@@ -142,16 +142,9 @@ def check_ade20k(data_dir, splits=None):
         A list of `(path, message)`, one per bad or unpaired file, missing
         folder or empty split; empty when the data is good.
     """
-    try:
-        find_ade20k_root(data_dir)
-    except FileNotFoundError as e:
-        return [(os.fspath(data_dir), str(e))]
-    problems, seen = [], set()
-    for split in splits or ADE20K_SPLITS:
-        try:
-            images, masks, pairing = _split_files(data_dir, split)
-        except (FileNotFoundError, DataError, ValueError) as e:
-            problems.append((os.fspath(data_dir), str(e)))
-            continue
-        problems = check_pairs(images, masks, _label_map(), problems + pairing, seen)
-    return problems
+
+    def split_files(data_dir, split):
+        images, masks, pairing = _split_files(data_dir, split)
+        return images, masks, _label_map(), pairing
+
+    return check_splits(data_dir, splits or ADE20K_SPLITS, find_ade20k_root, split_files)

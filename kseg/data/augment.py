@@ -41,6 +41,76 @@ def _resize_pair(image, mask, size):
     return image, tf.cast(mask, tf.int32)
 
 
+def _source_coordinates(start, length, in_len, out_len):
+    """Source positions of output pixels `start .. start + length - 1` of a resize.
+
+    Resizing `in_len` pixels to `out_len` with half-pixel centres, the formulas of
+    TensorFlow's ResizeBilinear and ResizeNearestNeighbor kernels
+    (tensorflow/core/kernels/image/resize_bilinear_op.cc, `HalfPixelScaler` and
+    `compute_interpolation_weights`; resize_nearest_neighbor_op.cc,
+    `HalfPixelScalerForNN`), which `tf.image.resize` runs, in the same float32
+    arithmetic: scale = in / out; bilinear: x = (i + 0.5) * scale - 0.5, lower =
+    max(floor(x), 0), upper = min(ceil(x), in - 1), weight of upper = x - floor(x);
+    nearest: min(floor((i + 0.5) * scale), in - 1).
+
+    Returns:
+        (lower, upper, lerp, nearest): int32, int32, float32 and int32 `(length,)`.
+    """
+    scale = tf.cast(in_len, tf.float32) / tf.cast(out_len, tf.float32)
+    centre = tf.cast(tf.range(start, start + length), tf.float32) + 0.5
+    x = centre * scale - 0.5
+    floor = tf.floor(x)
+    lower = tf.maximum(tf.cast(floor, tf.int32), 0)
+    upper = tf.minimum(tf.cast(tf.math.ceil(x), tf.int32), in_len - 1)
+    nearest = tf.minimum(tf.cast(tf.floor(centre * scale), tf.int32), in_len - 1)
+    return lower, upper, x - floor, nearest
+
+
+def _resize_window(image, mask, size, top, left, height, width):
+    """Rows `top .. top + height` and columns `left .. left + width` of the resized pair.
+
+    The values of `_resize_pair(image, mask, size)` cropped to that window (image
+    bilinear, mask nearest neighbour), computed from the pixels the window needs only:
+    the work is proportional to the window, not to the resized image, which at 2x
+    scale of a 2048x1024 image is 4096x2048 (100 MB of float32).
+    """
+    in_size = tf.shape(image)[:2]
+    r_lo, r_hi, r_lerp, r_near = _source_coordinates(top, height, in_size[0], size[0])
+    c_lo, c_hi, c_lerp, c_near = _source_coordinates(left, width, in_size[1], size[1])
+    mask = tf.gather(tf.gather(mask, r_near), c_near, axis=1)
+    upper_rows = tf.gather(image, r_lo)
+    lower_rows = tf.gather(image, r_hi)
+    c_lerp = c_lerp[None, :, None]
+    # Interpolate along the width, then the height, as the ResizeBilinear kernel does.
+    top_left = tf.gather(upper_rows, c_lo, axis=1)
+    top_row = top_left + (tf.gather(upper_rows, c_hi, axis=1) - top_left) * c_lerp
+    bottom_left = tf.gather(lower_rows, c_lo, axis=1)
+    bottom_row = bottom_left + (tf.gather(lower_rows, c_hi, axis=1) - bottom_left) * c_lerp
+    image = top_row + (bottom_row - top_row) * r_lerp[:, None, None]
+    return image, mask
+
+
+def _resized_mean(image, size):
+    """Per-channel mean `(1, 1, 3)` of `image` bilinearly resized to `size`, without resizing.
+
+    Each output pixel is a weighted sum of source pixels with weights that factor into
+    a row and a column weight, so the mean is `row_weights @ image @ column_weights`
+    over the output pixel count, with each source row's (column's) weight the sum of
+    its interpolation weights over all output rows (columns).
+    """
+    in_size = tf.shape(image)[:2]
+
+    def weights(axis):
+        lower, upper, lerp, _ = _source_coordinates(0, size[axis], in_size[axis], size[axis])
+        return tf.math.unsorted_segment_sum(
+            1.0 - lerp, lower, in_size[axis]
+        ) + tf.math.unsorted_segment_sum(lerp, upper, in_size[axis])
+
+    total = tf.einsum("h,hwc,w->c", weights(0), image, weights(1))
+    count = tf.cast(size[0], tf.float32) * tf.cast(size[1], tf.float32)
+    return (total / count)[None, None, :]
+
+
 def _pad_pair(image, mask, height, width, mean, ignore_index):
     """Pads bottom and right up to at least (height, width): mean colour and ignore label."""
     shape = tf.shape(image)
@@ -73,7 +143,10 @@ def augment_sample(
     image) and `ignore_index` (the mask); a random `crop_size` crop; a
     horizontal flip with probability 0.5. Masks are only ever resized with
     nearest neighbour, padded with `ignore_index`, cropped and flipped, so
-    every output label is an input label or `ignore_index`.
+    every output label is an input label or `ignore_index`. Only the crop
+    window is computed at the new scale, with the values that resizing the
+    whole image and then cropping would give, so the cost follows the crop
+    size, not the (up to 4x larger) scaled image.
 
     All randomness is stateless, from `seed`: the same seed gives the same
     output. Usable inside `tf.data` `map` or eagerly.
@@ -115,34 +188,53 @@ def augment_sample(
         mask = mask[..., 0]
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=8)
 
-    # 1. Random scale.
-    if lo != 1.0 or hi != 1.0:
+    # 1. Random scale: only the size is drawn here. The image is never resized whole:
+    # the crop window is computed straight from the input (`_resize_window`), with the
+    # values a whole-image resize followed by the crop would give.
+    in_size = tf.shape(image)[:2]
+    scaled = lo != 1.0 or hi != 1.0
+    if scaled:
         scale = tf.random.stateless_uniform([], seeds[0], lo, hi)
-        shape = tf.cast(tf.shape(image)[:2], tf.float32)
-        new_size = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), 1)
-        image, mask = _resize_pair(image, mask, new_size)
+        new_size = tf.maximum(tf.cast(tf.round(tf.cast(in_size, tf.float32) * scale), tf.int32), 1)
+    else:
+        new_size = in_size
 
-    # 2. Colour jitter (before padding, so the padding keeps the mean colour).
+    # 2. The crop offsets within the scaled image padded (bottom, right) to the crop.
+    top = tf.random.stateless_uniform(
+        [], seeds[4], 0, tf.maximum(new_size[0], crop_h) - crop_h + 1, dtype=tf.int32
+    )
+    left = tf.random.stateless_uniform(
+        [], seeds[5], 0, tf.maximum(new_size[1], crop_w) - crop_w + 1, dtype=tf.int32
+    )
+    # The part of the window inside the scaled image; the rest is padding.
+    win_h = tf.minimum(crop_h, new_size[0] - top)
+    win_w = tf.minimum(crop_w, new_size[1] - left)
+    if scaled:
+        window, mask = _resize_window(image, mask, new_size, top, left, win_h, win_w)
+    else:
+        window = image[top : top + win_h, left : left + win_w]
+        mask = mask[top : top + win_h, left : left + win_w]
+
+    # 3. Colour jitter (before padding, so the padding keeps the mean colour). The
+    # contrast pivot is the mean colour of the whole scaled image, as if it were resized.
     if color_jitter > 0:
         delta = tf.random.stateless_uniform([], seeds[1], -color_jitter, color_jitter) * 255.0
-        image = image + delta
+        window = window + delta
         contrast = tf.random.stateless_uniform([], seeds[2], 1 - color_jitter, 1 + color_jitter)
-        pixel_mean = tf.reduce_mean(image, axis=[0, 1], keepdims=True)
-        image = (image - pixel_mean) * contrast + pixel_mean
+        if scaled:
+            pixel_mean = _resized_mean(image, new_size) + delta
+        else:
+            pixel_mean = tf.reduce_mean(image, axis=[0, 1], keepdims=True) + delta
+        window = (window - pixel_mean) * contrast + pixel_mean
         saturation = tf.random.stateless_uniform([], seeds[3], 1 - color_jitter, 1 + color_jitter)
-        grey = tf.reduce_mean(image, axis=-1, keepdims=True)
-        image = (image - grey) * saturation + grey
-        image = tf.clip_by_value(image, 0.0, 255.0)
+        grey = tf.reduce_mean(window, axis=-1, keepdims=True)
+        window = (window - grey) * saturation + grey
+        window = tf.clip_by_value(window, 0.0, 255.0)
 
-    # 3. Pad to the crop, then a random crop.
-    image, mask = _pad_pair(image, mask, crop_h, crop_w, mean, ignore_index)
-    shape = tf.shape(image)
-    top = tf.random.stateless_uniform([], seeds[4], 0, shape[0] - crop_h + 1, dtype=tf.int32)
-    left = tf.random.stateless_uniform([], seeds[5], 0, shape[1] - crop_w + 1, dtype=tf.int32)
-    image = image[top : top + crop_h, left : left + crop_w]
-    mask = mask[top : top + crop_h, left : left + crop_w]
+    # 4. Pad the window to the crop.
+    image, mask = _pad_pair(window, mask, crop_h, crop_w, mean, ignore_index)
 
-    # 4. Horizontal flip.
+    # 5. Horizontal flip.
     if flip:
         do_flip = tf.random.stateless_uniform([], seeds[6]) < 0.5
         image = tf.cond(do_flip, lambda: image[:, ::-1], lambda: image)

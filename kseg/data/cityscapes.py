@@ -27,7 +27,7 @@ import tensorflow as tf
 from kseg.data._reader import (
     LabelMap,
     build_dataset,
-    check_pairs,
+    check_splits,
     first_existing,
     pair_by_name,
     raise_problems,
@@ -218,16 +218,4 @@ def check_cityscapes(data_dir, splits=None):
         A list of `(path, message)`, one per bad or unpaired file, missing
         folder or empty split; empty when the data is good.
     """
-    try:
-        find_cityscapes_root(data_dir)
-    except FileNotFoundError as e:
-        return [(os.fspath(data_dir), str(e))]
-    problems, seen = [], set()
-    for split in splits or CITYSCAPES_SPLITS:
-        try:
-            images, masks, label_map, pairing = _split_files(data_dir, split)
-        except (FileNotFoundError, DataError, ValueError) as e:
-            problems.append((os.fspath(data_dir), str(e)))
-            continue
-        problems = check_pairs(images, masks, label_map, problems + pairing, seen)
-    return problems
+    return check_splits(data_dir, splits or CITYSCAPES_SPLITS, find_cityscapes_root, _split_files)

@@ -126,6 +126,73 @@ def test_color_jitter_keeps_range_and_mask():
     np.testing.assert_array_equal(np.asarray(out_mask), mask)
 
 
+def _reference_augment(image, mask, seed, crop_size, scale_range, color_jitter):
+    """The definition of `augment_sample`, step by step on whole images.
+
+    Resize the whole pair (`tf.image.resize`: bilinear image, nearest mask), colour
+    jitter the whole resized image (NumPy), pad bottom/right with the mean colour and
+    255, crop, flip (NumPy); the random draws are those `augment_sample` documents
+    (stateless, from `seed` split in 8: 0 scale, 1-3 jitter, 4-5 offsets, 6 flip).
+    """
+    crop_h, crop_w = crop_size
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=8)
+    height, width = mask.shape
+    scale = np.float32(tf.random.stateless_uniform([], seeds[0], *scale_range))
+    new_h, new_w = np.maximum(np.round(np.float32([height, width]) * scale).astype(int), 1)
+    out = tf.image.resize(image, (new_h, new_w), method="bilinear").numpy()
+    labels = tf.image.resize(mask[..., None], (new_h, new_w), method="nearest").numpy()[..., 0]
+    if color_jitter:
+        j = color_jitter
+        out = out + np.float32(tf.random.stateless_uniform([], seeds[1], -j, j)) * 255
+        contrast = np.float32(tf.random.stateless_uniform([], seeds[2], 1 - j, 1 + j))
+        pivot = out.mean(axis=(0, 1), dtype=np.float64)
+        out = (out - pivot) * contrast + pivot
+        saturation = np.float32(tf.random.stateless_uniform([], seeds[3], 1 - j, 1 + j))
+        grey = out.mean(axis=-1, keepdims=True)
+        out = np.clip((out - grey) * saturation + grey, 0, 255)
+    pad_h, pad_w = max(new_h, crop_h), max(new_w, crop_w)
+    padded = np.empty((pad_h, pad_w, 3), np.float64)
+    padded[:] = MEAN
+    padded[:new_h, :new_w] = out
+    padded_mask = np.full((pad_h, pad_w), 255, np.int64)
+    padded_mask[:new_h, :new_w] = labels
+    top = int(tf.random.stateless_uniform([], seeds[4], 0, pad_h - crop_h + 1, dtype=tf.int32))
+    left = int(tf.random.stateless_uniform([], seeds[5], 0, pad_w - crop_w + 1, dtype=tf.int32))
+    out = padded[top : top + crop_h, left : left + crop_w]
+    labels = padded_mask[top : top + crop_h, left : left + crop_w]
+    if float(tf.random.stateless_uniform([], seeds[6])) < 0.5:
+        out, labels = out[:, ::-1], labels[:, ::-1]
+    return out, labels
+
+
+@pytest.mark.parametrize(
+    "size, crop_size, scale_range, color_jitter",
+    [
+        ((13, 21), (8, 10), (0.5, 2.0), 0.0),  # crop inside or beyond the scaled image
+        ((37, 50), (40, 30), (0.5, 2.0), 0.0),  # taller than most scaled images: padding
+        ((48, 96), (24, 48), (0.5, 2.0), 0.0),  # the Cityscapes shape, 1/21 size
+        ((9, 7), (12, 12), (0.25, 0.6), 0.0),  # always padded on both sides
+        ((20, 30), (16, 16), (0.5, 2.0), 0.4),  # jitter pivot: mean of the scaled image
+        ((20, 30), (16, 16), (1.0, 1.0), 0.4),  # no scaling
+    ],
+)
+def test_window_resize_equals_resizing_the_whole_image(size, crop_size, scale_range, color_jitter):
+    # The window is computed from the input only; values must be those of resizing the
+    # whole image first (mask labels exactly), in eager mode and inside a tf.function.
+    image, mask = _pair(*size, labels=(0, 1, 5, 18, 255))
+    graph = tf.function(augment.augment_sample)
+    atol = 1e-2 if color_jitter else 1e-3
+    for i in range(8):
+        expected, expected_mask = _reference_augment(
+            image, mask, _seed(i), crop_size, scale_range, color_jitter
+        )
+        kwargs = dict(crop_size=crop_size, scale_range=scale_range, color_jitter=color_jitter)
+        for run in (augment.augment_sample, graph):
+            out, out_mask = run(image, mask, _seed(i), **kwargs)
+            np.testing.assert_array_equal(np.asarray(out_mask), expected_mask)
+            np.testing.assert_allclose(np.asarray(out), expected, atol=atol, rtol=0)
+
+
 def _batches(ds):
     return [(np.asarray(i), np.asarray(m)) for i, m in ds]
 

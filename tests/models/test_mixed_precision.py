@@ -84,29 +84,32 @@ def _logits(out):
     return out if not isinstance(out, dict) else {k: out[k] for k in ("main", "aux") if k in out}
 
 
-@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+POLICIES = ("mixed_float16", "mixed_bfloat16")
+
+
 @pytest.mark.parametrize("name", sorted(set(BUILDERS) - {"segnet"}))
-def test_model_under_mixed_precision(name, policy):
+def test_model_under_mixed_precision(name):
+    # One float32 reference per builder, compared with the model under each 16-bit policy.
     x = np.random.default_rng(0).uniform(0, 255, (1, 64, 64, 3)).astype("float32")
     reference = BUILDERS[name]()
     _randomize_zero_weights(reference)
     _calibrate_batch_norms(reference, x)
     expected = to_numpy(reference(x, training=False))
-
-    keras.config.set_dtype_policy(policy)
-    model = BUILDERS[name]()
-    model.set_weights(reference.get_weights())
-    out = model(x, training=False)
-    for key, logits in _as_items(_logits(out)):
-        assert keras.backend.standardize_dtype(logits.dtype) == "float32", (key, logits.dtype)
-    got = to_numpy(out)
     for key, value in _as_items(expected):
         assert np.max(np.abs(value)) > 0, f"{key}: float32 output is all zero"
-    assert_close_to_float32(got, expected, policy)
+
+    for policy in POLICIES:
+        keras.config.set_dtype_policy(policy)
+        model = BUILDERS[name]()
+        model.set_weights(reference.get_weights())
+        out = model(x, training=False)
+        for key, logits in _as_items(_logits(out)):
+            dtype = keras.backend.standardize_dtype(logits.dtype)
+            assert dtype == "float32", (policy, key, dtype)
+        assert_close_to_float32(to_numpy(out), expected, policy)
 
 
-@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-def test_glorenet_paper_head_at_a_realistic_feature_size(policy):
+def test_glorenet_paper_head_at_a_realistic_feature_size():
     # The PaddleSeg head (reduce to 512, GloRe S=128, N=64) on a 64x128
     # stride-8 map: without 1/L its reprojection exceeds float16's range there.
     x = np.random.default_rng(0).uniform(0, 255, (1, 512, 1024, 3)).astype("float32")
@@ -118,19 +121,16 @@ def test_glorenet_paper_head_at_a_realistic_feature_size(policy):
     _randomize_zero_weights(reference)
     _calibrate_batch_norms(reference, x)
     expected = to_numpy(reference(x, training=False))
-    keras.config.set_dtype_policy(policy)
-    model = build()
-    model.set_weights(reference.get_weights())
-    got = model(x, training=False)
-    assert keras.backend.standardize_dtype(got.dtype) == "float32"
-    assert_close_to_float32(to_numpy(got), expected, policy)
+    for policy in POLICIES:
+        keras.config.set_dtype_policy(policy)
+        model = build()
+        model.set_weights(reference.get_weights())
+        got = model(x, training=False)
+        assert keras.backend.standardize_dtype(got.dtype) == "float32", policy
+        assert_close_to_float32(to_numpy(got), expected, policy)
 
 
-@pytest.mark.parametrize(
-    "policy, min_agreement, max_error",
-    [("mixed_float16", 0.99, 0.1), ("mixed_bfloat16", 0.95, 0.25)],
-)
-def test_segnet_under_mixed_precision(policy, min_agreement, max_error):
+def test_segnet_under_mixed_precision():
     # SegNet unpools to the encoder's argmax positions. Where two values of a
     # pooling window are within 16-bit rounding of each other the argmax may
     # pick the other one (measured: 0.2% of the indices under float16, up to
@@ -151,21 +151,24 @@ def test_segnet_under_mixed_precision(policy, min_agreement, max_error):
     _calibrate_batch_norms(reference, x)
     expected = to_numpy(reference_probe(x, training=False))
 
-    keras.config.set_dtype_policy(policy)
-    model, probe = build()
-    model.set_weights(reference.get_weights())
-    got = probe(x, training=False)
-    assert keras.backend.standardize_dtype(got[0].dtype) == "float32"
-    got = to_numpy(got)
-    for stage in range(5):
-        values, indices = 1 + 2 * stage, 2 + 2 * stage
-        assert_close_to_float32(got[values], expected[values], policy)
-        agreement = np.mean(got[indices] == expected[indices])
-        assert agreement >= min_agreement, (probes[stage], agreement)
-    logits = got[0].astype("float64")
-    assert np.all(np.isfinite(logits))
-    error = np.linalg.norm(logits - expected[0]) / np.linalg.norm(expected[0])
-    assert error <= max_error, error
+    # policy: (least fraction of equal argmax indices, largest relative L2 error of the logits)
+    bounds = {"mixed_float16": (0.99, 0.1), "mixed_bfloat16": (0.95, 0.25)}
+    for policy, (min_agreement, max_error) in bounds.items():
+        keras.config.set_dtype_policy(policy)
+        model, probe = build()
+        model.set_weights(reference.get_weights())
+        got = probe(x, training=False)
+        assert keras.backend.standardize_dtype(got[0].dtype) == "float32", policy
+        got = to_numpy(got)
+        for stage in range(5):
+            values, indices = 1 + 2 * stage, 2 + 2 * stage
+            assert_close_to_float32(got[values], expected[values], policy)
+            agreement = np.mean(got[indices] == expected[indices])
+            assert agreement >= min_agreement, (policy, probes[stage], agreement)
+        logits = got[0].astype("float64")
+        assert np.all(np.isfinite(logits)), policy
+        error = np.linalg.norm(logits - expected[0]) / np.linalg.norm(expected[0])
+        assert error <= max_error, (policy, error)
 
 
 def _as_items(out):
