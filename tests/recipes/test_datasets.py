@@ -28,28 +28,6 @@ import evaluate_voc  # noqa: E402
 import predict  # noqa: E402
 import train  # noqa: E402
 
-
-@pytest.fixture(scope="module", autouse=True)
-def jax_compilation_cache():
-    """JAX keeps the compiled smoke steps on disk, as the subprocesses of test_recipes.py do."""
-    if keras.backend.backend() != "jax":
-        yield
-        return
-    import tempfile
-
-    import jax
-
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-    saved = {name: getattr(jax.config, name) for name in names}
-    jax.config.update(
-        names[0], os.path.join(tempfile.gettempdir(), "kseg-tests-jax-compilation-cache")
-    )
-    jax.config.update(names[1], 0)
-    yield
-    for name, value in saved.items():
-        jax.config.update(name, value)
-
-
 # --- resolved configurations (parse_args only) --------------------------------------------
 
 # Values written out from their sources; SGD is always momentum 0.9 with poly decay.
