@@ -262,11 +262,18 @@ def add_inference_args(parser, default_crop_help):
     parser.add_argument(
         "--crop-size",
         type=int,
+        nargs="+",
         default=None,
-        help="sliding-window size (the training crop); " + default_crop_help,
+        metavar="S",
+        help="sliding-window size, S or H W (the training crop); " + default_crop_help,
     )
     parser.add_argument(
-        "--stride", type=int, default=None, help="sliding-window stride; default 2/3 of the crop"
+        "--stride",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="S",
+        help="sliding-window stride, S or H W; default 2/3 of the crop",
     )
     parser.add_argument("--output-key", default="main", help="output of a dict-output model")
 
@@ -276,8 +283,14 @@ def check_inference_args(parser, args):
         parser.error(f"argument --scales: must be positive, got {args.scales}")
     for name in ("crop_size", "stride"):
         value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"argument --{name.replace('_', '-')}: must be >= 1, got {value}")
+        if value is None:
+            continue
+        flag = f"--{name.replace('_', '-')}"
+        if len(value) not in (1, 2):
+            parser.error(f"argument {flag}: expected S or H W, got {len(value)} values {value}")
+        if min(value) < 1:
+            parser.error(f"argument {flag}: must be >= 1, got {value}")
+        setattr(args, name, (value[0], value[-1]))
 
 
 def inference_kwargs(args):

@@ -7,8 +7,10 @@ in a folder) gives two files in `--output-dir`: `<name>_mask.png`, a palette
 PNG whose pixel values are the class ids and whose colours are the palette the
 model carries (the PASCAL VOC palette for a model without one), and
 `<name>_overlay.png`, the image with the coloured mask blended over it.
-Test-time options (`--crop-size`, `--scales`, `--flip`) are those of
-`evaluate_voc.py`.
+Test-time options (`--crop-size S` or `--crop-size H W`, `--scales`,
+`--flip`) are those of `evaluate.py`. The printed class names and the colours
+are those of the dataset the checkpoint was trained on (synthetic, PASCAL VOC,
+Cityscapes, ADE20K or a folder's `dataset.json`), which train.py stores in it.
 
 Images are read with the channel count of the model's input: RGB for 3
 channels, grayscale for 1 (a grey image stored as RGB is accepted), RGBA or
@@ -39,7 +41,9 @@ def build_parser():
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
-    parser.add_argument("--checkpoint", required=True, help=".keras file written by train_voc.py")
+    parser.add_argument(
+        "--checkpoint", required=True, help=".keras file written by train.py or train_voc.py"
+    )
     parser.add_argument("--output-dir", default="predictions", help="where the PNGs go")
     parser.add_argument(
         "--alpha", type=float, default=0.5, help="weight of the mask colours in the overlay"

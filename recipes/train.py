@@ -1,0 +1,735 @@
+"""Trains a kseg segmentation model on synthetic data, PASCAL VOC, Cityscapes, ADE20K or a folder.
+
+    python recipes/train.py                                   # compact demo, synthetic data
+    python recipes/train.py --dataset voc --data-dir ~/data   # PASCAL VOC 2012
+    python recipes/train.py --dataset cityscapes --data-dir ~/cityscapes --model pspnet
+    python recipes/train.py --dataset ade20k --data-dir ~/ADEChallengeData2016
+    python recipes/train.py --dataset folder --data-dir my/train --val-dir my/val
+    python recipes/train.py --dataset cityscapes --data-dir ~/cityscapes --smoke  # seconds
+    tensorboard --logdir runs                                 # watch it
+
+`recipes/train_voc.py` is this recipe with the dataset chosen by `--data-dir`
+(PASCAL VOC with it, synthetic data without).
+
+Without `--data-dir` (`--dataset synthetic`, the default) the model trains on
+kseg's synthetic dataset (6 classes of textured shapes, 96 x 96, generated in
+memory) in the compact demo configuration: DeepLabV3+ on a small ResNet (one
+bottleneck per stage, width 16) with narrow heads. It runs on a 2-core CPU in
+a few minutes on every backend and reaches a validation mean IoU above 0.8
+(README, "Results of the demo run").
+
+With `--data-dir` the defaults become the dataset's configuration from its
+papers and mmsegmentation (`_datasets.PAPER_CONFIGS`, where each value is
+cited): the paper's backbone (ResNet-101, or VGG-16 for FCN, SegNet and
+DeepLab v1) with ImageNet weights, SGD with momentum 0.9 and poly decay, and
+
+- voc: 512 x 512 crops of the SBD-augmented training set (`train_aug`, when
+  `SegmentationClassAug` is present), batch 16, lr 0.01, weight decay 1e-4,
+  30k iterations (DeepLab v3+, section 4; PSPNet, section 5.1);
+- cityscapes: 512 x 1024 crops of `train` (fine annotations), batch 8, lr
+  0.01, weight decay 5e-4, 80k iterations (mmsegmentation's 80k schedule);
+- ade20k: 512 x 512 crops of `training`, batch 16, lr 0.01, weight decay 5e-4,
+  160k iterations (mmsegmentation's 160k schedule);
+- folder: 512 x 512 crops, batch 8, lr 0.01, weight decay 5e-4, 20k iterations.
+
+Weight decay is L2 added to the gradient before momentum, as in Caffe and
+torch (`kseg.training.SGD`); crops are taken from images rescaled by a random
+factor in [0.5, 2]; the auxiliary loss weight is 0.4. Every default can be
+overridden (`--crop-size S` or `--crop-size H W`); the resolved configuration,
+dataset included, is printed at the start and saved as `<logdir>/args.json`.
+
+Validation. The per-epoch validation inside `model.fit` needs batches of one
+size: VOC images are padded to `--val-size` (512, exact); Cityscapes images are
+resized to `--val-size` (512 x 1024, half resolution), ADE20K and folder
+images to `--val-size` (default: the training crop) - an approximate figure
+(labels resized with nearest neighbour) that only picks `best.keras`. The
+final evaluation after training scores every Cityscapes, ADE20K and folder
+validation image at its full size (Cityscapes: 1024 x 2048) with a sliding
+window of the training crop (two thirds stride), exactly as
+`recipes/evaluate.py` does; VOC and the synthetic set are scored on the
+padded full images.
+
+Outputs in `--logdir` (default `runs/<model>-<date>-<time>`): TensorBoard logs
+(loss, mean IoU, pixel accuracy, learning rate, per-class IoU, prediction
+images), `best.keras` (the model with the best validation mean IoU; it carries
+the dataset's class names, palette and ignore index) and `backup/` (the state
+after the last finished epoch, for `--resume`).
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import _common
+import _datasets
+
+# Defaults of the demo and smoke configurations; None in the parser means "from here".
+# The configurations with --data-dir are _datasets.PAPER_CONFIGS.
+DEMO = {
+    "backbone": "compact",
+    "crop_size": (96, 96),
+    "batch_size": 8,
+    "epochs": 1,
+    "optimizer": "adam",
+    "lr": 3e-3,
+    "weight_decay": 0.0,
+    "scale_range": (0.75, 1.25),
+    "backbone_weights": None,
+}
+SMOKE = {
+    "backbone": "compact",
+    "crop_size": (32, 32),
+    "batch_size": 2,
+    "epochs": 1,
+    "optimizer": "adam",
+    "lr": 1e-3,
+    "weight_decay": 0.0,
+    "scale_range": (0.75, 1.25),
+    "backbone_weights": None,
+}
+#: Smoke crops of the datasets whose crops are not square (Cityscapes' 1 : 2).
+SMOKE_CROPS = {"cityscapes": (32, 64)}
+SMOKE_STEPS_PER_EPOCH = 2
+
+
+def build_parser(prog="train.py", voc_entry=False):
+    """The command line; `voc_entry` (train_voc.py) has no --dataset and no folder options."""
+    if voc_entry:
+        description = (
+            "Train a segmentation model on PASCAL VOC 2012 (--data-dir) or, without "
+            "--data-dir, on kseg's synthetic dataset in a compact demo configuration."
+        )
+    else:
+        description = (
+            "Train a segmentation model on kseg's synthetic dataset (compact demo), PASCAL "
+            "VOC 2012, Cityscapes, ADE20K or a folder of images and masks."
+        )
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    if not voc_entry:
+        parser.add_argument(
+            "--dataset",
+            default="synthetic",
+            choices=tuple(_datasets.DATASETS),
+            help="synthetic needs no --data-dir; the others read it",
+        )
+    parser.add_argument("--model", default="deeplabv3plus", choices=sorted(_common.MODELS))
+    parser.add_argument(
+        "--backbone",
+        default=None,
+        help="compact (a small ResNet), resnet50 or resnet101 for the ResNet models; vgg16 "
+        "for fcn*/segnet/deeplabv1. Default: compact without --data-dir, the paper's "
+        "backbone with it",
+    )
+    parser.add_argument(
+        "--backbone-weights",
+        default=None,
+        help="'imagenet', a keras.applications weights file, or 'none'. Default: none "
+        "without --data-dir, imagenet with it",
+    )
+    parser.add_argument(
+        "--output-stride",
+        type=int,
+        default=None,
+        choices=(8, 16, 32),
+        help="default: the model's (16 for DeepLab v3/v3+, 8 for the others)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder holding VOCdevkit/VOC2012; without it: the synthetic dataset"
+        if voc_entry
+        else "the dataset's folder (VOC: holding VOCdevkit/VOC2012; Cityscapes: holding "
+        "leftImg8bit and gtFine; ADE20K: ADEChallengeData2016; folder: see below)",
+    )
+    parser.add_argument(
+        "--train-split",
+        default="auto",
+        help="auto: the dataset's training split (VOC: train_aug when SegmentationClassAug "
+        "exists, else train; Cityscapes: train; ADE20K: training)",
+    )
+    parser.add_argument(
+        "--val-split",
+        default="auto",
+        help="auto: the dataset's validation split (val; ADE20K: validation)",
+    )
+    parser.add_argument(
+        "--crop-size",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="S",
+        help="training crop: S (square) or H W",
+    )
+    parser.add_argument(
+        "--val-size",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="S",
+        help="S or H W: the per-epoch validation images inside fit are padded (VOC: 512, "
+        "covers VOC's 500 px) or resized (Cityscapes: 512 1024; ADE20K and folder: the "
+        "training crop) to this size",
+    )
+    parser.add_argument("--batch-size", type=int, default=None)
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=int, default=None, help="passes over the training set")
+    length.add_argument(
+        "--steps", type=int, default=None, help="training steps (instead of --epochs)"
+    )
+    parser.add_argument("--optimizer", default=None, choices=("sgd", "adam"))
+    parser.add_argument("--lr", type=float, default=None, help="initial learning rate (poly decay)")
+    parser.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps")
+    parser.add_argument(
+        "--weight-decay",
+        type=float,
+        default=None,
+        help="sgd: L2 added to the gradient before momentum (Caffe / torch); adam: AdamW's",
+    )
+    parser.add_argument(
+        "--aux-weight",
+        type=float,
+        default=None,
+        help="loss weight of the auxiliary head (models that have one); 0 removes the "
+        "head. Default: 0.4 (PSPNet) for those models",
+    )
+    parser.add_argument(
+        "--sc-weight",
+        type=float,
+        default=_common.SC_LOSS_WEIGHT,
+        help="GINet: weight of the semantic context loss; 0 turns it off",
+    )
+    parser.add_argument(
+        "--mixed-precision",
+        nargs="?",
+        const="auto",
+        default="off",
+        choices=("off", "auto", "float16", "bfloat16"),
+        help="mixed precision; the bare flag picks float16 on a GPU, bfloat16 on a CPU",
+    )
+    parser.add_argument(
+        "--jit-compile",
+        default="auto",
+        choices=("auto", "true", "false"),
+        help="auto: the choice measured fastest for the backend and device (JAX: true; "
+        "TensorFlow on CPU: false; PyTorch: false)",
+    )
+    parser.add_argument(
+        "--logdir", default=None, help="run folder; default runs/<model>-<date>-<time>"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --logdir from its last finished epoch (its saved "
+        "arguments are the defaults; e.g. pass a larger --epochs to train longer)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a few steps of a tiny model on tiny images: checks the whole recipe in seconds",
+    )
+    if not voc_entry:
+        _datasets.add_folder_args(parser)
+    return parser
+
+
+def parse_args(argv=None, prog="train.py", voc_entry=False):
+    """Parses and checks the command line; with --resume, the saved arguments are the defaults.
+
+    Args:
+        argv: the arguments (default `sys.argv[1:]`).
+        prog: the script name in messages.
+        voc_entry: the command line of train_voc.py: no --dataset; the dataset is
+            PASCAL VOC with --data-dir and the synthetic set without.
+
+    Returns:
+        The `argparse.Namespace` with every default resolved (`config` names the
+        configuration: "smoke", "demo" or the dataset's).
+    """
+    parser = build_parser(prog, voc_entry)
+    args = parser.parse_args(argv)
+    if args.resume:
+        if args.logdir is None:
+            parser.error("argument --resume: needs --logdir, the folder of the run to continue")
+        saved_path = os.path.join(args.logdir, "args.json")
+        if not os.path.isfile(saved_path):
+            parser.error(
+                f"argument --resume: {saved_path} not found; --logdir must be the folder of "
+                "an earlier run of this recipe"
+            )
+        with open(saved_path) as f:
+            saved = json.load(f)
+        saved = {k: v for k, v in saved.items() if k not in ("resume", "logdir")}
+        if "epochs" in _given(argv) or "steps" in _given(argv):
+            saved.pop("epochs", None)
+            saved.pop("steps", None)
+        parser.set_defaults(**saved)
+        args = parser.parse_args(argv)
+    elif args.logdir is not None and os.path.isdir(os.path.join(args.logdir, "backup")):
+        parser.error(
+            f"argument --logdir: {args.logdir} holds an earlier run; pass --resume to "
+            "continue it, or choose another --logdir"
+        )
+    if voc_entry:
+        args.dataset = "synthetic" if args.data_dir is None else "voc"
+    if args.data_dir is not None and not os.path.isdir(args.data_dir):
+        parser.error(f"argument --data-dir: no such folder: {args.data_dir!r}")
+    needs_dir = _datasets.DATASETS[args.dataset]["needs_data_dir"]
+    if needs_dir and args.data_dir is None:
+        parser.error(f"argument --data-dir: --dataset {args.dataset} reads its files from it")
+    if not needs_dir and args.data_dir is not None:
+        parser.error(
+            f"argument --data-dir: --dataset {args.dataset} is generated in memory and reads "
+            f"no folder. Received: --data-dir {args.data_dir}"
+        )
+    for kind in ("train", "val"):
+        value = getattr(args, f"{kind}_split")
+        names = _datasets.split_names(args.dataset, kind)
+        if value != "auto" and value not in names:
+            parser.error(
+                f"argument --{kind}-split: dataset {args.dataset!r} has the splits "
+                f"auto, {', '.join(names)}. Received: --{kind}-split {value}"
+            )
+    for name in ("crop_size", "val_size"):
+        value = getattr(args, name)
+        flag = f"--{name.replace('_', '-')}"
+        if isinstance(value, list) and len(value) not in (1, 2):
+            parser.error(f"argument {flag}: expected S or H W, got {len(value)} values {value}")
+        if value is not None:
+            setattr(args, name, _datasets.size_pair(value))
+            if min(getattr(args, name)) < 1:
+                parser.error(f"argument {flag}: must be >= 1, got {value}")
+    for name in ("batch_size", "epochs", "steps"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"argument --{name.replace('_', '-')}: must be >= 1, got {value}")
+    for name in ("lr", "weight_decay", "aux_weight", "sc_weight"):
+        value = getattr(args, name)
+        if value is not None and value < 0:
+            parser.error(f"argument --{name.replace('_', '-')}: must be >= 0, got {value}")
+    if voc_entry:
+        for name, value in _folder_defaults().items():
+            setattr(args, name, value)
+    _datasets.check_folder_args(parser, args)
+    resolve_defaults(args, parser)
+    args.prog = prog
+    return args
+
+
+def _folder_defaults():
+    """The folder options' defaults (train_voc.py has no such options)."""
+    parser = argparse.ArgumentParser()
+    _datasets.add_folder_args(parser)
+    return vars(parser.parse_args([]))
+
+
+def _given(argv):
+    """Destinations of the options written on the command line."""
+    argv = sys.argv[1:] if argv is None else argv
+    return {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+
+
+def paper_config(dataset, model):
+    """The configuration of `dataset` with --data-dir, with the paper backbone of `model`."""
+    preset = dict(_datasets.PAPER_CONFIGS[dataset])
+    paper = _common.PAPER_BACKBONES.get(model)
+    preset["backbone"] = paper or ("vgg16" if _common.backbone_choices(model) else None)
+    return preset
+
+
+def resolve_defaults(args, parser):
+    """Fills the None defaults from the demo, smoke or the dataset's paper configuration."""
+    if args.smoke:
+        preset = dict(SMOKE)
+        preset["crop_size"] = SMOKE_CROPS.get(args.dataset, SMOKE["crop_size"])
+        args.config = "smoke"
+    elif args.data_dir is None:
+        preset, args.config = DEMO, "demo"
+    else:
+        preset, args.config = paper_config(args.dataset, args.model), args.dataset
+    for key in ("backbone", "crop_size", "batch_size", "optimizer", "lr", "weight_decay"):
+        if getattr(args, key) is None:
+            setattr(args, key, preset[key])
+    args.crop_size = tuple(args.crop_size)
+    if args.epochs is None and args.steps is None:
+        if "epochs" in preset:
+            args.epochs = preset["epochs"]
+        else:
+            args.steps = preset["steps"]
+    args.scale_range = tuple(preset["scale_range"])
+    if args.backbone_weights is None:
+        args.backbone_weights = preset["backbone_weights"]
+    elif args.backbone_weights.lower() == "none":
+        args.backbone_weights = None
+    if args.val_size is None:
+        size = _datasets.DATASETS[args.dataset]["fit_val"][1]
+        args.val_size = args.crop_size if size is None else _datasets.size_pair(size)
+
+    choices = _common.backbone_choices(args.model)
+    if not choices:
+        if args.backbone not in (None, "compact"):
+            parser.error(
+                f"argument --backbone: model {args.model!r} has no backbone. "
+                f"Received: --backbone {args.backbone}"
+            )
+        args.backbone = None
+    elif args.backbone == "compact" and "compact" not in choices:
+        args.backbone = choices[0]  # VGG models: VGG-16 with compact heads
+    elif args.backbone not in choices:
+        parser.error(
+            f"argument --backbone: model {args.model!r} takes one of {', '.join(choices)}. "
+            f"Received: --backbone {args.backbone}"
+        )
+    if args.backbone_weights is not None and args.backbone in (None, "compact"):
+        args.backbone_weights = None  # nothing pretrained to load into a compact network
+    args.compact = args.config in ("smoke", "demo") or args.backbone == "compact"
+    if args.output_stride is not None and _common.MODELS[args.model][1] != "resnet":
+        parser.error(
+            f"argument --output-stride: model {args.model!r} has a fixed output stride. "
+            f"Received: --output-stride {args.output_stride}"
+        )
+
+    if args.aux_weight is None:
+        args.aux_weight = 0.4 if _common.has_aux_head(args.model) else 0.0
+    elif args.aux_weight > 0 and not _common.has_aux_head(args.model):
+        parser.error(
+            f"argument --aux-weight: model {args.model!r} has no auxiliary head. "
+            f"Received: --aux-weight {args.aux_weight}"
+        )
+    if args.logdir is None:
+        args.logdir = os.path.join("runs", f"{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def log(message=""):
+    print(message, flush=True)
+
+
+def _size_text(size):
+    return f"{size[0]} x {size[1]}"
+
+
+def make_data(args, tf, kdata):
+    """Reads the dataset of `args` and builds its pipelines.
+
+    Returns:
+        A dict: `train_ds` (repeated, augmented batches), `steps_per_epoch`,
+        `val_ds` (the per-epoch validation batches of `fit`), `val_steps`,
+        `eval_ds` (what the final evaluation scores: full images one by one
+        for the sliding-window datasets, else `val_ds`), `eval_steps`,
+        `sliding` (whether the final evaluation slides windows of the
+        training crop) and `dataset` (the description the trained model
+        carries: name, class names, palette, ignore index).
+    """
+    entry = _datasets.DATASETS[args.dataset]
+    try:
+        dataset = entry["describe"](kdata, args)
+        num_classes = len(dataset["class_names"])
+        train_split = _datasets.resolve_split(args.dataset, args, "train", kdata)
+        val_split = _datasets.resolve_split(args.dataset, args, "val", kdata)
+        start = time.time()
+        train = entry["read"](kdata, args, train_split, num_classes, shuffle=True, seed=args.seed)
+        val = entry["read"](kdata, args, val_split, num_classes)
+    except FileNotFoundError as e:
+        where = "" if args.dataset == "folder" else "argument --data-dir: "
+        raise SystemExit(f"{args.prog}: error: {where}{e}") from None
+    except ValueError as e:  # kseg.data.DataError and bad layout options
+        raise SystemExit(f"{args.prog}: error: {e}") from None
+    num_train = int(train.cardinality())
+    if num_train < 0:
+        raise SystemExit(
+            f"{args.prog}: error: the {args.dataset} reader gave a dataset of unknown length"
+        )
+    if args.dataset == "synthetic":
+        size = 32 if args.smoke else 96
+        num_val = int(val.cardinality())
+        log(
+            "No --data-dir given: training on kseg's SYNTHETIC dataset (textured shapes of "
+            f"{num_classes - 1} classes on a noisy background, {size} x {size} px, "
+            f"{num_train} training and {num_val} validation images, generated in memory), "
+            "not on PASCAL VOC."
+        )
+        log(f"Synthetic data generated in {time.time() - start:.1f} s.")
+    else:
+        root = kdata.find_voc_root(args.data_dir) if args.dataset == "voc" else args.data_dir
+        log(
+            f"{entry['title']} from {root}: '{train_split}' ({num_train} images) for "
+            f"training, '{val_split}'."
+        )
+    # The label that is not a class (255 but in a folder that says otherwise).
+    ignore = {"ignore_index": int(dataset.get("ignore_index", 255))}
+    if args.smoke:
+        val_ds = kdata.eval_pipeline(
+            val, batch_size=args.batch_size, size=args.crop_size, policy="resize", **ignore
+        )
+    else:
+        policy = entry["fit_val"][0]
+        size = None if policy == "none" else args.val_size
+        val_ds = kdata.eval_pipeline(
+            val, batch_size=args.batch_size, size=size, policy=policy, **ignore
+        )
+    if num_train < args.batch_size:
+        raise SystemExit(
+            f"{args.prog}: error: argument --batch-size: {args.batch_size} is larger than the "
+            f"training set ({num_train} images)"
+        )
+    steps_per_epoch = num_train // args.batch_size
+    val_steps = None
+    if args.smoke:
+        steps_per_epoch = min(steps_per_epoch, SMOKE_STEPS_PER_EPOCH)
+        val_steps = SMOKE_STEPS_PER_EPOCH
+    train_ds = kdata.train_pipeline(
+        train,
+        batch_size=args.batch_size,
+        crop_size=args.crop_size,
+        scale_range=args.scale_range,
+        seed=args.seed,
+        repeat=True,
+        **ignore,
+    )
+    if entry["sliding"]:
+        eval_ds = kdata.eval_pipeline(val, batch_size=1, **ignore)
+        eval_steps = SMOKE_STEPS_PER_EPOCH if args.smoke else None
+    else:
+        eval_ds, eval_steps = val_ds, val_steps
+    return {
+        "train_ds": train_ds,
+        "steps_per_epoch": steps_per_epoch,
+        "val_ds": val_ds,
+        "val_steps": val_steps,
+        "eval_ds": eval_ds,
+        "eval_steps": eval_steps,
+        "sliding": entry["sliding"],
+        "dataset": dataset,
+    }
+
+
+def compile_model(model, args, num_classes, total_steps, jit_compile, keras, kseg, ignore_index):
+    outputs = _common.model_outputs(model)
+    schedule = kseg.training.PolyDecay(
+        args.lr, decay_steps=max(total_steps, 1), warmup_steps=min(args.warmup_steps, total_steps)
+    )
+    if args.optimizer == "sgd":
+        # The papers' coupled L2 (Caffe / torch), not Keras' decoupled weight_decay.
+        optimizer = kseg.training.SGD(schedule, momentum=0.9, l2=args.weight_decay or 0.0)
+    elif args.weight_decay:
+        optimizer = keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay)
+    else:
+        optimizer = keras.optimizers.Adam(schedule)
+    ignore = {"ignore_index": ignore_index}
+    miou = kseg.metrics.MeanIoU(num_classes, **ignore)
+    metrics = [miou, kseg.metrics.PixelAccuracy(num_classes, **ignore)]
+    if outputs is None:
+        loss, loss_weights, metric_spec = (
+            kseg.losses.SegmentationCrossEntropy(**ignore),
+            None,
+            metrics,
+        )
+        monitor = "val_mean_iou"
+    else:
+        loss = {"main": kseg.losses.SegmentationCrossEntropy(**ignore)}
+        loss_weights = {"main": 1.0}
+        if "aux" in outputs:
+            loss["aux"] = kseg.losses.SegmentationCrossEntropy(**ignore)
+            loss_weights["aux"] = args.aux_weight
+        if "presence" in outputs:
+            loss["presence"] = kseg.losses.SemanticContextLoss(num_classes, **ignore)
+            loss_weights["presence"] = args.sc_weight
+        metric_spec = {"main": metrics}
+        monitor = "val_main_mean_iou"
+    model.compile(
+        optimizer=optimizer,
+        loss=loss,
+        loss_weights=loss_weights,
+        metrics=metric_spec,
+        jit_compile=jit_compile,
+    )
+    return miou, monitor, outputs
+
+
+def main(argv=None, prog="train.py", voc_entry=False):
+    """Runs the recipe; returns the final evaluation's results (`mean_iou`, `pixel_accuracy`).
+
+    Args:
+        argv: the arguments (default `sys.argv[1:]`).
+        prog, voc_entry: see `parse_args` (train_voc.py passes its own).
+    """
+    args = parse_args(argv, prog, voc_entry)
+    _common.quiet_tensorflow()
+    wall_start = time.time()
+
+    import keras
+    import tensorflow as tf
+
+    import kseg
+    import kseg.data as kdata
+    import kseg.training
+
+    backend = keras.backend.backend()
+    device = _common.accelerator()
+    if args.jit_compile == "auto":
+        jit_compile = _common.default_jit_compile(backend, device)
+    else:
+        jit_compile = args.jit_compile == "true"
+    policy = _common.mixed_precision_policy(args.mixed_precision, device)
+    if policy is not None:
+        keras.mixed_precision.set_global_policy(policy)
+    keras.utils.set_random_seed(args.seed)
+    os.makedirs(args.logdir, exist_ok=True)
+
+    data = make_data(args, tf, kdata)
+    train_ds, steps_per_epoch = data["train_ds"], data["steps_per_epoch"]
+    val_ds, val_steps, dataset = data["val_ds"], data["val_steps"], data["dataset"]
+    class_names = dataset["class_names"]
+    num_classes = len(class_names)
+    if args.steps is not None:
+        epochs, steps_per_epoch = _common.steps_for(args.steps, steps_per_epoch)
+    else:
+        epochs = args.epochs
+    total_steps = epochs * steps_per_epoch
+
+    compact = None
+    if args.compact:
+        compact = _common.SMOKE_RESNET if args.smoke else _common.COMPACT_RESNET
+    model = _common.build_model(
+        args.model,
+        num_classes,
+        backbone=args.backbone,
+        output_stride=args.output_stride,
+        backbone_weights=args.backbone_weights,
+        aux_head=args.aux_weight > 0,
+        compact=compact,
+        dataset=dataset,
+    )
+    miou, monitor, outputs = compile_model(
+        model,
+        args,
+        num_classes,
+        total_steps,
+        jit_compile,
+        keras,
+        kseg,
+        int(dataset.get("ignore_index", 255)),
+    )
+    if outputs is not None:
+
+        def to_dict(images, masks):
+            return images, {name: masks for name in outputs}
+
+        train_ds = train_ds.map(to_dict)
+        val_fit = val_ds.map(to_dict)
+    else:
+        val_fit = val_ds
+
+    saved = {k: v for k, v in vars(args).items() if k not in ("config", "compact", "prog")}
+    for key in ("scale_range", "crop_size", "val_size"):
+        saved[key] = list(args.scale_range if key == "scale_range" else getattr(args, key))
+    with open(os.path.join(args.logdir, "args.json"), "w") as f:
+        json.dump(saved, f, indent=2)
+
+    log(f"Configuration ({args.config}): " + json.dumps(saved, sort_keys=True))
+    log(
+        f"Model {model.name}: {model.count_params():,} parameters; backbone {args.backbone}"
+        f"{' (compact)' if args.compact else ''}; outputs {outputs or ['logits']}."
+    )
+    log(
+        f"Backend {backend} on {device}; jit_compile={jit_compile}; "
+        f"mixed precision {policy or 'off'}; {epochs} epoch(s) of {steps_per_epoch} steps, "
+        f"batch {args.batch_size}, crop {_size_text(args.crop_size)}."
+    )
+    shown = ", ".join(class_names[:8]) + (", ..." if num_classes > 8 else "")
+    log(
+        f"Dataset {dataset['name']!r}: {num_classes} classes ({shown}); the saved models "
+        "carry the class names, palette and ignore index."
+    )
+    if args.model == "ginet":
+        embeddings = _common.ginet_embeddings(dataset)
+        log(
+            f"GINet: class embeddings {embeddings!r}"
+            + (" (shipped)" if embeddings != "learned" else " (a trainable table)")
+            + "."
+        )
+    if "presence" in (outputs or []):
+        log(f"GINet: semantic context loss on the class nodes, weight {args.sc_weight}.")
+    log(f"Logs and checkpoints in {args.logdir}. To resume after an interruption:")
+    log(f"  python recipes/{args.prog} --resume --logdir {args.logdir}")
+
+    samples = kseg.training.take_samples(val_ds, 4 if not args.smoke else 2)
+    backup_dir = os.path.join(args.logdir, "backup")
+    checkpoint_path = os.path.join(args.logdir, "best.keras")
+    state_path = os.path.join(args.logdir, "best.json")
+    checkpoint = kseg.training.best_checkpoint(checkpoint_path, monitor=monitor, verbose=1)
+    if args.resume and os.path.isfile(state_path):
+        with open(state_path) as f:
+            checkpoint.best = json.load(f)[monitor]
+    callbacks = [
+        # Stops at the first batch whose labels are neither classes nor the ignore index.
+        kseg.training.LabelCheck(),
+        # Kept after the run, so that --resume can also extend a finished run.
+        keras.callbacks.BackupAndRestore(backup_dir, delete_checkpoint=False),
+        keras.callbacks.TensorBoard(args.logdir),
+        kseg.training.LearningRateLogger(args.logdir),
+        kseg.training.PerClassIoULogger(miou, args.logdir, class_names),
+        kseg.training.SegmentationImageLogger(args.logdir, *samples),
+        checkpoint,
+        keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs: _save_best(state_path, checkpoint, monitor)
+        ),
+    ]
+    log(f"Setup took {time.time() - wall_start:.1f} s; training.")
+    model.fit(
+        train_ds,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        validation_data=val_fit,
+        validation_steps=val_steps,
+        callbacks=callbacks,
+        shuffle=False,  # the pipeline shuffles
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+
+    eval_kwargs = {}
+    if data["sliding"]:
+        eval_kwargs["crop_size"] = args.crop_size
+        log(
+            "Evaluating the final model on the full validation images with a sliding "
+            f"window of {_size_text(args.crop_size)}."
+        )
+    else:
+        log("Evaluating the final model on the validation set.")
+    ignore_index = int(dataset.get("ignore_index", 255))
+    eval_miou = kseg.metrics.MeanIoU(num_classes, ignore_index=ignore_index)
+    results = kseg.inference.evaluate(
+        model,
+        data["eval_ds"],
+        [eval_miou, kseg.metrics.PixelAccuracy(num_classes, ignore_index=ignore_index)],
+        steps=data["eval_steps"],
+        **eval_kwargs,
+    )
+    per_class = [float(v) for v in keras.ops.convert_to_numpy(eval_miou.per_class_iou())]
+    log()
+    log(_common.format_iou_table(class_names, per_class))
+    log()
+    log(f"Validation pixel accuracy: {results['pixel_accuracy']:.4f}")
+    if os.path.isfile(checkpoint_path):
+        log(f"Best checkpoint ({monitor} {checkpoint.best:.4f}): {checkpoint_path}")
+    log(f"Total time: {time.time() - wall_start:.1f} s")
+    log(f"Validation mIoU: {results['mean_iou']:.4f}")
+    log(f"Open TensorBoard with: tensorboard --logdir {args.logdir}")
+    return results
+
+
+def _save_best(path, checkpoint, monitor):
+    best = float(checkpoint.best)
+    if best == best and abs(best) != float("inf"):
+        with open(path, "w") as f:
+            json.dump({monitor: best}, f)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""train.py, evaluate.py and predict.py on every dataset of the recipes' registry.
+
+The recipes run in this process (their `main(argv)`; a subprocess would pay
+the imports again) on fake folders written by `kseg.data.write_fake_*`, in
+`--smoke` mode. The resolved configurations are checked against the values
+of the papers and of mmsegmentation, written out here with their source.
+"""
+
+import json
+import os
+import sys
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+import kseg.data
+from kseg.data.palette import dataset_description
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RECIPES = os.path.join(ROOT, "recipes")
+if RECIPES not in sys.path:
+    sys.path.insert(0, RECIPES)
+
+import evaluate  # noqa: E402  (recipes/evaluate.py)
+import evaluate_voc  # noqa: E402
+import predict  # noqa: E402
+import train  # noqa: E402
+
+# --- resolved configurations (parse_args only) --------------------------------------------
+
+# Values written out from their sources; SGD is always momentum 0.9 with poly decay.
+EXPECTED = {
+    # DeepLab v3+ (Chen et al. 2018), section 4 and PSPNet (Zhao et al. 2017), section 5.1:
+    # crop 512 (513), batch 16, lr 0.01, weight decay 1e-4, 30k iterations, scales 0.5-2.
+    "voc": ((512, 512), 16, 30000, 0.01, 1e-4, (512, 512)),
+    # mmsegmentation configs/_base_/datasets/cityscapes.py (crop 512 x 1024, RandomResize
+    # ratio 0.5-2.0), schedules/schedule_80k.py (SGD lr 0.01, weight_decay 0.0005,
+    # max_iters 80000), 4xb2 = batch 8. Per-epoch validation at half resolution.
+    "cityscapes": ((512, 1024), 8, 80000, 0.01, 5e-4, (512, 1024)),
+    # mmsegmentation configs/_base_/datasets/ade20k.py (crop 512 x 512),
+    # schedules/schedule_160k.py (lr 0.01, weight_decay 0.0005, 160000 iterations), 4xb4 = 16.
+    "ade20k": ((512, 512), 16, 160000, 0.01, 5e-4, (512, 512)),
+    # The recipe's own folder default (train.py docstring): mmsegmentation's 20k schedule.
+    "folder": ((512, 512), 8, 20000, 0.01, 5e-4, (512, 512)),
+}
+
+
+def folder_args(tmp_path):
+    (tmp_path / "val").mkdir(exist_ok=True)
+    return ["--val-dir", str(tmp_path / "val")]
+
+
+@pytest.mark.parametrize("dataset", sorted(EXPECTED))
+def test_paper_configuration_of_each_dataset(dataset, tmp_path):
+    extra = folder_args(tmp_path) if dataset == "folder" else []
+    argv = ["--dataset", dataset, "--data-dir", str(tmp_path), "--model", "pspnet", *extra]
+    args = train.parse_args(argv)
+    crop, batch, steps, lr, weight_decay, val_size = EXPECTED[dataset]
+    assert args.config == dataset
+    assert args.crop_size == crop and args.batch_size == batch
+    assert args.steps == steps and args.epochs is None
+    assert args.optimizer == "sgd" and args.lr == lr and args.weight_decay == weight_decay
+    assert args.scale_range == (0.5, 2.0)
+    # PSPNet's backbone (ResNet-101, ImageNet weights) and aux loss weight 0.4 (section 4.4).
+    assert args.backbone == "resnet101" and args.backbone_weights == "imagenet"
+    assert args.aux_weight == 0.4
+    assert args.val_size == val_size
+    assert not args.compact
+
+
+def test_demo_and_voc_entry_point_configurations(tmp_path):
+    # train_voc.py: the synthetic demo without --data-dir, VOC with it (as before train.py).
+    demo = train.parse_args([], prog="train_voc.py", voc_entry=True)
+    assert (demo.dataset, demo.config, demo.crop_size, demo.batch_size) == (
+        "synthetic",
+        "demo",
+        (96, 96),
+        8,
+    )
+    assert (demo.epochs, demo.optimizer, demo.lr, demo.backbone) == (1, "adam", 3e-3, "compact")
+    voc = train.parse_args(["--data-dir", str(tmp_path)], prog="train_voc.py", voc_entry=True)
+    assert (voc.dataset, voc.config, voc.crop_size, voc.steps) == ("voc", "voc", (512, 512), 30000)
+    assert train.parse_args([]).dataset == "synthetic"
+    # FCN's paper backbone is VGG-16.
+    fcn = train.parse_args(["--dataset", "ade20k", "--data-dir", str(tmp_path), "--model", "fcn8s"])
+    assert fcn.backbone == "vgg16" and fcn.crop_size == (512, 512)
+
+
+@pytest.mark.parametrize(
+    "argv, crop",
+    [(["--crop-size", "769"], (769, 769)), (["--crop-size", "256", "512"], (256, 512))],
+)
+def test_crop_size_square_or_height_width(argv, crop, tmp_path):
+    args = train.parse_args(["--dataset", "cityscapes", "--data-dir", str(tmp_path), *argv])
+    assert args.crop_size == crop
+    assert args.val_size == (512, 1024)  # Cityscapes' own, not the crop
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--dataset", "cityscapes"], "argument --data-dir: --dataset cityscapes reads"),
+        (["--dataset", "synthetic", "--data-dir", "."], "argument --data-dir: --dataset synth"),
+        (["--crop-size", "1", "2", "3"], "argument --crop-size: expected S or H W, got 3"),
+        (["--crop-size", "0"], r"argument --crop-size: must be >= 1, got \[0\]"),
+        (
+            ["--dataset", "ade20k", "--data-dir", ".", "--train-split", "train"],
+            "argument --train-split: dataset 'ade20k' has the splits auto, training, valid",
+        ),
+        (["--dataset", "folder", "--data-dir", "."], "argument --val-dir: --dataset folder needs"),
+        (
+            ["--dataset", "folder", "--data-dir", ".", "--val-dir", "/no/such"],
+            "argument --val-dir: no such folder: '/no/such'",
+        ),
+    ],
+)
+def test_bad_train_arguments_name_the_argument(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.parse_args(argv)
+    assert exit_info.value.code == 2
+    import re
+
+    assert re.search(message, capsys.readouterr().err)
+
+
+# --- smoke runs on fake folders ---------------------------------------------------------------
+
+
+def _val_samples(dataset, data_dir, count=2):
+    """The first validation samples as the reader gives them (the reference of the scores)."""
+    if dataset == "synthetic":
+        ds = kseg.data.synthetic_dataset("val", num_classes=6, seed=0)
+    elif dataset == "voc":
+        ds = kseg.data.voc_dataset(data_dir, "val")
+    elif dataset == "cityscapes":
+        ds = kseg.data.cityscapes_dataset(data_dir, "val")
+    elif dataset == "ade20k":
+        ds = kseg.data.ade20k_dataset(data_dir, "validation")
+    else:
+        ds = kseg.data.folder_dataset(data_dir)
+    return list(ds.take(count).as_numpy_iterator())
+
+
+def _confusion(pairs, num_classes):
+    """NumPy confusion matrix of `(truth, prediction)` label maps; 255 is not scored."""
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    for truth, pred in pairs:
+        keep = truth != 255
+        np.add.at(confusion, (truth[keep], pred[keep]), 1)
+    return confusion
+
+
+def _scores(confusion):
+    tp = np.diag(confusion).astype(np.float64)
+    union = confusion.sum(0) + confusion.sum(1) - tp
+    return (tp[union > 0] / union[union > 0]).mean(), tp.sum() / confusion.sum()
+
+
+def run_smoke(dataset, data_dir, tmp_path, capsys, train_argv=(), crop_args=()):
+    """train.py --smoke, then evaluate.py and predict.py on its checkpoint; checks all three."""
+    logdir = tmp_path / "run"
+    argv = ["--dataset", dataset, "--smoke", "--logdir", str(logdir), *train_argv]
+    if dataset != "synthetic":
+        argv += ["--data-dir", str(data_dir)]
+    train.main(argv)
+    out = capsys.readouterr().out
+    assert f"Dataset '{dataset}'" in out or dataset == "folder", out[-3000:]
+    with open(logdir / "args.json") as f:
+        saved = json.load(f)
+    assert saved["dataset"] == dataset and saved["smoke"] is True
+    checkpoint = logdir / "best.keras"
+    model = keras.saving.load_model(checkpoint, compile=False)
+    description = model.dataset
+    class_names = description["class_names"]
+    num_classes = len(class_names)
+
+    # evaluate.py picks the dataset the checkpoint carries (no --dataset given).
+    results = tmp_path / "results.json"
+    eval_argv = [str(checkpoint), "--max-images", "2", "--output-json", str(results)]
+    if dataset != "synthetic":
+        eval_argv += ["--data-dir", str(data_dir)]
+    if dataset == "folder":
+        eval_argv += ["--dataset", "folder", *train_argv]
+    evaluate.main([*eval_argv, *crop_args])
+    eval_out = capsys.readouterr().out
+    with open(results) as f:
+        scores = json.load(f)
+    assert scores["dataset"] == dataset
+    assert list(scores["per_class_iou"]) == class_names
+
+    # predict.py on the same images (saved losslessly), scored here in NumPy.
+    samples = _val_samples(dataset, data_dir if dataset != "folder" else _val_dir(train_argv))
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, (image, _) in enumerate(samples):
+        assert np.array_equal(image, np.round(image))
+        Image.fromarray(image.astype(np.uint8), "RGB").save(images / f"val{i}.png")
+    predictions = tmp_path / "predictions"
+    predict.main(
+        [str(images), "--checkpoint", str(checkpoint), "--output-dir", str(predictions), *crop_args]
+    )
+    predict_out = capsys.readouterr().out
+    assert "no dataset description" not in predict_out
+    pairs = []
+    for i, (_, mask) in enumerate(samples):
+        with Image.open(predictions / f"val{i}_mask.png") as png:
+            assert png.getpalette()[:6] == [v for c in description["palette"][:2] for v in c]
+            pred = np.asarray(png, np.int64)
+        pairs.append((mask, pred))
+        line = next(x for x in predict_out.splitlines() if f"val{i}_overlay.png (" in x)
+        present = line.rsplit("(", 1)[1].rstrip(")").split(", ")
+        assert set(present) <= set(class_names), line
+    miou, accuracy = _scores(_confusion(pairs, num_classes))
+    np.testing.assert_allclose(scores["mean_iou"], miou, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scores["pixel_accuracy"], accuracy, rtol=1e-5, atol=1e-6)
+    return out, eval_out, saved
+
+
+def _val_dir(train_argv):
+    return train_argv[train_argv.index("--val-dir") + 1]
+
+
+def test_synthetic_smoke_train_evaluate_predict(tmp_path, capsys):
+    out, eval_out, saved = run_smoke("synthetic", None, tmp_path, capsys)
+    assert "Configuration (smoke)" in out and "SYNTHETIC dataset" in out
+    assert saved["crop_size"] == [32, 32]
+    assert "SYNTHETIC validation set" in eval_out
+
+
+def test_voc_smoke_train_evaluate_predict(tmp_path, capsys):
+    voc = kseg.data.write_fake_voc(tmp_path / "data", num_train=4, num_val=2)
+    out, eval_out, saved = run_smoke(
+        "voc", tmp_path / "data", tmp_path, capsys, crop_args=["--crop-size", "32"]
+    )
+    assert "PASCAL VOC 2012 from" in out and "'train' (4 images)" in out
+    assert "PASCAL VOC 2012 'val'" in eval_out
+    assert dataset_description("voc")["class_names"][20] in eval_out
+    assert os.path.isdir(voc)
+
+
+def test_evaluate_voc_entry_point_keeps_its_splits(capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        evaluate_voc.main([str(tmp_path / "none.keras")])
+    assert "argument checkpoint: no such file" in capsys.readouterr().err
+
+
+def test_cityscapes_smoke_scores_full_images_with_a_sliding_window(tmp_path, capsys):
+    # 48 x 96 images: larger than the 32 x 64 smoke crop, so 2 x 2 windows slide over each.
+    kseg.data.write_fake_cityscapes(tmp_path / "data", size=(48, 96))
+    crop = ["--crop-size", "32", "64"]
+    out, eval_out, saved = run_smoke(
+        "cityscapes", tmp_path / "data", tmp_path, capsys, crop_args=crop
+    )
+    assert "Cityscapes from" in out and "'train' (4 images)" in out
+    assert saved["crop_size"] == [32, 64] and saved["val_size"] == [512, 1024]
+    assert "full validation images with a sliding window of 32 x 64" in out
+    # train.py's final figure is evaluate.py's on the same full images and windows.
+    final = float(out.split("Validation mIoU:")[1].split()[0])
+    evaluated = float(eval_out.split("Mean IoU:")[1].split()[0])
+    assert final == evaluated
+    assert "Cityscapes 'val'" in eval_out and "(512, 1024)" not in eval_out
+    assert "'crop_size': (32, 64)" in eval_out
+
+
+def test_ade20k_smoke_train_evaluate_predict(tmp_path, capsys):
+    kseg.data.write_fake_ade20k(tmp_path / "data")
+    out, eval_out, _ = run_smoke(
+        "ade20k", tmp_path / "data", tmp_path, capsys, crop_args=["--crop-size", "32"]
+    )
+    assert "'training' (3 images)" in out and "Dataset 'ade20k': 150 classes" in out
+    assert "ADE20K (SceneParsing, ADEChallengeData2016) 'validation'" in eval_out
+
+
+def test_folder_smoke_train_evaluate_predict(tmp_path, capsys):
+    fake = kseg.data.write_fake_folder(tmp_path / "train", num_samples=4, description=True)
+    kseg.data.write_fake_folder(tmp_path / "val", num_samples=2, description=True, seed=1)
+    out, eval_out, saved = run_smoke(
+        "folder",
+        tmp_path / "train",
+        tmp_path,
+        capsys,
+        train_argv=["--val-dir", str(tmp_path / "val")],
+    )
+    assert "an image/mask folder from" in out and "(4 images)" in out
+    assert saved["val_dir"] == str(tmp_path / "val")
+    for name in fake["class_names"]:
+        assert name in eval_out  # the per-class table names the folder's classes
