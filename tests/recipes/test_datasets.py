@@ -231,9 +231,9 @@ def test_synthetic_smoke_train_evaluate_predict(tmp_path, capsys):
 
 def test_voc_smoke_train_evaluate_predict(tmp_path, capsys):
     voc = kseg.data.write_fake_voc(tmp_path / "data", num_train=4, num_val=2)
-    out, eval_out, saved = run_smoke(
-        "voc", tmp_path / "data", tmp_path, capsys, crop_args=["--crop-size", "32"]
-    )
+    # With test-time augmentation: sliding window, two scales and the flip.
+    tta = ["--crop-size", "32", "--scales", "0.75", "1.0", "--flip"]
+    out, eval_out, saved = run_smoke("voc", tmp_path / "data", tmp_path, capsys, crop_args=tta)
     assert "PASCAL VOC 2012 from" in out and "'train' (4 images)" in out
     assert "PASCAL VOC 2012 'val'" in eval_out
     assert dataset_description("voc")["class_names"][20] in eval_out

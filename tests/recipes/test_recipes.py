@@ -180,48 +180,6 @@ def test_resume_continues_from_the_saved_epoch(env, smoke_run, tmp_path):
         assert json.load(f)["epoch"] == 2
 
 
-def test_predict_and_evaluate_agree(env, smoke_run, voc_dir, tmp_path):
-    checkpoint = smoke_run[0] / "best.keras"
-    tta = ["--crop-size", 32, "--scales", 0.75, 1.0, "--flip"]
-    results = tmp_path / "results.json"
-    evaluation = run_recipe(
-        env, "evaluate_voc.py", checkpoint, "--data-dir", voc_dir, *tta, "--output-json", results
-    )
-    assert "Mean IoU:" in evaluation.stdout and "tvmonitor" in evaluation.stdout
-    with open(results) as f:
-        scores = json.load(f)
-    assert len(scores["per_class_iou"]) == NUM_CLASSES
-
-    # predict.py on the validation images, scored here with a NumPy confusion matrix.
-    names = kseg.data.voc_file_list(voc_dir, "val")
-    val_images = tmp_path / "val_images"
-    val_images.mkdir()
-    for path in names[0]:
-        shutil.copy(path, val_images)
-    out = tmp_path / "predictions"
-    run_recipe(env, "predict.py", val_images, "--checkpoint", checkpoint, "--output-dir", out, *tta)
-    confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
-    for image_path, mask_path in zip(*names):
-        stem = os.path.splitext(os.path.basename(image_path))[0]
-        with Image.open(out / f"{stem}_mask.png") as png:
-            assert png.mode == "P"
-            assert png.getpalette()[3:6] == [128, 0, 0]  # VOC colour of class 1
-            pred = np.asarray(png, np.int64)
-        with Image.open(out / f"{stem}_overlay.png") as png:
-            assert png.mode == "RGB" and png.size == (pred.shape[1], pred.shape[0])
-        truth = np.asarray(Image.open(mask_path), np.int64)
-        assert pred.shape == truth.shape
-        keep = truth != 255
-        np.add.at(confusion, (truth[keep], pred[keep]), 1)
-    tp = np.diag(confusion).astype(np.float64)
-    union = confusion.sum(0) + confusion.sum(1) - tp
-    iou = tp[union > 0] / union[union > 0]
-    np.testing.assert_allclose(scores["mean_iou"], iou.mean(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(
-        scores["pixel_accuracy"], tp.sum() / confusion.sum(), rtol=1e-5, atol=1e-6
-    )
-
-
 # predict.py and evaluate_voc.py on binary (one-logit) and 1- or 4-channel models, and on
 # folders with bad files. The models are saved here, not trained by the recipe.
 
