@@ -4,6 +4,7 @@ Everything heavy (Keras, TensorFlow, kseg) is imported inside the functions, so
 that a recipe can parse and check its command line before paying for imports.
 """
 
+import argparse
 import math
 import os
 
@@ -276,6 +277,16 @@ def add_inference_args(parser, default_crop_help):
         help="sliding-window stride, S or H W; default 2/3 of the crop",
     )
     parser.add_argument("--output-key", default="main", help="output of a dict-output model")
+    parser.add_argument(
+        "--size-buckets",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="whole-image inference: pad each image (bottom, right) to one of a few sizes "
+        "and crop the result back, so that the model compiles a bounded number of times "
+        "whatever the image sizes (JAX compiles every new shape); the padding changes "
+        "the logits a little (kseg.inference, size_buckets). The sliding window "
+        "(--crop-size) is exact either way",
+    )
 
 
 def check_inference_args(parser, args):
@@ -300,6 +311,8 @@ def inference_kwargs(args):
         "scales": tuple(args.scales),
         "flip": args.flip,
         "output_key": args.output_key,
+        # Whole-image inference pads to size buckets (None: the library's exact default).
+        "size_buckets": True if args.size_buckets else None,
     }
 
 
