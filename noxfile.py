@@ -33,9 +33,10 @@ def tests(session, backend):
     backend are checked to load under the other two (in subprocesses). The
     torch CPU wheel goes first so that no other requirement pulls a GPU build.
 
-    On TensorFlow the tests that need channels_first convolutions run a second
-    time with oneDNN off, as on a CPU without AVX-512: there they must skip, and
-    kseg must refuse channels_first with its own error.
+    On TensorFlow the tests that need channels_first convolutions run again with
+    oneDNN off, as on a CPU without AVX-512 (there they must skip, and kseg must
+    refuse channels_first with its own error), and with oneDNN forced on, where
+    NCHW convolutions run on any x86 CPU.
     """
     session.install(TORCH_SPEC)
     session.install("-e", ".[tensorflow,jax,data,dev]")
@@ -49,11 +50,15 @@ def tests(session, backend):
     workers = ["-n", "2", "--dist", "loadfile"]
     session.run("python", "-m", "pytest", "-q", "-rs", *workers, *session.posargs, env=env)
     if backend == "tensorflow" and not session.posargs:
-        session.run(
-            "python", "-m", "pytest", "-q", "-rs", "-m", "channels_first_conv",
-            "tests/ops/test_backend.py", "tests/layers", "tests/backbones", "tests/test_inference.py",
-            env={**env, "TF_ENABLE_ONEDNN_OPTS": "0"},
-        )
+        # TensorFlow turns oneDNN on by default only on CPUs with AVX-512, so the first
+        # run tested one of the two cases: test both on any host.
+        for onednn in ("0", "1"):
+            session.run(
+                "python", "-m", "pytest", "-q", "-rs", "-m", "channels_first_conv",
+                "tests/ops/test_backend.py", "tests/layers", "tests/backbones",
+                "tests/test_inference.py",
+                env={**env, "TF_ENABLE_ONEDNN_OPTS": onednn},
+            )
 
 
 @nox.session
