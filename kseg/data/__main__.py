@@ -12,7 +12,7 @@ is any, 0 when the data is good.
 import argparse
 import sys
 
-from kseg.data._reader import MASK_FORMATS
+from kseg.data._reader import MASK_FORMATS, report_problems
 
 DATASETS = ("voc", "cityscapes", "ade20k", "folder")
 
@@ -114,13 +114,7 @@ def main(argv=None):
     """Runs the checker; returns the exit status (1 when any problem is found)."""
     args = _parser().parse_args(argv)
     problems = check(args)
-    for _, message in problems:
-        print(message)
-    if problems:
-        print(f"{len(problems)} problem(s) found in {args.check}.", file=sys.stderr)
-        return 1
-    print(f"OK: no problems found in {args.check}.")
-    return 0
+    return report_problems(problems, args.check)
 
 
 if __name__ == "__main__":

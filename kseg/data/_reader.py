@@ -8,6 +8,7 @@ checking and streaming are done here, once.
 
 import json
 import os
+import sys
 
 import numpy as np
 import tensorflow as tf
@@ -576,6 +577,20 @@ def check_splits(data_dir, splits, find_root, split_files):
             continue
         problems = check_pairs(images, masks, label_map, problems + pairing, seen)
     return problems
+
+
+def report_problems(problems, where):
+    """Prints one line per problem (and a count on stderr); returns the exit status.
+
+    The checkers' command lines share it: 1 when there is any problem, else 0.
+    """
+    for _, message in problems:
+        print(message)
+    if problems:
+        print(f"{len(problems)} problem(s) found in {where}.", file=sys.stderr)
+        return 1
+    print(f"OK: no problems found in {where}.")
+    return 0
 
 
 def first_existing(candidates, marker):

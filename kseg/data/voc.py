@@ -30,6 +30,7 @@ from kseg.data._reader import (
     check_pairs,
     read_image,  # noqa: F401  (public here: kseg.data.read_image, recipes)
     read_pair,
+    report_problems,
     require_files,
 )
 from kseg.data.errors import DataError
@@ -251,13 +252,7 @@ def main(argv=None):
     problems = check_voc(
         args.check, args.split, num_classes=args.num_classes, ignore_index=args.ignore_index
     )
-    for _, message in problems:
-        print(message)
-    if problems:
-        print(f"{len(problems)} problem(s) found in {args.check}.", file=sys.stderr)
-        return 1
-    print(f"OK: no problems found in {args.check}.")
-    return 0
+    return report_problems(problems, args.check)
 
 
 if __name__ == "__main__":
