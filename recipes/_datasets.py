@@ -287,6 +287,20 @@ def add_folder_args(parser):
     group.add_argument("--ignore-index", type=int, default=255)
 
 
+def check_data_dir(parser, dataset, data_dir):
+    """`--data-dir` exists when given, and is given exactly when `dataset` reads files."""
+    if data_dir is not None and not os.path.isdir(data_dir):
+        parser.error(f"argument --data-dir: no such folder: {data_dir!r}")
+    needs_dir = DATASETS[dataset]["needs_data_dir"]
+    if needs_dir and data_dir is None:
+        parser.error(f"argument --data-dir: --dataset {dataset} reads its files from it")
+    if not needs_dir and data_dir is not None:
+        parser.error(
+            f"argument --data-dir: --dataset {dataset} is generated in memory and reads "
+            f"no folder. Received: --data-dir {data_dir}"
+        )
+
+
 def check_folder_args(parser, args):
     """Checks the folder options (paths exist, a validation set is named)."""
     if args.dataset != "folder":

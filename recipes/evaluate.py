@@ -107,19 +107,10 @@ def parse_args(argv=None, prog="evaluate.py", voc_entry=False):
     if voc_entry:
         args.dataset = "synthetic" if args.data_dir is None else "voc"
     elif args.dataset is not None:
-        needs_dir = _datasets.DATASETS[args.dataset]["needs_data_dir"]
-        if needs_dir and args.data_dir is None:
-            parser.error(f"argument --data-dir: --dataset {args.dataset} reads its files from it")
-        if not needs_dir and args.data_dir is not None:
-            parser.error(
-                f"argument --data-dir: --dataset {args.dataset} is generated in memory and "
-                f"reads no folder. Received: --data-dir {args.data_dir}"
-            )
-        if args.dataset == "folder":
-            for name in ("val_dir",):
-                value = getattr(args, name)
-                if value is not None and not os.path.isdir(value):
-                    parser.error(f"argument --val-dir: no such folder: {value!r}")
+        _datasets.check_data_dir(parser, args.dataset, args.data_dir)
+        if args.dataset == "folder" and args.val_dir is not None:
+            if not os.path.isdir(args.val_dir):
+                parser.error(f"argument --val-dir: no such folder: {args.val_dir!r}")
     args.parser = parser
     return args
 

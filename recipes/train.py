@@ -278,16 +278,7 @@ def parse_args(argv=None, prog="train.py", voc_entry=False):
         )
     if voc_entry:
         args.dataset = "synthetic" if args.data_dir is None else "voc"
-    if args.data_dir is not None and not os.path.isdir(args.data_dir):
-        parser.error(f"argument --data-dir: no such folder: {args.data_dir!r}")
-    needs_dir = _datasets.DATASETS[args.dataset]["needs_data_dir"]
-    if needs_dir and args.data_dir is None:
-        parser.error(f"argument --data-dir: --dataset {args.dataset} reads its files from it")
-    if not needs_dir and args.data_dir is not None:
-        parser.error(
-            f"argument --data-dir: --dataset {args.dataset} is generated in memory and reads "
-            f"no folder. Received: --data-dir {args.data_dir}"
-        )
+    _datasets.check_data_dir(parser, args.dataset, args.data_dir)
     for kind in ("train", "val"):
         value = getattr(args, f"{kind}_split")
         names = _datasets.split_names(args.dataset, kind)
