@@ -4,11 +4,21 @@
 first use, so `import kseg` stays light and backend-neutral.
 """
 
-from kseg import backbones, initializers, layers, losses, metrics, models, ops, utils
+from kseg import backbones, convert, initializers, layers, losses, metrics, models, ops, utils
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "layers", "initializers", "backbones", "models", "losses", "metrics", "utils"]
+__all__ = [
+    "ops",
+    "layers",
+    "initializers",
+    "backbones",
+    "models",
+    "losses",
+    "metrics",
+    "utils",
+    "convert",
+]
 
 
 def __getattr__(name):

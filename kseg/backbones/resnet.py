@@ -1,14 +1,29 @@
-"""Dilated ResNet-50/101 backbones with keras.applications layer names."""
+"""Dilated ResNet-50/101 backbones (v1, v1.5 and v1c layouts) with keras.applications layer names."""
 
 import keras
 
 from kseg._common import check_choice, check_float, check_int, standardize_data_format
 from kseg.backbones._info import BackboneInfo, FeatureSpec
+from kseg.backbones._torch_weights import (
+    TORCHVISION_IMAGENET,
+    check_torch_weights,
+    load_torch_resnet,
+    read_state_dict,
+    torchvision_imagenet_file,
+)
 from kseg.backbones._weights import check_weights, load_reference_weights
 from kseg.ops._backend import check_conv_data_format
 
 _OUTPUT_STRIDES = (8, 16, 32)
 _DILATE_FIRST = ("full", "contract")
+_VARIANTS = ("v1", "v1.5", "v1c")
+# Per layout: the first-block dilation rule and BN epsilon of the weights it loads
+# (keras.applications' 1.001e-5; torch's BatchNorm2d default 1e-5).
+_VARIANT_DEFAULTS = {
+    "v1": {"dilate_first_block": "full", "bn_epsilon": 1.001e-5, "preprocessing": "caffe"},
+    "v1.5": {"dilate_first_block": "contract", "bn_epsilon": 1e-5, "preprocessing": "torch"},
+    "v1c": {"dilate_first_block": "contract", "bn_epsilon": 1e-5, "preprocessing": "torch"},
+}
 
 # keras.applications models with the same layout, for weight loading.
 _APPLICATIONS = {
@@ -20,8 +35,10 @@ _APPLICATIONS = {
 _TABLE = """
     Outputs (a dict; `H` is the input height, likewise for the width; every
     map has `ceil(H / stride)` rows for any `H`, because every stride-2 step is
-    `floor((h - 1) / 2) + 1`: the 7x7/2 stem conv after symmetric padding 3,
-    the 3x3/2 max-pool after symmetric zero padding 1, and the 1x1/2 convs):
+    `floor((h - 1) / 2) + 1`: the 7x7/2 stem conv after symmetric padding 3
+    (v1c: the first 3x3/2 conv after padding 1), the 3x3/2 max-pool after
+    symmetric zero padding 1, and the 1x1/2 (v1) or padded 3x3/2 (v1.5, v1c)
+    convs):
 
     | key      | layer (R50 / R101)                       | channels | OS32 | OS16 | OS8 |
     |----------|------------------------------------------|----------|------|------|-----|
@@ -38,8 +55,8 @@ _TABLE = """
     DeepLab v3+ decoder input), `aux="stage3"` (auxiliary heads),
     `high_level="stage4"`.
 
-    Dilation rates of the 3x3 convs (`conv{4,5}_block*_2_conv`), default
-    `dilate_first_block="full"`:
+    Dilation rates of the 3x3 convs (`conv{4,5}_block*_2_conv`) with
+    `dilate_first_block="full"` (the v1 default):
 
     | output_stride | stage3 | stage4 | stage4 with multi_grid=(1, 2, 4) |
     |---------------|--------|--------|----------------------------------|
@@ -49,12 +66,14 @@ _TABLE = """
 
     With `dilate_first_block="contract"` the first block of a dilated stage
     uses the previous stage's rate (OS8: stage3 (1, 2, 2, ...), stage4
-    (2, 4, 4)); `multi_grid` overrides this for stage4.
+    (2, 4, 4)), as torchvision's ResNet (the v1.5 and v1c default);
+    `multi_grid` overrides this for stage4.
 
 """
 
 
 def _validate(blocks, output_stride, multi_grid, dilate_first_block):
+    """Checks the layout arguments; `dilate_first_block` is already resolved."""
     if not isinstance(blocks, (list, tuple)) or len(blocks) != 4:
         raise ValueError(
             "Expected `blocks` to be 4 integers (residual blocks per stage). "
@@ -103,34 +122,78 @@ def _stage_plan(blocks, output_stride, multi_grid, dilate_first_block):
 
 
 def _bottleneck(x, filters, stride, dilation, shortcut_conv, name, bn):
-    """One Caffe-style (v1) bottleneck block, named like keras.applications."""
+    """One bottleneck block, named like keras.applications.
+
+    v1 (Caffe style, keras.applications): the stride is on the first 1x1 conv
+    and every conv has a bias. v1.5 and v1c (torchvision, timm, mmseg
+    `style="pytorch"`): the stride is on the 3x3 conv, and no conv has a bias
+    (each is followed by BN).
+    """
+    v1 = bn["variant"] == "v1"
+    conv = {"use_bias": v1, "data_format": bn["df"]}
     if shortcut_conv:
         shortcut = keras.layers.Conv2D(
-            4 * filters, 1, strides=stride, data_format=bn["df"], name=f"{name}_0_conv"
+            4 * filters, 1, strides=stride, name=f"{name}_0_conv", **conv
         )(x)
         shortcut = _bn(shortcut, f"{name}_0_bn", bn)
     else:
         shortcut = x
-    x = keras.layers.Conv2D(
-        filters, 1, strides=stride, data_format=bn["df"], name=f"{name}_1_conv"
-    )(x)
+    x = keras.layers.Conv2D(filters, 1, strides=stride if v1 else 1, name=f"{name}_1_conv", **conv)(
+        x
+    )
     x = _bn(x, f"{name}_1_bn", bn)
     x = keras.layers.Activation("relu", name=f"{name}_1_relu")(x)
-    # Stride 1: "same" pads `dilation` on every side, like torch's padding=dilation.
-    x = keras.layers.Conv2D(
-        filters,
-        3,
-        padding="same",
-        dilation_rate=dilation,
-        data_format=bn["df"],
-        name=f"{name}_2_conv",
-    )(x)
+    if v1 or stride == 1:
+        # Stride 1: "same" pads `dilation` on every side, like torch's padding=dilation.
+        x = keras.layers.Conv2D(
+            filters, 3, padding="same", dilation_rate=dilation, name=f"{name}_2_conv", **conv
+        )(x)
+    else:
+        # Stride 2 (dilation 1, checked in `ResNet`): torch pads 1 on every side,
+        # where "same" would pad only the bottom and right of an even size.
+        x = keras.layers.ZeroPadding2D(1, data_format=bn["df"], name=f"{name}_2_pad")(x)
+        x = keras.layers.Conv2D(filters, 3, strides=stride, name=f"{name}_2_conv", **conv)(x)
     x = _bn(x, f"{name}_2_bn", bn)
     x = keras.layers.Activation("relu", name=f"{name}_2_relu")(x)
-    x = keras.layers.Conv2D(4 * filters, 1, data_format=bn["df"], name=f"{name}_3_conv")(x)
+    x = keras.layers.Conv2D(4 * filters, 1, name=f"{name}_3_conv", **conv)(x)
     x = _bn(x, f"{name}_3_bn", bn)
     x = keras.layers.Add(name=f"{name}_add")([shortcut, x])
     return keras.layers.Activation("relu", name=f"{name}_out")(x)
+
+
+def _stem(inputs, width, bn):
+    """The stem up to its ReLU (`conv1_relu`, stride 2).
+
+    v1 / v1.5: a 7x7/2 conv after symmetric zero padding 3 (with a bias in v1).
+    v1c (Bag of Tricks, He et al. 2019, "ResNet-C"; mmseg `ResNetV1c`, timm
+    `resnet50c`): three 3x3 convs, `width / 2`, `width / 2` and `width`
+    channels, the first with stride 2 after symmetric padding 1, each followed
+    by BN and ReLU.
+    """
+    df = bn["df"]
+    if bn["variant"] != "v1c":
+        x = keras.layers.ZeroPadding2D(3, data_format=df, name="conv1_pad")(inputs)
+        x = keras.layers.Conv2D(
+            width, 7, strides=2, use_bias=bn["variant"] == "v1", data_format=df, name="conv1_conv"
+        )(x)
+        x = _bn(x, "conv1_bn", bn)
+        return keras.layers.Activation("relu", name="conv1_relu")(x)
+    half = max(width // 2, 1)
+    x = keras.layers.ZeroPadding2D(1, data_format=df, name="conv1_1_pad")(inputs)
+    for index, channels in enumerate((half, half, width), start=1):
+        x = keras.layers.Conv2D(
+            channels,
+            3,
+            strides=2 if index == 1 else 1,
+            padding="valid" if index == 1 else "same",
+            use_bias=False,
+            data_format=df,
+            name=f"conv1_{index}_conv",
+        )(x)
+        x = _bn(x, f"conv1_{index}_bn", bn)
+        relu = "conv1_relu" if index == 3 else f"conv1_{index}_relu"
+        x = keras.layers.Activation("relu", name=relu)(x)
+    return x
 
 
 def _bn(x, name, bn):
@@ -144,31 +207,40 @@ def ResNet(
     input_shape=None,
     output_stride=32,
     multi_grid=None,
-    dilate_first_block="full",
+    dilate_first_block=None,
     weights=None,
     bn_momentum=0.9,
-    bn_epsilon=1.001e-5,
+    bn_epsilon=None,
     width=64,
     data_format=None,
+    variant="v1",
     name="resnet",
 ):
-    """Builds a dilated bottleneck ResNet (v1) returning a dict of stage features.
+    """Builds a dilated bottleneck ResNet returning a dict of stage features.
 
-    The layout and layer names are those of `keras.applications.ResNet50/101`
-    (He et al., "Deep Residual Learning for Image Recognition", CVPR 2016),
-    so their ImageNet weights load layer by layer; dilation (Yu & Koltun 2016;
+    Three layouts (He et al., "Deep Residual Learning for Image Recognition",
+    CVPR 2016; He et al., "Bag of Tricks for Image Classification", CVPR 2019),
+    all with keras.applications' layer names; dilation (Yu & Koltun 2016;
     Chen et al., DeepLab v2/v3) replaces the stride of the last stages to reach
-    `output_stride` and does not change any kernel shape.
+    `output_stride` and does not change any kernel shape:
 
-    This is the Caffe-style ResNet v1 of keras.applications: the stride-2
-    conv of a downsampling block is its first 1x1 conv (and the 1x1 shortcut),
-    and every conv has a bias. torchvision and mmseg `style="pytorch"` use
-    ResNet v1.5 (stride on the 3x3 conv, no conv biases), so their weights do
-    not map onto this layout. DeepLab v2 and the original PSPNet used the Caffe
-    layout. Padding follows keras.applications and torch: symmetric zero
-    padding before every stride-2 7x7 conv and 3x3 max-pool (`"same"` would
-    pad asymmetrically; SPEC 4.7), which equals torch's -inf padding for the
-    max-pool because its input is a ReLU output.
+    - `"v1"` (default): keras.applications' Caffe-style ResNet. The stride-2
+      conv of a downsampling block is its first 1x1 conv (and the 1x1
+      shortcut), and every conv has a bias; its ImageNet weights load layer
+      by layer. DeepLab v2 and the original PSPNet used this layout.
+    - `"v1.5"`: torchvision's and timm's ResNet (mmseg `style="pytorch"`): the
+      stride is on the 3x3 conv (after symmetric padding 1, as torch) and no
+      conv has a bias. Loads torchvision and timm checkpoints.
+    - `"v1c"`: v1.5 with mmseg's `ResNetV1c` / timm's `resnet50c` deep stem,
+      three 3x3 convs of 32, 32 and 64 channels instead of the 7x7 conv (the
+      layer names are `conv1_{1,2,3}_{conv,bn}`, the stem output stays
+      `conv1_relu`). Loads timm (`resnet50c`) and mmseg (`resnet50_v1c`)
+      checkpoints.
+
+    Padding follows torch: symmetric zero padding before every stride-2
+    convolution and the 3x3 max-pool (`"same"` would pad asymmetrically;
+    SPEC 4.7), which equals torch's -inf padding for the max-pool because its
+    input is a ReLU output.
     {table}
     Args:
         blocks: residual blocks per stage, e.g. `(3, 4, 6, 3)` for ResNet-50.
@@ -178,67 +250,102 @@ def ResNet(
         multi_grid: None or one integer per block of the last stage: the
             last stage's rates become `rate * multi_grid[i]` (DeepLab v3 uses
             `(1, 2, 4)`). Defaults to None.
-        dilate_first_block: `"full"` (default): every block of a dilated
-            stage uses the stage's rate, as in DeepLab v2, PSPNet and
-            PaddleSeg, and the multiplicative multi-grid of DeepLab v3.
-            `"contract"`: the first block uses the previous rate, as in
-            torchvision's `replace_stride_with_dilation` and mmseg's
-            `contract_dilation=True`.
-        weights: None (random initialisation), `"imagenet"` (keras.applications'
-            ImageNet weights; Keras downloads them on first use), or the path
-            of a keras.applications weights file of the same depth (with or
-            without the classifier top). Only for depths 50, 101 and 152.
-            The ImageNet weights expect "caffe" preprocessing (BGR, mean
-            subtracted), as `keras.applications.resnet.preprocess_input`.
+        dilate_first_block: `"full"`: every block of a dilated stage uses the
+            stage's rate, as in DeepLab v2, PSPNet and PaddleSeg, and the
+            multiplicative multi-grid of DeepLab v3. `"contract"`: the first
+            block uses the previous rate, as in torchvision's
+            `replace_stride_with_dilation` and mmseg's `contract_dilation=True`.
+            Defaults to None: `"full"` for v1, `"contract"` for v1.5 and v1c.
+        weights: None (random initialisation), `"imagenet"`, a file path, or
+            (v1.5 and v1c) a state dict `{name: array or torch tensor}`.
+            v1: `"imagenet"` is keras.applications' ImageNet file (Keras
+            downloads it on first use; depths 50, 101 and 152; "caffe"
+            preprocessing: BGR, mean subtracted), a path is a keras.applications
+            weights file of the same depth (with or without the classifier
+            top). v1.5: `"imagenet"` is torchvision's `IMAGENET1K_V2`
+            checkpoint (depths 50 and 101; downloaded on first use into
+            `~/.keras/models/` and checked against the hash in its name), a
+            path is a torchvision or timm checkpoint (`.pth` / `.pt` / `.bin`
+            state dict, read with torch, or `.safetensors`, read without it).
+            v1c: a timm `resnet50c`-style or mmseg `ResNetV1c` checkpoint
+            (files only). Torch checkpoints expect "torch" preprocessing (RGB
+            in [0, 1], ImageNet mean and std). Loading is strict: a missing,
+            unexpected or misshapen weight raises and nothing is loaded; the
+            ImageNet classifier (`fc.*`) is the one key skipped.
         bn_momentum: BatchNormalization momentum. Defaults to 0.9 (torch 0.1).
-        bn_epsilon: BatchNormalization epsilon. Defaults to 1.001e-5, as
-            keras.applications.
+        bn_epsilon: BatchNormalization epsilon. Defaults to None: 1.001e-5
+            for v1 (keras.applications), 1e-5 for v1.5 and v1c (torch).
         width: channels of the stem and of stage 1's bottleneck; stage `i`
             uses `width * 2**(i - 1)` and outputs 4 times that. Defaults to 64
             (the standard ResNet). Smaller widths give compact networks for
             tests and quick experiments; pretrained weights need 64.
         data_format: `"channels_last"` or `"channels_first"`. Defaults to
             `keras.config.image_data_format()`.
+        variant: `"v1"` (default), `"v1.5"` or `"v1c"`, see above.
         name: model name.
 
     Returns:
         A `keras.Model` from the image to the dict above; its attribute
         `feature_info` (also `kseg.backbones.feature_info(model)`) is a
-        `BackboneInfo` with every key's channels, stride and dilations.
+        `BackboneInfo` with every key's channels, stride and dilations, the
+        layout (`variant`) and the preprocessing its pretrained weights expect.
     """
+    variant = check_choice("variant", variant, _VARIANTS)
+    defaults = _VARIANT_DEFAULTS[variant]
+    if dilate_first_block is None:
+        dilate_first_block = defaults["dilate_first_block"]
+    if bn_epsilon is None:
+        bn_epsilon = defaults["bn_epsilon"]
     blocks, multi_grid = _validate(blocks, output_stride, multi_grid, dilate_first_block)
-    weights = check_weights(weights)
+    if variant == "v1":
+        weights = check_weights(weights)
+    else:
+        weights = check_torch_weights(weights, variant)
     width = check_int("width", width, minimum=1)
     if weights is not None and width != 64:
         raise ValueError(
             f"Pretrained `weights` need the standard width 64. Received: width={width}"
         )
-    if weights is not None and blocks not in _APPLICATIONS:
+    if variant == "v1" and weights is not None and blocks not in _APPLICATIONS:
         raise ValueError(
             "Pretrained `weights` exist only for the keras.applications layouts "
             f"{sorted(_APPLICATIONS)}. Received: weights={weights!r} with blocks={blocks}"
         )
+    if variant == "v1.5" and weights == "imagenet" and blocks not in TORCHVISION_IMAGENET:
+        raise ValueError(
+            "`weights='imagenet'` of the v1.5 layout are torchvision's, for the layouts "
+            f"{sorted(TORCHVISION_IMAGENET)}. Received: blocks={blocks}"
+        )
+    plan = _stage_plan(blocks, output_stride, multi_grid, dilate_first_block)
+    if variant != "v1":
+        for index, (stride, rates, _) in enumerate(plan):
+            if stride == 2 and rates[0] > 1:
+                raise ValueError(
+                    f"The {variant} layout puts a downsampling block's stride on its 3x3 conv, "
+                    "and Keras convolutions cannot have both a stride and a dilation above 1: "
+                    f"stage {index + 1} would have stride 2 and rate {rates[0]}. Use a "
+                    "`multi_grid` whose first entry is 1 at this output stride, or "
+                    f"variant='v1'. Received: output_stride={output_stride}, "
+                    f"multi_grid={multi_grid}"
+                )
     data_format = check_conv_data_format(standardize_data_format(data_format))
     bn = {
         "axis": -1 if data_format == "channels_last" else 1,
         "momentum": check_float("bn_momentum", bn_momentum, 0.0, 1.0),
         "epsilon": check_float("bn_epsilon", bn_epsilon, 0.0, None, inclusive=False),
         "df": data_format,
+        "variant": variant,
     }
     if input_shape is None:
         input_shape = (None, None, 3) if data_format == "channels_last" else (3, None, None)
 
     inputs = keras.Input(shape=tuple(input_shape), name="image")
-    x = keras.layers.ZeroPadding2D(3, data_format=data_format, name="conv1_pad")(inputs)
-    x = keras.layers.Conv2D(width, 7, strides=2, data_format=data_format, name="conv1_conv")(x)
-    x = _bn(x, "conv1_bn", bn)
-    x = keras.layers.Activation("relu", name="conv1_relu")(x)
+    x = _stem(inputs, width, bn)
     outputs = {"stem": x}
     specs = [FeatureSpec("stem", "conv1_relu", width, 2)]
     x = keras.layers.ZeroPadding2D(1, data_format=data_format, name="pool1_pad")(x)
     x = keras.layers.MaxPooling2D(3, strides=2, data_format=data_format, name="pool1_pool")(x)
 
-    plan = _stage_plan(blocks, output_stride, multi_grid, dilate_first_block)
     for index, (stride, rates, true_stride) in enumerate(plan):
         filters = width * 2**index
         for block, rate in enumerate(rates):
@@ -260,17 +367,22 @@ def ResNet(
         )
 
     model = keras.Model(inputs, outputs, name=name)
-    if weights is not None:
+    if weights is not None and variant == "v1":
         app_name, stem = _APPLICATIONS[blocks]
         load_reference_weights(model, getattr(keras.applications, app_name), weights, stem)
+    elif weights is not None:
+        if weights == "imagenet":
+            weights = torchvision_imagenet_file(blocks)
+        load_torch_resnet(model, read_state_dict(weights), skip=("fc.",))
     model.feature_info = BackboneInfo(
         family="resnet",
-        variant="v1",
+        variant=variant,
         output_stride=output_stride,
         features=tuple(specs),
         low_level="stage1",
         aux="stage3",
         high_level="stage4",
+        preprocessing=defaults["preprocessing"],
     )
     return model
 
@@ -279,14 +391,15 @@ def ResNet50(
     input_shape=None,
     output_stride=32,
     multi_grid=None,
-    dilate_first_block="full",
+    dilate_first_block=None,
     weights=None,
     bn_momentum=0.9,
-    bn_epsilon=1.001e-5,
+    bn_epsilon=None,
     data_format=None,
+    variant="v1",
     name="resnet50",
 ):
-    """Dilated ResNet-50 (keras.applications layout), a dict of stage features.
+    """Dilated ResNet-50 (v1, v1.5 or v1c layout), a dict of stage features.
 
     See `kseg.backbones.ResNet` for every argument; `blocks=(3, 4, 6, 3)`.
     {table}
@@ -307,6 +420,7 @@ def ResNet50(
         bn_momentum=bn_momentum,
         bn_epsilon=bn_epsilon,
         data_format=data_format,
+        variant=variant,
         name=name,
     )
 
@@ -315,14 +429,15 @@ def ResNet101(
     input_shape=None,
     output_stride=32,
     multi_grid=None,
-    dilate_first_block="full",
+    dilate_first_block=None,
     weights=None,
     bn_momentum=0.9,
-    bn_epsilon=1.001e-5,
+    bn_epsilon=None,
     data_format=None,
+    variant="v1",
     name="resnet101",
 ):
-    """Dilated ResNet-101 (keras.applications layout), a dict of stage features.
+    """Dilated ResNet-101 (v1, v1.5 or v1c layout), a dict of stage features.
 
     See `kseg.backbones.ResNet` for every argument; `blocks=(3, 4, 23, 3)`.
     {table}
@@ -342,6 +457,7 @@ def ResNet101(
         bn_momentum=bn_momentum,
         bn_epsilon=bn_epsilon,
         data_format=data_format,
+        variant=variant,
         name=name,
     )
 

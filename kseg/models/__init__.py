@@ -5,7 +5,7 @@ dataset (class names, palette, ignore index), kept in its saved config.
 """
 
 from kseg.models.deeplab import DeepLabV1, DeepLabV2, DeepLabV3, DeepLabV3Plus
-from kseg.models.fcn import FCN8s, FCN16s, FCN32s
+from kseg.models.fcn import DilatedFCN, FCN8s, FCN16s, FCN32s
 from kseg.models.gcunet import GCUNet
 from kseg.models.ginet import GINet, class_embedding_names, shipped_class_embeddings
 from kseg.models.glorenet import GloReNet
@@ -18,6 +18,7 @@ __all__ = [
     "FCN32s",
     "FCN16s",
     "FCN8s",
+    "DilatedFCN",
     "UNet",
     "SegNet",
     "PSPNet",

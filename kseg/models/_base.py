@@ -1,5 +1,7 @@
 """Pieces every model builder shares: backbone lookup, input normalisation, heads, outputs."""
 
+import functools
+
 import keras
 
 from kseg import backbones as kbackbones
@@ -7,11 +9,13 @@ from kseg._common import check_choice, check_int
 from kseg.backbones import feature_info
 from kseg.layers import ConvBNAct, ImageNormalization, ResizeLike
 
-# The backbone names the ResNet-based builders accept. Anything else must be a
-# backbone `keras.Model` built by `kseg.backbones`.
+# The backbone names the ResNet-based builders accept: keras.applications' v1
+# layout by the plain name, the torch layouts with a suffix. Anything else must
+# be a backbone `keras.Model` built by `kseg.backbones`.
 RESNETS = {
-    "resnet50": kbackbones.ResNet50,
-    "resnet101": kbackbones.ResNet101,
+    f"{name}{suffix}": functools.partial(builder, variant=variant)
+    for name, builder in (("resnet50", kbackbones.ResNet50), ("resnet101", kbackbones.ResNet101))
+    for suffix, variant in (("", "v1"), ("_v1.5", "v1.5"), ("_v1c", "v1c"))
 }
 
 

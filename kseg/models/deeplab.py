@@ -2,10 +2,11 @@
 
 import keras
 
+from kseg._common import check_int
 from kseg.backbones import VGG16
 from kseg.backbones._weights import check_weights
 from kseg.backbones.vgg import check_load_fc, load_vgg16_weights
-from kseg.layers import ASPP, DeepLabV3PlusDecoder
+from kseg.layers import ASPP, ConvBNAct, DeepLabV3PlusDecoder
 from kseg.models._base import (
     aux_logits,
     backbone_features,
@@ -194,6 +195,7 @@ def DeepLabV3(
     filters=256,
     dropout=0.1,
     aux_head=False,
+    head_filters=None,
     align_corners=False,
     normalization="auto",
     name="deeplabv3",
@@ -207,6 +209,9 @@ def DeepLabV3(
     dropout), a 1x1 classifier, and bilinear upsampling to the input size.
     `aux_head=True` adds torchvision's/mmseg's FCN auxiliary head on stage 3;
     the outputs then become `{"main", "aux"}` (mmseg weighs the aux loss 0.4).
+    torchvision's `deeplabv3_resnet50/101` is this model on a v1.5 ResNet at
+    output stride 8 without multi-grid, with rates (12, 24, 36), dropout 0.5
+    and `head_filters=256` (`kseg.convert.from_torchvision` builds it).
 
     Args:
         num_classes: number of classes.
@@ -222,6 +227,9 @@ def DeepLabV3(
         filters: ASPP width. Defaults to 256.
         dropout: after the ASPP projection. Defaults to 0.1 (TF DeepLab).
         aux_head: add the auxiliary FCN head. Defaults to False.
+        head_filters: None (default: the classifier reads the ASPP output, as
+            in the paper) or the width of a 3x3 ConvBNReLU between the ASPP
+            and the classifier (torchvision's `DeepLabHead` has one of 256).
         align_corners: of the upsamplings. Defaults to False.
         normalization: input normalisation: `"auto"` (default: what the
             backbone's weights expect for 3 channels, `"unit"` for any other
@@ -252,6 +260,8 @@ def DeepLabV3(
         pool_align_corners=align_corners,
         name="aspp",
     )(feats[info.high_level])
+    if head_filters is not None:
+        x = ConvBNAct(check_int("head_filters", head_filters, 1), 3, name="head_conv")(x)
     main = classify(x, inputs, num_classes, align_corners)
     aux = aux_logits(feats[info.aux], inputs, num_classes, align_corners) if aux_head else None
     return keras.Model(inputs, outputs_dict(main, aux), name=name)

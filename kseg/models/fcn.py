@@ -1,15 +1,20 @@
-"""Fully convolutional networks: FCN-32s, FCN-16s and FCN-8s on VGG-16."""
+"""Fully convolutional networks: FCN-32s, FCN-16s and FCN-8s on VGG-16, and the dilated FCN."""
 
 import keras
 
+from kseg._common import check_int
 from kseg.backbones import VGG16
 from kseg.backbones._weights import check_weights
 from kseg.backbones.vgg import check_load_fc, load_vgg16_weights
 from kseg.initializers import BilinearUpsampling
-from kseg.layers import CropLike
+from kseg.layers import ConvBNAct, CropLike
 from kseg.models._base import (
+    aux_logits,
     backbone_features,
     check_num_classes,
+    classify,
+    outputs_dict,
+    resnet_features,
 )
 
 # Crop offsets of the official voc-fcn{32,16,8}s nets (shelhamer/fcn.berkeleyvision.org),
@@ -189,3 +194,67 @@ FCN8s = _builder(
     "pool3 (offset 9)",
     16,
 )
+
+
+def DilatedFCN(
+    num_classes,
+    input_shape=(None, None, 3),
+    backbone="resnet50",
+    output_stride=8,
+    multi_grid=None,
+    backbone_weights=None,
+    filters=512,
+    dropout=0.1,
+    aux_head=False,
+    align_corners=False,
+    normalization="auto",
+    name="dilated_fcn",
+):
+    """The FCN head on a dilated ResNet, as torchvision's `fcn_resnet50/101`.
+
+    Layout (torchvision `models/segmentation/fcn.py`, `FCNHead`): a dilated
+    ResNet at output stride 8, a 3x3 ConvBNReLU to `filters` (a quarter of the
+    2048 input channels), dropout, a 1x1 classifier, and bilinear upsampling
+    to the input size. `aux_head=True` adds the same head (256 filters) on
+    stage 3; the outputs then become `{"main", "aux"}`. torchvision builds it
+    on a v1.5 ResNet (`backbone="resnet50_v1.5"`; `kseg.convert.from_torchvision`
+    loads its checkpoints). Long et al.'s FCN-8s/16s/32s on VGG-16 are
+    `kseg.models.FCN8s` and friends.
+
+    Args:
+        num_classes: number of classes.
+        input_shape: `(height, width, channels)`, values in [0, 255] (RGB
+            for pretrained weights); any size and channel count works.
+        backbone: a ResNet name (`"resnet50"` (default), `"resnet101"`, with
+            `"_v1.5"` or `"_v1c"` for the torch layouts) or a ResNet from
+            `kseg.backbones`.
+        output_stride: 8 (default), 16 or 32, for a backbone given by name.
+        multi_grid: last-stage rate multipliers. Defaults to None.
+        backbone_weights: None, `"imagenet"` or a path (see `kseg.backbones`).
+        filters: width of the head's 3x3 conv. Defaults to 512.
+        dropout: before the classifier. Defaults to 0.1.
+        aux_head: add the auxiliary head on stage 3. Defaults to False.
+        align_corners: of the upsamplings. Defaults to False.
+        normalization: input normalisation, as in the other builders:
+            `"auto"` (default: what the backbone's weights expect), `"caffe"`,
+            `"torch"`, `"unit"`, a `{"mean", "std"}` dict or None.
+        name: model name.
+
+    Returns:
+        A `keras.Model` mapping images to float32 logits at the input size,
+        or to `{"main": ..., "aux": ...}` with `aux_head=True`.
+    """
+    num_classes = check_num_classes(num_classes)
+    filters = check_int("filters", filters, 1)
+    inputs, feats, info = resnet_features(
+        backbone,
+        input_shape=input_shape,
+        backbone_weights=backbone_weights,
+        output_stride=output_stride,
+        multi_grid=multi_grid,
+        normalization=normalization,
+    )
+    x = ConvBNAct(filters, 3, name="head_conv")(feats[info.high_level])
+    main = classify(x, inputs, num_classes, align_corners, dropout=dropout)
+    aux = aux_logits(feats[info.aux], inputs, num_classes, align_corners) if aux_head else None
+    return keras.Model(inputs, outputs_dict(main, aux), name=name)

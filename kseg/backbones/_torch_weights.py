@@ -1,0 +1,341 @@
+"""PyTorch checkpoints (torchvision, timm, mmseg) into kseg layers: reading and strict copying.
+
+A torch state dict maps dotted names to tensors. Convolution kernels are
+`(out, in, kh, kw)` in torch and `(kh, kw, in, out)` in Keras (for either
+`data_format`); BatchNorm's `weight`, `bias`, `running_mean` and `running_var`
+are Keras' `gamma`, `beta`, `moving_mean` and `moving_variance`. Copies are
+strict: every weight of the target layers needs a source, every key of the
+checkpoint must be used (or skipped by name), every shape must agree, and
+nothing is assigned unless all of that holds.
+"""
+
+import collections.abc
+import hashlib
+import json
+import os
+import re
+import struct
+
+import keras
+import numpy as np
+
+#: torchvision's ResNet ImageNet checkpoints (`IMAGENET1K_V2`, 80.86% / 82.28% top-1),
+#: from `torchvision.models.resnet` (ResNet50_Weights / ResNet101_Weights); the
+#: 8 hex digits in the name are the start of the file's SHA-256.
+TORCHVISION_IMAGENET = {
+    (3, 4, 6, 3): "https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
+    (3, 4, 23, 3): "https://download.pytorch.org/models/resnet101-cd907fc2.pth",
+}
+
+_SAFETENSORS_DTYPES = {
+    "F64": "<f8",
+    "F32": "<f4",
+    "F16": "<f2",
+    "I64": "<i8",
+    "I32": "<i4",
+    "I16": "<i2",
+    "I8": "i1",
+    "U8": "u1",
+    "BOOL": "?",
+}
+
+# A weighted layer of a residual block: conv{stage}_block{block}_{0 shortcut | 1..3}_{conv|bn}.
+_BLOCK_LAYER = re.compile(r"conv(\d+)_block(\d+)_(\d)_(conv|bn)")
+
+# Keys a checkpoint may wrap its state dict in (mmseg / mmcv and timm training
+# checkpoints: "state_dict"; others: "model").
+_WRAPPERS = ("state_dict", "model")
+
+
+def check_torch_weights(weights, variant):
+    """Validates the `weights` of a v1.5 / v1c ResNet: None, "imagenet", a file or a mapping."""
+    if weights is None or isinstance(weights, collections.abc.Mapping):
+        return weights
+    if weights == "imagenet":
+        if variant != "v1.5":
+            raise ValueError(
+                f"No ImageNet download is defined for the {variant} layout: pass the path of a "
+                "checkpoint file (timm `resnet50c`, or mmseg's `resnet50_v1c`). "
+                f"Received: weights={weights!r}"
+            )
+        return weights
+    if isinstance(weights, os.PathLike):
+        weights = os.fspath(weights)
+    if not isinstance(weights, str):
+        raise TypeError(
+            "Expected `weights` to be None, 'imagenet', the path of a torch checkpoint "
+            "(.pth, .pt, .bin or .safetensors) or a state dict. "
+            f"Received: weights={weights!r} of type {type(weights).__name__}"
+        )
+    if not os.path.isfile(weights):
+        raise ValueError(
+            "Expected `weights` to be None, 'imagenet', a state dict or the path of an existing "
+            f"torch checkpoint file; no such file. Received: weights={weights!r}"
+        )
+    return weights
+
+
+def torchvision_imagenet_file(blocks):
+    """Downloads (once) torchvision's ImageNet checkpoint of a ResNet layout; returns its path."""
+    url = TORCHVISION_IMAGENET[tuple(blocks)]
+    fname = url.rsplit("/", 1)[1]
+    try:
+        path = keras.utils.get_file(fname, url, cache_subdir="models")
+    except Exception as error:  # get_file raises a bare Exception offline.
+        raise OSError(
+            f"Could not obtain torchvision's ImageNet checkpoint ({error}). Download {url} "
+            f"(or copy `{fname}` from a machine that has it) and pass its path as the weights."
+        ) from error
+    prefix = fname.rsplit("-", 1)[1].split(".")[0]
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    if not digest.hexdigest().startswith(prefix):
+        raise OSError(
+            f"{path} does not have the SHA-256 its name promises (starting {prefix}): the "
+            "download is damaged. Delete the file and try again."
+        )
+    return path
+
+
+def read_safetensors(path):
+    """Reads a `.safetensors` file into `{name: numpy array}` (no torch needed).
+
+    The format (huggingface/safetensors, README "Format"): an 8-byte
+    little-endian header length `n`, `n` bytes of JSON `{name: {"dtype",
+    "shape", "data_offsets": [begin, end]}}` (plus an optional
+    `"__metadata__"`), then the raw little-endian data, offsets counted from
+    the end of the header. bfloat16 is widened to float32 exactly.
+    """
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    try:
+        (length,) = struct.unpack("<Q", raw[:8])
+        header = json.loads(raw[8 : 8 + length])
+    except (struct.error, ValueError) as error:
+        raise ValueError(f"{path} is not a safetensors file ({error}).") from None
+    data = memoryview(raw)[8 + length :]
+    state = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = entry["data_offsets"]
+        dtype = entry["dtype"]
+        if dtype == "BF16":
+            bits = np.frombuffer(data[begin:end], "<u2").astype(np.uint32) << 16
+            array = bits.view(np.float32)
+        elif dtype in _SAFETENSORS_DTYPES:
+            array = np.frombuffer(data[begin:end], _SAFETENSORS_DTYPES[dtype])
+        else:
+            raise ValueError(f"{path}: tensor {name!r} has the unsupported dtype {dtype!r}.")
+        state[name] = array.reshape(entry["shape"]).copy()
+    return state
+
+
+def _torch_load(path):
+    try:
+        import torch
+    except ImportError:
+        raise ImportError(
+            f"Reading the torch checkpoint {path} needs PyTorch (the CPU wheel is enough: "
+            "`pip install torch`), or convert it to .safetensors, which kseg reads without it."
+        ) from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(
+            f"Could not read {path} as a torch checkpoint (torch.load with weights_only=True): "
+            f"{error}"
+        ) from None
+
+
+def _as_numpy(name, value):
+    if hasattr(value, "detach"):  # a torch tensor
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":
+            value = value.float()
+        return value.numpy()
+    if isinstance(value, (np.ndarray, np.generic, int, float)):
+        return np.asarray(value)
+    raise TypeError(
+        f"Expected the state dict's values to be tensors or arrays. Received: {name!r} of "
+        f"type {type(value).__name__}"
+    )
+
+
+def read_state_dict(weights):
+    """`{name: numpy array}` from a state dict, a torch checkpoint file or a safetensors file.
+
+    A checkpoint that wraps its state dict (`{"state_dict": ...}` as mmseg and
+    timm training checkpoints do, or `{"model": ...}`) is unwrapped, and a
+    `module.` prefix on every key (a model saved from DataParallel) is removed.
+    """
+    source = weights
+    if isinstance(weights, (str, os.PathLike)):
+        path = os.fspath(weights)
+        state = read_safetensors(path) if path.endswith(".safetensors") else _torch_load(path)
+    else:
+        path, state = "the state dict", weights
+    if not isinstance(state, collections.abc.Mapping):
+        raise ValueError(
+            f"Expected {path} to hold a state dict (a mapping of names to tensors). Received: "
+            f"{type(state).__name__}"
+        )
+    for key in _WRAPPERS:
+        if isinstance(state.get(key), collections.abc.Mapping):
+            state = state[key]
+            break
+    state = {str(k): v for k, v in state.items()}
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    arrays = {}
+    for name, value in state.items():
+        if isinstance(value, collections.abc.Mapping):
+            raise ValueError(
+                f"Expected {path} to hold a flat state dict; {name!r} is a nested mapping "
+                f"with keys {sorted(value)[:5]}. Received: weights={source!r}"
+            )
+        arrays[name] = _as_numpy(name, value)
+    return arrays
+
+
+class StrictCopy:
+    """Collects `layer <- checkpoint keys` assignments and applies them only if all fit.
+
+    Args:
+        state: `{name: numpy array}` (from `read_state_dict`).
+        source: how to name the checkpoint in errors (e.g. "torchvision deeplabv3_resnet50").
+    """
+
+    _LIMIT = 20
+
+    def __init__(self, state, source):
+        self.state = state
+        self.source = source
+        self.used = set()
+        self.missing = []
+        self.mismatched = []
+        self.pending = []
+        self.covered = set()
+
+    def _take(self, key):
+        self.used.add(key)
+        if key not in self.state:
+            self.missing.append(key)
+            return None
+        return self.state[key]
+
+    def _assign(self, layer, values, keys):
+        self.covered.update(id(w) for w in layer.weights)
+        if any(v is None for v in values):
+            return
+        expected = [tuple(w.shape) for w in layer.weights]
+        received = [tuple(v.shape) for v in values]
+        if expected != received:
+            self.mismatched.append(
+                f"{layer.name} <- {', '.join(keys)}: expected {expected}, received {received}"
+            )
+            return
+        self.pending.append((layer, values))
+
+    def conv(self, layer, key):
+        """A Conv2D from torch `key.weight` (and `key.bias` when the layer has a bias)."""
+        keys = [f"{key}.weight"]
+        if getattr(layer, "use_bias", False):
+            keys.append(f"{key}.bias")
+        values = [self._take(k) for k in keys]
+        if values[0] is not None:
+            if values[0].ndim != 4:
+                self.mismatched.append(
+                    f"{layer.name} <- {keys[0]}: expected a 4-D conv kernel, received shape "
+                    f"{tuple(values[0].shape)}"
+                )
+                return
+            values[0] = np.transpose(values[0], (2, 3, 1, 0))
+        self._assign(layer, values, keys)
+
+    def bn(self, layer, key):
+        """A BatchNormalization from torch `key.{weight,bias,running_mean,running_var}`."""
+        keys = [f"{key}.{n}" for n in ("weight", "bias", "running_mean", "running_var")]
+        self.used.add(f"{key}.num_batches_tracked")
+        self._assign(layer, [self._take(k) for k in keys], keys)
+
+    def skip(self, prefix):
+        """Marks every checkpoint key starting with `prefix` as deliberately unused."""
+        self.used.update(k for k in self.state if k.startswith(prefix))
+
+    def keep(self, layer):
+        """Marks `layer`'s weights as deliberately kept (not loaded from the checkpoint)."""
+        self.covered.update(id(w) for w in layer.weights)
+
+    def finish(self, model):
+        """Raises on any problem (listing them all); otherwise assigns every weight.
+
+        Every weight of `model` (of nested layers too) must have been given a
+        source.
+        """
+        uncovered = [w.path for w in model.weights if id(w) not in self.covered]
+        unexpected = sorted(k for k in self.state if k not in self.used)
+        problems = []
+        for title, items in (
+            ("missing from the checkpoint", sorted(set(self.missing))),
+            ("unexpected in the checkpoint", unexpected),
+            ("with the wrong shape", self.mismatched),
+            (f"weights of {model.name!r} that no key maps to", uncovered),
+        ):
+            if items:
+                shown = ", ".join(items[: self._LIMIT])
+                more = f" and {len(items) - self._LIMIT} more" if len(items) > self._LIMIT else ""
+                problems.append(f"{len(items)} {title}: {shown}{more}")
+        if problems:
+            raise ValueError(
+                f"The checkpoint ({self.source}) does not match {model.name!r}; nothing was "
+                "loaded. " + "; ".join(problems) + "."
+            )
+        for layer, values in self.pending:
+            layer.set_weights([v.astype(w.dtype) for v, w in zip(values, layer.weights)])
+        return model
+
+
+def resnet_copy(copy, backbone, prefix=""):
+    """Adds a torchvision / timm / mmseg ResNet's keys to `copy` for a kseg ResNet `backbone`.
+
+    torchvision and timm: `conv1`, `bn1`, `layer{i}.{j}.conv{k}` / `bn{k}`,
+    `layer{i}.{j}.downsample.{0,1}`. The v1c deep stem is timm's `conv1.{0,3,6}`
+    convs with BN `conv1.{1,4}` and `bn1`, or mmseg's `stem.{0,3,6}` with BN
+    `stem.{1,4,7}`.
+    """
+    layers = {layer.name: layer for layer in backbone.layers}
+    if "conv1_conv" in layers:
+        copy.conv(layers["conv1_conv"], f"{prefix}conv1")
+        copy.bn(layers["conv1_bn"], f"{prefix}bn1")
+    else:
+        mmseg = any(k.startswith(f"{prefix}stem.") for k in copy.state)
+        convs, bns = (("stem.0", "stem.3", "stem.6"), ("stem.1", "stem.4", "stem.7"))
+        if not mmseg:
+            convs, bns = (("conv1.0", "conv1.3", "conv1.6"), ("conv1.1", "conv1.4", "bn1"))
+        for index in range(3):
+            copy.conv(layers[f"conv1_{index + 1}_conv"], prefix + convs[index])
+            copy.bn(layers[f"conv1_{index + 1}_bn"], prefix + bns[index])
+    for name, layer in layers.items():
+        match = _BLOCK_LAYER.fullmatch(name)
+        if match is None:
+            continue
+        stage, block, part, kind = match.groups()
+        base = f"{prefix}layer{int(stage) - 1}.{int(block) - 1}"
+        if part == "0":
+            key = f"{base}.downsample.{0 if kind == 'conv' else 1}"
+        else:
+            key = f"{base}.{kind}{part}"
+        (copy.conv if kind == "conv" else copy.bn)(layer, key)
+    return copy
+
+
+def load_torch_resnet(backbone, state, skip=(), source="torch ResNet"):
+    """Strictly loads a torch ResNet state dict into a kseg v1.5 / v1c ResNet."""
+    copy = StrictCopy(state, source)
+    for prefix in skip:
+        copy.skip(prefix)
+    resnet_copy(copy, backbone)
+    return copy.finish(backbone)
