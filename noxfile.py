@@ -5,7 +5,8 @@
     nox -s "tests(backend='jax')"
     nox -s lint
 
-Set KSEG_TORCH_SPEC to choose the torch build (default: the 2.13.0 CPU wheel).
+Set KSEG_TORCH_SPEC to choose the torch build (default: the 2.13.0 CPU wheel), and
+KSEG_TORCHVISION_SPEC to the torchvision release that goes with it.
 Extra pytest arguments go after `--`, e.g. `nox -s tests -- -m large`.
 """
 
@@ -18,6 +19,9 @@ nox.options.sessions = ["lint", "demo", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 
 TORCH_SPEC = os.environ.get("KSEG_TORCH_SPEC", "torch==2.13.0")
+# torchvision's release for that torch (set both together).
+TORCHVISION_SPEC = os.environ.get("KSEG_TORCHVISION_SPEC", "torchvision==0.28.0")
+TIMM_SPEC = "timm==1.0.31"
 BACKENDS = ["tensorflow", "jax", "torch"]
 # The README's claim for its first command: validation mean IoU of the demo run.
 DEMO_MIN_MIOU = 0.80
@@ -40,9 +44,15 @@ def tests(session, backend):
     """
     session.install(TORCH_SPEC)
     session.install("-e", ".[tensorflow,jax,data,dev]")
+    # The references of the checkpoint converters: torchvision's and timm's model
+    # definitions, without their dependencies (which would replace the CPU torch
+    # wheel by a CUDA build); tests/torch_refs.py explains how they import.
+    session.install("--no-deps", TORCHVISION_SPEC, TIMM_SPEC)
+    session.install("safetensors", "pyyaml")
     env = {
         "KERAS_BACKEND": backend,
         "TF_CPP_MIN_LOG_LEVEL": "2",
+        "KSEG_REQUIRE_TORCH_REFERENCES": "1",
     }
     # Most tests are small, single-threaded work (JAX and XLA compile on one core, tiny
     # tensors): two workers (one file each at a time, so module fixtures run once) use

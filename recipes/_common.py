@@ -33,8 +33,17 @@ MODELS = {
     "ginet": ("GINet", "resnet", True),
 }
 
-#: Backbones the CLI accepts, by family. "compact" is a small ResNet (demo and tests).
-BACKBONES = {"resnet": ("compact", "resnet50", "resnet101"), "vgg16": ("vgg16",), None: ()}
+#: Backbones the CLI accepts, by family. "compact" is a small ResNet (demo and tests);
+#: "resnet50" / "resnet101" are keras.applications' layout, "_v1.5" torchvision's and
+#: timm's, "_v1c" mmseg's deep-stem ResNetV1c (see kseg.backbones.ResNet).
+BACKBONES = {
+    "resnet": (
+        "compact",
+        *(f"resnet{depth}{suffix}" for depth in (50, 101) for suffix in ("", "_v1.5", "_v1c")),
+    ),
+    "vgg16": ("vgg16",),
+    None: (),
+}
 
 #: The backbone each model uses in its paper's PASCAL VOC configuration.
 PAPER_BACKBONES = {
@@ -119,8 +128,8 @@ def build_model(
     Args:
         model_name: a key of `MODELS`.
         num_classes: number of classes.
-        backbone: "compact", "resnet50", "resnet101" or "vgg16" (what the
-            model takes), or None for U-Net.
+        backbone: "compact", a ResNet name of `BACKBONES` or "vgg16" (what
+            the model takes), or None for U-Net.
         output_stride: None for the builder's default.
         backbone_weights: None, "imagenet" or a weights file.
         aux_head: add the auxiliary head (models that have one).

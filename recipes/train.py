@@ -122,15 +122,17 @@ def build_parser(prog="train.py", voc_entry=False):
     parser.add_argument(
         "--backbone",
         default=None,
-        help="compact (a small ResNet), resnet50 or resnet101 for the ResNet models; vgg16 "
-        "for fcn*/segnet/deeplabv1. Default: compact without --data-dir, the paper's "
-        "backbone with it",
+        help="compact (a small ResNet), resnet50 or resnet101 (keras.applications' layout), "
+        "resnet50_v1.5 / resnet101_v1.5 (torchvision's) or resnet50_v1c / resnet101_v1c "
+        "(mmseg's deep stem) for the ResNet models; vgg16 for fcn*/segnet/deeplabv1. "
+        "Default: compact without --data-dir, the paper's backbone with it",
     )
     parser.add_argument(
         "--backbone-weights",
         default=None,
-        help="'imagenet', a keras.applications weights file, or 'none'. Default: none "
-        "without --data-dir, imagenet with it",
+        help="'imagenet', a weights file (keras.applications .h5 for resnet50/101 and vgg16; "
+        "a torchvision or timm .pth / .safetensors for the _v1.5 and _v1c layouts), or 'none'. "
+        "Default: none without --data-dir, imagenet with it",
     )
     parser.add_argument(
         "--output-stride",
@@ -377,6 +379,12 @@ def resolve_defaults(args, parser):
             f"argument --backbone: model {args.model!r} takes one of {', '.join(choices)}. "
             f"Received: --backbone {args.backbone}"
         )
+    if args.backbone_weights == "imagenet" and (args.backbone or "").endswith("_v1c"):
+        parser.error(
+            f"argument --backbone-weights: {args.backbone} has no ImageNet download; pass the "
+            "path of a timm resnet50c / mmseg resnet50_v1c checkpoint, or 'none'. "
+            f"Received: --backbone-weights {args.backbone_weights}"
+        )
     if args.backbone_weights is not None and args.backbone in (None, "compact"):
         args.backbone_weights = None  # nothing pretrained to load into a compact network
     args.compact = args.config in ("smoke", "demo") or args.backbone == "compact"
@@ -395,6 +403,13 @@ def resolve_defaults(args, parser):
         )
     if args.logdir is None:
         args.logdir = os.path.join("runs", f"{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def compact_note(args):
+    """How the configuration shrinks the network, for the model line of the log."""
+    if not args.compact:
+        return ""
+    return " (compact)" if args.backbone == "compact" else " (full size, compact heads)"
 
 
 def log(message=""):
@@ -626,7 +641,7 @@ def main(argv=None, prog="train.py", voc_entry=False):
     log(f"Configuration ({args.config}): " + json.dumps(saved, sort_keys=True))
     log(
         f"Model {model.name}: {model.count_params():,} parameters; backbone {args.backbone}"
-        f"{' (compact)' if args.compact else ''}; outputs {outputs or ['logits']}."
+        f"{compact_note(args)}; outputs {outputs or ['logits']}."
     )
     log(
         f"Backend {backend} on {device}; jit_compile={jit_compile}; "

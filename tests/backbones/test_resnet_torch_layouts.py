@@ -176,3 +176,34 @@ def test_bad_weights_arguments(tmp_path):
         ResNet((1, 1, 1, 1), variant="v2")
     with pytest.raises(ValueError, match="stride 2 and rate 2"):
         ResNet((1, 1, 1, 3), variant="v1.5", multi_grid=(2, 2, 2))
+
+
+@pytest.mark.parametrize(
+    "builder, variant",
+    [
+        ("DeepLabV3Plus", "v1c"),
+        pytest.param("PSPNet", "v1.5", marks=pytest.mark.large),
+        pytest.param("DilatedFCN", "v1.5", marks=pytest.mark.large),
+    ],
+)
+def test_builders_train_on_the_torch_layouts(builder, variant):
+    backbone = ResNet((1, 1, 1, 1), width=4, variant=variant, output_stride=8)
+    kwargs = {"filters": 8} if builder == "DilatedFCN" else {}
+    model = getattr(kseg.models, builder)(3, backbone=backbone, **kwargs)
+    model.compile("adam", kseg.losses.SegmentationCrossEntropy())
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, 3, (2, 32, 32)).astype("int32")
+    before = keras.ops.convert_to_numpy(model.get_layer(backbone.name).weights[0])
+    history = model.fit(x, y, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    after = keras.ops.convert_to_numpy(model.get_layer(backbone.name).weights[0])
+    assert not np.array_equal(before, after)
+
+
+@pytest.mark.parametrize("name", ["resnet50_v1.5", "resnet101_v1c"])
+def test_builders_take_the_layouts_by_name(name):
+    model = kseg.models.DeepLabV3(3, backbone=name, output_stride=8)
+    backbone = model.get_layer(name.split("_")[0])
+    assert feature_info(backbone).variant == name.split("_")[1]
+    assert model.get_layer("normalize").get_config()["mode"] == "torch"

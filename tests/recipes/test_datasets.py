@@ -111,6 +111,11 @@ def test_crop_size_square_or_height_width(argv, crop, tmp_path):
         ),
         (["--dataset", "folder", "--data-dir", "."], "argument --val-dir: --dataset folder needs"),
         (
+            ["--dataset", "ade20k", "--data-dir", ".", "--backbone", "resnet50_v1c"],
+            "argument --backbone-weights: resnet50_v1c has no ImageNet download",
+        ),
+        (["--backbone", "resnet50_v2"], "argument --backbone: model 'deeplabv3plus' takes one of"),
+        (
             ["--dataset", "folder", "--data-dir", ".", "--val-dir", "/no/such"],
             "argument --val-dir: no such folder: '/no/such'",
         ),
