@@ -202,20 +202,20 @@ def _compact_head_kwargs(model_name, width):
         "fcn16s": {"fc_filters": 16 * w},
         "fcn32s": {"fc_filters": 16 * w},
         "unet": {
-            "filters": max(width // 2, 4),
+            "base_filters": max(width // 2, 4),
             "depth": 3,
             "padding": "same",
             "batch_norm": True,
         },
         "segnet": {},
-        "pspnet": {"filters": 2 * w},
+        "pspnet": {"fusion_filters": 2 * w},
         "deeplabv1": {"fc_filters": 4 * w},
         "deeplabv2": {},
-        "deeplabv3": {"filters": w},
-        "deeplabv3plus": {"filters": w, "low_level_filters": max(w // 4, 4), "decoder_filters": w},
-        "gcunet": {"unit_filters": 2 * w, "filters": 2 * w},
-        "glorenet": {"filters": 2 * w, "num_state": w // 2, "num_node": w // 4},
-        "ginet": {"jpu_width": 2 * w, "filters": 2 * w, "num_state": w, "num_node": w // 3},
+        "deeplabv3": {"aspp_filters": w},
+        "deeplabv3plus": {"aspp_filters": w, "low_level_filters": max(w // 4, 4), "decoder_filters": w},
+        "gcunet": {"unit_filters": 2 * w, "fusion_filters": 2 * w},
+        "glorenet": {"reduce_filters": 2 * w, "num_state": w // 2, "num_node": w // 4},
+        "ginet": {"jpu_width": 2 * w, "reduce_filters": 2 * w, "num_state": w, "num_node": w // 3},
     }[model_name]
 
 

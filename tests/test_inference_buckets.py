@@ -226,7 +226,7 @@ def test_whole_image_buckets_change_a_zoo_model():
     keras.utils.set_random_seed(0)
     backbone = kseg.backbones.ResNet(blocks=(1, 1, 1, 1), width=4, output_stride=16)
     model = kseg.models.DeepLabV3Plus(
-        num_classes=K, backbone=backbone, filters=8, low_level_filters=4, decoder_filters=8
+        num_classes=K, backbone=backbone, aspp_filters=8, low_level_filters=4, decoder_filters=8
     )
     images = _images((1, 37, 45, 3), seed=6)
     plain = inference.predict_probabilities(model, images)

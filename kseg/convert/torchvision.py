@@ -125,7 +125,7 @@ def from_torchvision(
     if head == "deeplabv3":
         model = models.DeepLabV3(num_classes, multi_grid=None, **_DEEPLAB, **common)
     else:
-        model = models.DilatedFCN(num_classes, filters=512, dropout=0.1, **common)
+        model = models.DilatedFCN(num_classes, head_filters=512, dropout=0.1, **common)
 
     copy = StrictCopy(state, source)
     resnet_copy(copy, backbone, prefix="backbone.")

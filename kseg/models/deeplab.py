@@ -192,7 +192,7 @@ def DeepLabV3(
     multi_grid=(1, 2, 4),
     backbone_weights=None,
     atrous_rates=None,
-    filters=256,
+    aspp_filters=256,
     dropout=0.1,
     aux_head=False,
     head_filters=None,
@@ -224,7 +224,7 @@ def DeepLabV3(
             `(1, 2, 4)` (the paper's best); None for plain dilation.
         backbone_weights: None, `"imagenet"` or a path (see `kseg.backbones`).
         atrous_rates: ASPP rates. Defaults to `default_atrous_rates(os)`.
-        filters: ASPP width. Defaults to 256.
+        aspp_filters: ASPP width. Defaults to 256.
         dropout: after the ASPP projection. Defaults to 0.1 (TF DeepLab).
         aux_head: add the auxiliary FCN head. Defaults to False.
         head_filters: None (default: the classifier reads the ASPP output, as
@@ -254,7 +254,7 @@ def DeepLabV3(
     )
     rates = atrous_rates or default_atrous_rates(info.output_stride)
     x = ASPP(
-        filters=filters,
+        filters=aspp_filters,
         atrous_rates=rates,
         dropout=dropout,
         pool_align_corners=align_corners,
@@ -275,7 +275,7 @@ def DeepLabV3Plus(
     multi_grid=None,
     backbone_weights=None,
     atrous_rates=None,
-    filters=256,
+    aspp_filters=256,
     low_level_filters=48,
     decoder_filters=256,
     separable=False,
@@ -303,7 +303,7 @@ def DeepLabV3Plus(
         multi_grid: last-stage rate multipliers. Defaults to None.
         backbone_weights: None, `"imagenet"` or a path (see `kseg.backbones`).
         atrous_rates: ASPP rates. Defaults to (6, 12, 18) at output stride 16.
-        filters: ASPP width. Defaults to 256.
+        aspp_filters: ASPP width. Defaults to 256.
         low_level_filters: width of the low-level projection. Defaults to 48.
         decoder_filters: width of the decoder convs. Defaults to 256.
         separable: depthwise-separable ASPP and decoder convs. Defaults to False.
@@ -336,7 +336,7 @@ def DeepLabV3Plus(
     )
     rates = atrous_rates or default_atrous_rates(info.output_stride)
     x = ASPP(
-        filters=filters,
+        filters=aspp_filters,
         atrous_rates=rates,
         dropout=dropout,
         separable=separable,

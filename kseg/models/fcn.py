@@ -203,7 +203,7 @@ def DilatedFCN(
     output_stride=8,
     multi_grid=None,
     backbone_weights=None,
-    filters=512,
+    head_filters=512,
     dropout=0.1,
     aux_head=False,
     align_corners=False,
@@ -213,7 +213,7 @@ def DilatedFCN(
     """The FCN head on a dilated ResNet, as torchvision's `fcn_resnet50/101`.
 
     Layout (torchvision `models/segmentation/fcn.py`, `FCNHead`): a dilated
-    ResNet at output stride 8, a 3x3 ConvBNReLU to `filters` (a quarter of the
+    ResNet at output stride 8, a 3x3 ConvBNReLU to `head_filters` (a quarter of the
     2048 input channels), dropout, a 1x1 classifier, and bilinear upsampling
     to the input size. `aux_head=True` adds the same head (256 filters) on
     stage 3; the outputs then become `{"main", "aux"}`. torchvision builds it
@@ -231,7 +231,7 @@ def DilatedFCN(
         output_stride: 8 (default), 16 or 32, for a backbone given by name.
         multi_grid: last-stage rate multipliers. Defaults to None.
         backbone_weights: None, `"imagenet"` or a path (see `kseg.backbones`).
-        filters: width of the head's 3x3 conv. Defaults to 512.
+        head_filters: width of the head's 3x3 conv. Defaults to 512.
         dropout: before the classifier. Defaults to 0.1.
         aux_head: add the auxiliary head on stage 3. Defaults to False.
         align_corners: of the upsamplings. Defaults to False.
@@ -245,7 +245,7 @@ def DilatedFCN(
         or to `{"main": ..., "aux": ...}` with `aux_head=True`.
     """
     num_classes = check_num_classes(num_classes)
-    filters = check_int("filters", filters, 1)
+    head_filters = check_int("head_filters", head_filters, 1)
     inputs, feats, info = resnet_features(
         backbone,
         input_shape=input_shape,
@@ -254,7 +254,7 @@ def DilatedFCN(
         multi_grid=multi_grid,
         normalization=normalization,
     )
-    x = ConvBNAct(filters, 3, name="head_conv")(feats[info.high_level])
+    x = ConvBNAct(head_filters, 3, name="head_conv")(feats[info.high_level])
     main = classify(x, inputs, num_classes, align_corners, dropout=dropout)
     aux = aux_logits(feats[info.aux], inputs, num_classes, align_corners) if aux_head else None
     return keras.Model(inputs, outputs_dict(main, aux), name=name)

@@ -20,7 +20,7 @@ def GCUNet(
     backbone_weights=None,
     num_vertices=(2, 4, 8, 32),
     unit_filters=512,
-    filters=512,
+    fusion_filters=512,
     dropout=0.1,
     aux_head=False,
     align_corners=False,
@@ -49,7 +49,7 @@ def GCUNet(
         backbone_weights: None, `"imagenet"` or a path (see `kseg.backbones`).
         num_vertices: vertex count of each unit. Defaults to (2, 4, 8, 32).
         unit_filters: output channels of each unit. Defaults to 512.
-        filters: width of the fusion conv. Defaults to 512.
+        fusion_filters: width of the fusion conv. Defaults to 512.
         dropout: before the classifier. Defaults to 0.1.
         aux_head: add the auxiliary head. Defaults to False.
         align_corners: of the final resize. Defaults to False.
@@ -84,7 +84,7 @@ def GCUNet(
         for v in num_vertices
     ]
     x = keras.layers.Concatenate(name="gcu_concat")([high, *units])
-    x = ConvBNAct(filters, 3, name="fusion")(x)
+    x = ConvBNAct(fusion_filters, 3, name="fusion")(x)
     main = classify(x, inputs, num_classes, align_corners, dropout)
     aux = aux_logits(feats[info.aux], inputs, num_classes, align_corners) if aux_head else None
     return keras.Model(inputs, outputs_dict(main, aux), name=name)

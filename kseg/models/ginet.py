@@ -89,7 +89,7 @@ def GINet(
     class_embeddings=None,
     use_jpu=True,
     jpu_width=512,
-    filters=512,
+    reduce_filters=512,
     num_state=256,
     num_node=84,
     dropout=0.1,
@@ -147,7 +147,7 @@ def GINet(
         use_jpu: use the joint pyramid upsampling neck
             (`kseg.layers.JointPyramidUpsampling`, layer `jpu`). Defaults to True.
         jpu_width: JPU width. Defaults to 512.
-        filters: width of the conv before the unit. Defaults to 512.
+        reduce_filters: width of the conv before the unit. Defaults to 512.
         num_state: GI unit state width D. Defaults to 256.
         num_node: number of visual nodes N. Defaults to 84.
         dropout: before the classifier. Defaults to 0.1.
@@ -176,7 +176,7 @@ def GINet(
         )
     else:
         x = feats[info.high_level]
-    x = ConvBNAct(filters, 3, name="conv5")(x)
+    x = ConvBNAct(reduce_filters, 3, name="conv5")(x)
     x, class_nodes = GraphInteractionUnit(
         num_classes,
         class_embeddings=embeddings,

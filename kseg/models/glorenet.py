@@ -18,7 +18,7 @@ def GloReNet(
     backbone="resnet50",
     output_stride=8,
     backbone_weights=None,
-    filters=512,
+    reduce_filters=512,
     num_state=128,
     num_node=64,
     dropout=0.1,
@@ -45,7 +45,7 @@ def GloReNet(
             `kseg.backbones`.
         output_stride: 8 (default), 16 or 32, for a backbone given by name.
         backbone_weights: None, `"imagenet"` or a path (see `kseg.backbones`).
-        filters: width of the reduction conv (the unit's C). Defaults to 512.
+        reduce_filters: width of the reduction conv (the unit's C). Defaults to 512.
         num_state: GloRe state width C'. Defaults to 128.
         num_node: GloRe node count N. Defaults to 64.
         dropout: before the classifier. Defaults to 0.1.
@@ -71,7 +71,7 @@ def GloReNet(
         output_stride=output_stride,
         normalization=normalization,
     )
-    x = ConvBNAct(filters, 1, name="reduce")(feats[info.high_level])
+    x = ConvBNAct(reduce_filters, 1, name="reduce")(feats[info.high_level])
     x = GloReUnit(num_state=num_state, num_node=num_node, name="glore")(x)
     main = classify(x, inputs, num_classes, align_corners, dropout)
     aux = aux_logits(feats[info.aux], inputs, num_classes, align_corners) if aux_head else None

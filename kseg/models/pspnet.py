@@ -19,7 +19,7 @@ def PSPNet(
     output_stride=8,
     backbone_weights=None,
     bins=(1, 2, 3, 6),
-    filters=512,
+    fusion_filters=512,
     dropout=0.1,
     aux_head=False,
     align_corners=False,
@@ -47,7 +47,7 @@ def PSPNet(
         output_stride: 8 (default), 16 or 32, for a backbone given by name.
         backbone_weights: None, `"imagenet"` or a path (see `kseg.backbones`).
         bins: pyramid bin sizes. Defaults to (1, 2, 3, 6).
-        filters: width of the fusion conv. Defaults to 512.
+        fusion_filters: width of the fusion conv. Defaults to 512.
         dropout: channel dropout before the classifier. Defaults to 0.1.
         aux_head: add the auxiliary head. Defaults to False.
         align_corners: of the resizes. Defaults to False (mmseg; the original
@@ -75,7 +75,7 @@ def PSPNet(
     x = PyramidPoolingModule(bins=bins, align_corners=align_corners, name="ppm")(
         feats[info.high_level]
     )
-    x = ConvBNAct(filters, 3, name="fusion")(x)
+    x = ConvBNAct(fusion_filters, 3, name="fusion")(x)
     main = classify(x, inputs, num_classes, align_corners, dropout, keras.layers.SpatialDropout2D)
     aux = aux_logits(feats[info.aux], inputs, num_classes, align_corners) if aux_head else None
     return keras.Model(inputs, outputs_dict(main, aux), name=name)

@@ -122,7 +122,7 @@ class SegmentationModel(keras.Model):
 
     Example:
 
-    >>> base = kseg.models.UNet(3, depth=2, filters=4)
+    >>> base = kseg.models.UNet(3, depth=2, base_filters=4)
     >>> model = kseg.models.with_dataset(
     ...     base, {"name": "toy", "class_names": ["bg", "a", "b"]})
     >>> model.dataset["class_names"]

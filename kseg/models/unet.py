@@ -97,7 +97,7 @@ class UNetInputPadding(keras.layers.Layer):
 def UNet(
     num_classes,
     input_shape=(None, None, 3),
-    filters=64,
+    base_filters=64,
     depth=4,
     padding="valid",
     batch_norm=False,
@@ -109,7 +109,7 @@ def UNet(
     """U-Net (Ronneberger, Fischer & Brox, MICCAI 2015).
 
     The original layout by default: `depth` down steps of two 3x3 valid
-    convolutions + ReLU and a 2x2 max-pool, doubling the width from `filters`
+    convolutions + ReLU and a 2x2 max-pool, doubling the width from `base_filters`
     (64 ... 1024); up steps of a 2x2 stride-2 transposed convolution that
     halves the width, concatenation with the centre-cropped encoder map, and
     two 3x3 valid convolutions + ReLU; a 1x1 classifier. With one input
@@ -125,7 +125,7 @@ def UNet(
         num_classes: number of classes.
         input_shape: `(height, width, channels)`, values in [0, 255]; any
             channel count (1 for the paper's grey images).
-        filters: width of the first level. Defaults to 64.
+        base_filters: width of the first level. Defaults to 64.
         depth: number of down-sampling steps. Defaults to 4.
         padding: `"valid"` (original) or `"same"` convolutions.
         batch_norm: BatchNormalization after every conv (a common modern
@@ -144,7 +144,7 @@ def UNet(
         A `keras.Model` mapping images to float32 logits at the input size.
     """
     num_classes = check_int("num_classes", num_classes, minimum=1)
-    filters = check_int("filters", filters, minimum=1)
+    base_filters = check_int("base_filters", base_filters, minimum=1)
     depth = check_int("depth", depth, minimum=1)
     check_choice("padding", padding, ("valid", "same"))
     check_choice("upsampling", upsampling, ("transpose", "bilinear"))
@@ -165,12 +165,12 @@ def UNet(
     x = UNetInputPadding(*_tile_geometry(depth, padding), mode=tile_padding, name="tile_pad")(x)
     skips = []
     for level in range(depth):
-        x = double_conv(x, filters * 2**level, f"down{level}")
+        x = double_conv(x, base_filters * 2**level, f"down{level}")
         skips.append(x)
         x = keras.layers.MaxPooling2D(2, name=f"pool{level}")(x)
-    x = double_conv(x, filters * 2**depth, "bottom")
+    x = double_conv(x, base_filters * 2**depth, "bottom")
     for level in reversed(range(depth)):
-        width = filters * 2**level
+        width = base_filters * 2**level
         if upsampling == "transpose":
             x = keras.layers.Conv2DTranspose(width, 2, strides=2, name=f"up{level}")(x)
         else:

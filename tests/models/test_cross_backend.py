@@ -26,10 +26,10 @@ SCRIPT = textwrap.dedent(
 
     models = {
         "deeplabv3plus": kseg.models.DeepLabV3Plus(
-            4, backbone=backbone(), filters=8, low_level_filters=4, decoder_filters=8
+            4, backbone=backbone(), aspp_filters=8, low_level_filters=4, decoder_filters=8
         ),
         "ginet": kseg.models.GINet(
-            4, backbone=backbone(), jpu_width=8, filters=16, num_state=8, num_node=6,
+            4, backbone=backbone(), jpu_width=8, reduce_filters=16, num_state=8, num_node=6,
             class_embeddings=np.random.default_rng(3).standard_normal((4, 5)).astype("float32"),
         ),
     }

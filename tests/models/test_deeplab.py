@@ -35,7 +35,7 @@ def test_deeplab_v2_sums_four_branches():
 
 def test_deeplab_v3_with_aux_head():
     model = kseg.models.DeepLabV3(
-        num_classes=3, backbone=tiny_resnet(16, multi_grid=(1, 2, 4)), filters=8, aux_head=True
+        num_classes=3, backbone=tiny_resnet(16, multi_grid=(1, 2, 4)), aspp_filters=8, aux_head=True
     )
     assert tuple(model.get_layer("aspp").atrous_rates) == (6, 12, 18)
     out = run_model_test(model, (2, 37, 45, 3), 3)
@@ -46,7 +46,7 @@ def test_deeplab_v3plus_tiny():
     model = kseg.models.DeepLabV3Plus(
         num_classes=4,
         backbone=tiny_resnet(8),
-        filters=8,
+        aspp_filters=8,
         low_level_filters=4,
         decoder_filters=8,
         separable=True,
@@ -80,7 +80,7 @@ def test_bad_backbone_arguments():
 def test_mixed_precision_logits_are_float32():
     keras.config.set_dtype_policy("mixed_bfloat16")
     model = kseg.models.DeepLabV3Plus(
-        num_classes=3, backbone=tiny_resnet(16), filters=8, low_level_filters=4, decoder_filters=8
+        num_classes=3, backbone=tiny_resnet(16), aspp_filters=8, low_level_filters=4, decoder_filters=8
     )
     y = model(np.zeros((1, 33, 35, 3), "float32"))
     assert keras.backend.standardize_dtype(y.dtype) == "float32"

@@ -12,7 +12,7 @@ def _tiny(num_classes, **kwargs):
         num_classes=num_classes,
         backbone=tiny_resnet(8),
         jpu_width=8,
-        filters=16,
+        reduce_filters=16,
         num_state=8,
         num_node=6,
         **kwargs,

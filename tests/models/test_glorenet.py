@@ -7,14 +7,14 @@ from tests.models.conftest import tiny_resnet
 
 def test_glorenet_tiny():
     model = kseg.models.GloReNet(
-        num_classes=3, backbone=tiny_resnet(8), filters=16, num_state=8, num_node=4
+        num_classes=3, backbone=tiny_resnet(8), reduce_filters=16, num_state=8, num_node=4
     )
     run_model_test(model, (1, 37, 45, 3), 3)
 
 
 def test_glore_unit_starts_as_identity_inside_the_model():
     model = kseg.models.GloReNet(
-        num_classes=3, backbone=tiny_resnet(8), filters=16, num_state=8, num_node=4
+        num_classes=3, backbone=tiny_resnet(8), reduce_filters=16, num_state=8, num_node=4
     )
     import keras
 

@@ -18,30 +18,30 @@ K = 3
 BUILDERS = {
     "fcn8s": lambda: kseg.models.FCN8s(num_classes=K, fc_filters=16),
     "unet": lambda: kseg.models.UNet(
-        num_classes=K, filters=4, depth=2, padding="same", batch_norm=True
+        num_classes=K, base_filters=4, depth=2, padding="same", batch_norm=True
     ),
     "segnet": lambda: kseg.models.SegNet(num_classes=K),
     "pspnet": lambda: kseg.models.PSPNet(
-        num_classes=K, backbone=tiny_resnet(8), filters=8, aux_head=True
+        num_classes=K, backbone=tiny_resnet(8), fusion_filters=8, aux_head=True
     ),
     "deeplabv1": lambda: kseg.models.DeepLabV1(num_classes=K, fc_filters=8),
     "deeplabv2": lambda: kseg.models.DeepLabV2(num_classes=K, backbone=tiny_resnet(8)),
     "deeplabv3": lambda: kseg.models.DeepLabV3(
-        num_classes=K, backbone=tiny_resnet(16, multi_grid=(1, 2, 4)), filters=8, aux_head=True
+        num_classes=K, backbone=tiny_resnet(16, multi_grid=(1, 2, 4)), aspp_filters=8, aux_head=True
     ),
     "deeplabv3plus": lambda: kseg.models.DeepLabV3Plus(
-        num_classes=K, backbone=tiny_resnet(8), filters=8, low_level_filters=4, decoder_filters=8
+        num_classes=K, backbone=tiny_resnet(8), aspp_filters=8, low_level_filters=4, decoder_filters=8
     ),
     "gcunet": lambda: kseg.models.GCUNet(
-        num_classes=K, backbone=tiny_resnet(8), unit_filters=8, filters=8, aux_head=True
+        num_classes=K, backbone=tiny_resnet(8), unit_filters=8, fusion_filters=8, aux_head=True
     ),
     "glorenet": lambda: kseg.models.GloReNet(
-        num_classes=K, backbone=tiny_resnet(8), filters=16, num_state=8, num_node=4,
+        num_classes=K, backbone=tiny_resnet(8), reduce_filters=16, num_state=8, num_node=4,
         aux_head=True,
     ),
     "ginet": lambda: kseg.models.GINet(
         num_classes=K, backbone=tiny_resnet(8), class_embeddings="learned", jpu_width=8,
-        filters=16, num_state=8, num_node=6,
+        reduce_filters=16, num_state=8, num_node=6,
     ),
 }
 

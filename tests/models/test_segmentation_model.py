@@ -28,7 +28,7 @@ def _ginet(num_classes=3):
         num_classes,
         backbone=tiny_resnet(8),
         jpu_width=8,
-        filters=8,
+        reduce_filters=8,
         num_state=8,
         num_node=4,
         aux_head=True,
@@ -74,7 +74,7 @@ def test_safe_mode_round_trip_keeps_dataset_weights_and_outputs(tmp_path):
 def test_description_of_a_known_dataset_and_no_description(tmp_path):
     from kseg.data.palette import dataset_description
 
-    base = kseg.models.UNet(6, depth=2, filters=4, padding="same")
+    base = kseg.models.UNet(6, depth=2, base_filters=4, padding="same")
     model = with_dataset(base, dataset_description("synthetic"))
     assert model.dataset["class_names"][1] == "red"
     plain = with_dataset(base, None)
@@ -85,7 +85,7 @@ def test_description_of_a_known_dataset_and_no_description(tmp_path):
 
 
 def test_binary_model_takes_two_class_names():
-    base = kseg.models.UNet(1, depth=2, filters=4, padding="same")
+    base = kseg.models.UNet(1, depth=2, base_filters=4, padding="same")
     model = with_dataset(base, {"name": "cells", "class_names": ["background", "cell"]})
     assert model.dataset["ignore_index"] == 255  # the default
 
@@ -105,7 +105,7 @@ def test_binary_model_takes_two_class_names():
     ],
 )
 def test_bad_descriptions(dataset, error, message):
-    base = kseg.models.UNet(3, depth=2, filters=4, padding="same")
+    base = kseg.models.UNet(3, depth=2, base_filters=4, padding="same")
     with pytest.raises(error, match=message):
         with_dataset(base, dataset)
 

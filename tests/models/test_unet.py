@@ -15,7 +15,7 @@ def test_original_parameter_count():
 @pytest.mark.parametrize("channels", [1, 4])
 def test_grey_and_multispectral_inputs_run(channels):
     # The paper's setting is 1 channel; the normalisation must keep the channel count.
-    model = kseg.models.UNet(num_classes=2, input_shape=(None, None, channels), filters=2, depth=2)
+    model = kseg.models.UNet(num_classes=2, input_shape=(None, None, channels), base_filters=2, depth=2)
     x = np.random.default_rng(0).uniform(0, 255, (1, 37, 45, channels)).astype("float32")
     logits = to_numpy(model(x))
     assert logits.shape == (1, 37, 45, 2) and np.all(np.isfinite(logits))
@@ -58,12 +58,12 @@ def test_tile_geometry_covers_the_image(depth):
     ],
 )
 def test_logits_at_input_size(kwargs):
-    model = kseg.models.UNet(num_classes=3, filters=4, depth=2, **kwargs)
+    model = kseg.models.UNet(num_classes=3, base_filters=4, depth=2, **kwargs)
     run_model_test(model, (1, 37, 45, 3), 3)
 
 
 def test_same_unet_on_a_size_that_needs_no_padding():
-    model = kseg.models.UNet(num_classes=2, filters=2, depth=2, padding="same")
+    model = kseg.models.UNet(num_classes=2, base_filters=2, depth=2, padding="same")
     assert to_numpy(model(np.zeros((1, 32, 32, 3), "float32"))).shape == (1, 32, 32, 2)
 
 
@@ -74,7 +74,7 @@ def test_valid_unet_is_translation_consistent_with_the_paper_geometry():
     input pixel (i, j) (plus the mirrored margin). Changing one input pixel far
     from the border must therefore change the logits around that same pixel.
     """
-    model = kseg.models.UNet(num_classes=1, filters=2, depth=1)
+    model = kseg.models.UNet(num_classes=1, base_filters=2, depth=1)
     x = np.zeros((1, 40, 40, 3), "float32")
     base = to_numpy(model(x))
     x[0, 20, 20] = 255.0
@@ -90,6 +90,6 @@ def test_errors():
         kseg.models.UNet(num_classes=2, padding="full")
     with pytest.raises(ValueError, match="depth"):
         kseg.models.UNet(num_classes=2, depth=0)
-    model = kseg.models.UNet(num_classes=2, filters=2, depth=4)
+    model = kseg.models.UNet(num_classes=2, base_filters=2, depth=4)
     with pytest.raises(ValueError, match="tile_padding='constant'"):
         model(np.zeros((1, 40, 40, 3), "float32"))

@@ -86,21 +86,21 @@ def _resnet_model(family, output_stride):
     bb = _tiny_resnet(output_stride, multi_grid=(1, 2, 4) if family == "DeepLabV3" else None)
     kwargs = {"num_classes": 3, "input_shape": shape, "backbone": bb}
     if family == "PSPNet":
-        return kseg.models.PSPNet(**kwargs, filters=8, aux_head=True)
+        return kseg.models.PSPNet(**kwargs, fusion_filters=8, aux_head=True)
     if family == "DeepLabV2":
         return kseg.models.DeepLabV2(**kwargs)
     if family == "DeepLabV3":
-        return kseg.models.DeepLabV3(**kwargs, filters=8, aux_head=True)
+        return kseg.models.DeepLabV3(**kwargs, aspp_filters=8, aux_head=True)
     if family == "DeepLabV3Plus":
         return kseg.models.DeepLabV3Plus(
-            **kwargs, filters=8, low_level_filters=4, decoder_filters=8
+            **kwargs, aspp_filters=8, low_level_filters=4, decoder_filters=8
         )
     if family == "GCUNet":
-        return kseg.models.GCUNet(**kwargs, unit_filters=8, filters=8, aux_head=True)
+        return kseg.models.GCUNet(**kwargs, unit_filters=8, fusion_filters=8, aux_head=True)
     if family == "GloReNet":
-        return kseg.models.GloReNet(**kwargs, filters=8, num_state=4, num_node=4, aux_head=True)
+        return kseg.models.GloReNet(**kwargs, reduce_filters=8, num_state=4, num_node=4, aux_head=True)
     return kseg.models.GINet(
-        **kwargs, jpu_width=8, filters=8, num_state=8, num_node=4, aux_head=True
+        **kwargs, jpu_width=8, reduce_filters=8, num_state=8, num_node=4, aux_head=True
     )
 
 
@@ -156,7 +156,7 @@ def test_ginet_without_jpu_reads_stage4_only():
         input_shape=(H, W, 3),
         backbone=_tiny_resnet(8),
         use_jpu=False,
-        filters=8,
+        reduce_filters=8,
         num_state=8,
         num_node=4,
     )
@@ -239,7 +239,7 @@ def test_segnet_unpools_each_stage_with_its_own_indices():
 def test_unet_skips_come_from_the_matching_level(padding):
     filters, depth = 4, 3
     model = kseg.models.UNet(
-        num_classes=2, input_shape=(H, W, 1), filters=filters, depth=depth, padding=padding
+        num_classes=2, input_shape=(H, W, 1), base_filters=filters, depth=depth, padding=padding
     )
     for level in range(depth):
         skip, up = _inputs(model.get_layer(f"crop{level}"))
@@ -348,20 +348,20 @@ VGG_BUILDERS = {
     "SegNet": {},
 }
 RESNET_BUILDERS = {
-    "PSPNet": {"filters": 8, "aux_head": True},
+    "PSPNet": {"fusion_filters": 8, "aux_head": True},
     "DeepLabV2": {},
-    "DeepLabV3": {"filters": 8},
-    "DeepLabV3Plus": {"filters": 8, "low_level_filters": 4, "decoder_filters": 8},
-    "GCUNet": {"unit_filters": 8, "filters": 8},
-    "GloReNet": {"filters": 8, "num_state": 4, "num_node": 4},
-    "GINet": {"jpu_width": 8, "filters": 8, "num_state": 8, "num_node": 4},
+    "DeepLabV3": {"aspp_filters": 8},
+    "DeepLabV3Plus": {"aspp_filters": 8, "low_level_filters": 4, "decoder_filters": 8},
+    "GCUNet": {"unit_filters": 8, "fusion_filters": 8},
+    "GloReNet": {"reduce_filters": 8, "num_state": 4, "num_node": 4},
+    "GINet": {"jpu_width": 8, "reduce_filters": 8, "num_state": 8, "num_node": 4},
 }
 
 
 def _any_channel_model(name, channels):
     shape = (None, None, channels)
     if name == "UNet":
-        return kseg.models.UNet(num_classes=2, input_shape=shape, filters=2, depth=2)
+        return kseg.models.UNet(num_classes=2, input_shape=shape, base_filters=2, depth=2)
     if name in VGG_BUILDERS:
         return getattr(kseg.models, name)(num_classes=2, input_shape=shape, **VGG_BUILDERS[name])
     return getattr(kseg.models, name)(
@@ -400,7 +400,7 @@ def test_four_channel_pspnet_by_name_builds_and_explains_what_rgb_settings_need(
         num_classes=2,
         input_shape=shape,
         backbone=_tiny_resnet(16, 4),
-        filters=8,
+        aspp_filters=8,
         normalization={"mean": [120, 110, 100, 90], "std": 60},
     )
     normalize = model.get_layer("normalize")
@@ -409,7 +409,7 @@ def test_four_channel_pspnet_by_name_builds_and_explains_what_rgb_settings_need(
 
 def test_grey_presets_use_the_average_statistics():
     model = kseg.models.UNet(
-        num_classes=2, input_shape=(None, None, 1), filters=2, depth=1, normalization="torch"
+        num_classes=2, input_shape=(None, None, 1), base_filters=2, depth=1, normalization="torch"
     )
     x = np.full((1, 8, 8, 1), 200.0, "float32")
     np.testing.assert_allclose(
