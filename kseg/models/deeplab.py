@@ -154,8 +154,10 @@ def DeepLabV2(
         num_classes: number of classes.
         input_shape: `(height, width, channels)`, values in [0, 255] (RGB
             for pretrained weights); any size and channel count works.
-        backbone: `"resnet101"` (default), `"resnet50"` or a ResNet from
-            `kseg.backbones`.
+        backbone: `"resnet101"` (default), `"resnet50"` (keras.applications'
+            layout), the same with `"_v1.5"` or `"_v1c"` for the torch layouts
+            (e.g. `"resnet101_v1.5"`, see `kseg.backbones.ResNet`), or a ResNet
+            from `kseg.backbones`.
         output_stride: 8 (default), 16 or 32, for a backbone given by name.
         backbone_weights: None, `"imagenet"` or a path (see `kseg.backbones`).
         atrous_rates: ASPP rates. Defaults to ASPP-L, `(6, 12, 18, 24)`.
@@ -217,8 +219,10 @@ def DeepLabV3(
         num_classes: number of classes.
         input_shape: `(height, width, channels)`, values in [0, 255] (RGB
             for pretrained weights); any size and channel count works.
-        backbone: `"resnet50"` (default), `"resnet101"` or a ResNet from
-            `kseg.backbones`.
+        backbone: `"resnet50"` (default), `"resnet101"` (keras.applications'
+            layout), the same with `"_v1.5"` or `"_v1c"` for the torch layouts
+            (e.g. `"resnet101_v1.5"`, see `kseg.backbones.ResNet`), or a ResNet
+            from `kseg.backbones`.
         output_stride: 16 (default), 8 or 32, for a backbone given by name.
         multi_grid: per-block rate multipliers of the last stage. Defaults to
             `(1, 2, 4)` (the paper's best); None for plain dilation.
@@ -297,8 +301,10 @@ def DeepLabV3Plus(
         num_classes: number of classes.
         input_shape: `(height, width, channels)`, values in [0, 255] (RGB
             for pretrained weights); any size and channel count works.
-        backbone: `"resnet50"` (default), `"resnet101"` or a ResNet from
-            `kseg.backbones`.
+        backbone: `"resnet50"` (default), `"resnet101"` (keras.applications'
+            layout), the same with `"_v1.5"` or `"_v1c"` for the torch layouts
+            (e.g. `"resnet101_v1.5"`, see `kseg.backbones.ResNet`), or a ResNet
+            from `kseg.backbones`.
         output_stride: 16 (default) or 8, for a backbone given by name.
         multi_grid: last-stage rate multipliers. Defaults to None.
         backbone_weights: None, `"imagenet"` or a path (see `kseg.backbones`).

@@ -135,8 +135,10 @@ def GINet(
         num_classes: number of classes.
         input_shape: `(height, width, channels)`, values in [0, 255] (RGB
             for pretrained weights); any size and channel count works.
-        backbone: `"resnet50"` (default), `"resnet101"` or a ResNet from
-            `kseg.backbones`.
+        backbone: `"resnet50"` (default), `"resnet101"` (keras.applications'
+            layout), the same with `"_v1.5"` or `"_v1c"` for the torch layouts
+            (e.g. `"resnet101_v1.5"`, see `kseg.backbones.ResNet`), or a ResNet
+            from `kseg.backbones`.
         output_stride: 8 (default), 16 or 32, for a backbone given by name.
         backbone_weights: None, `"imagenet"` or a path (see `kseg.backbones`).
         class_embeddings: None (default: zeros, as the reference), a

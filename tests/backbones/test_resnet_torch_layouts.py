@@ -188,7 +188,7 @@ def test_bad_weights_arguments(tmp_path):
 )
 def test_builders_train_on_the_torch_layouts(builder, variant):
     backbone = ResNet((1, 1, 1, 1), width=4, variant=variant, output_stride=8)
-    kwargs = {"filters": 8} if builder == "DilatedFCN" else {}
+    kwargs = {"head_filters": 8} if builder == "DilatedFCN" else {}
     model = getattr(kseg.models, builder)(3, backbone=backbone, **kwargs)
     model.compile("adam", kseg.losses.SegmentationCrossEntropy())
     rng = np.random.default_rng(0)
