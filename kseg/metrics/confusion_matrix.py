@@ -15,7 +15,7 @@ from kseg._common import (
     to_int32,
 )
 from kseg.ops._backend import channel_argmax, xla_function
-from kseg.ops._replicas import replica_context
+from kseg.ops._replicas import replica_context, sum_over_replicas
 
 # The count of every cell is kept in two int32 words: `total = high * 2**20 + low` with
 # `0 <= low < 2**20`. Adding a non-negative int32 update never overflows `low` (both halves are
@@ -525,10 +525,20 @@ class ConfusionMatrix(keras.metrics.Metric):
         return [int(c) for c in (high << _LOW_BITS) + low]
 
     def confusion_matrix(self):
-        """Returns the `(K, K)` matrix of counts as a float32 tensor."""
+        """Returns the `(K, K)` matrix of counts as a float32 tensor.
+
+        Inside a step on several `tf.distribute` replicas (where each replica reads its
+        own words) the matrices are summed over the replicas, so that the results Keras
+        logs after every batch are those of all the pixels seen. They are summed in
+        float32 (TensorFlow keeps int32 tensors in host memory, which its all-reduce
+        refuses next to device tensors), as exact as the float32 matrix itself.
+        """
         high = ops.cast(self.count_high.value, "float32")
         low = ops.cast(self.count_low.value, "float32")
-        return high * float(1 << _LOW_BITS) + low
+        matrix = high * float(1 << _LOW_BITS) + low
+        if replica_context() is not None:
+            matrix = sum_over_replicas(matrix)
+        return matrix
 
     def _stats(self):
         cm = self.confusion_matrix()
