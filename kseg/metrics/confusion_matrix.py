@@ -219,8 +219,8 @@ class ConfusionMatrix(keras.metrics.Metric):
 
     The counts are sums (variables use `aggregation="sum"`), so replicas of a
     distribution strategy reduce by summing (each pixel of the global batch is counted
-    once, on the replica that holds it; read the results outside the step, as Keras
-    does for the epoch's logs); the largest out-of-range label is read from the first
+    once, on the replica that holds it; results read inside a step sum the replicas'
+    matrices, see `confusion_matrix()`); the largest out-of-range label is read from the first
     replica (`aggregation="only_first_replica"`). `update_state` runs eagerly,
     inside `model.fit`/`model.evaluate`, and under `jit_compile=True` (TF and JAX).
 
