@@ -178,7 +178,22 @@ def build_parser(prog="train.py", voc_entry=False):
         "covers VOC's 500 px) or resized (Cityscapes: 512 1024; ADE20K and folder: the "
         "training crop) to this size",
     )
-    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="the global batch of one step, split evenly across the devices of --distribute",
+    )
+    parser.add_argument(
+        "--distribute",
+        default="auto",
+        choices=("auto", "none", "local", "multihost"),
+        help="auto: every local accelerator when there is more than one (several hosts "
+        "when TF_CONFIG or KERAS_DISTRIBUTION_JOB_ADDRESSES is set), else one device; "
+        "none: one device; local: every local device, CPUs included; multihost: "
+        "several hosts (JAX: keras.distribution.initialize; TensorFlow: TF_CONFIG). "
+        "JAX and TensorFlow only",
+    )
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=int, default=None, help="passes over the training set")
     length.add_argument(
@@ -577,6 +592,12 @@ def main(argv=None, prog="train.py", voc_entry=False):
     import kseg.training
 
     backend = keras.backend.backend()
+    # Before anything touches the devices (TensorFlow's strategies need that).
+    try:
+        plan = kseg.training.plan_distribution(args.distribute)
+        per_device_batch = plan.per_replica_batch(args.batch_size)
+    except ValueError as e:
+        raise SystemExit(f"{args.prog}: error: argument --distribute: {e}") from None
     device = _common.accelerator()
     if args.jit_compile == "auto":
         jit_compile = _common.default_jit_compile(backend, device)
@@ -602,26 +623,27 @@ def main(argv=None, prog="train.py", voc_entry=False):
     compact = None
     if args.compact:
         compact = _common.SMOKE_RESNET if args.smoke else _common.COMPACT_RESNET
-    model = _common.build_model(
-        args.model,
-        num_classes,
-        backbone=args.backbone,
-        output_stride=args.output_stride,
-        backbone_weights=args.backbone_weights,
-        aux_head=args.aux_weight > 0,
-        compact=compact,
-        dataset=dataset,
-    )
-    miou, monitor, outputs = compile_model(
-        model,
-        args,
-        num_classes,
-        total_steps,
-        jit_compile,
-        keras,
-        kseg,
-        int(dataset.get("ignore_index", 255)),
-    )
+    with plan.scope():  # TensorFlow: variables mirrored on every replica
+        model = _common.build_model(
+            args.model,
+            num_classes,
+            backbone=args.backbone,
+            output_stride=args.output_stride,
+            backbone_weights=args.backbone_weights,
+            aux_head=args.aux_weight > 0,
+            compact=compact,
+            dataset=dataset,
+        )
+        miou, monitor, outputs = compile_model(
+            model,
+            args,
+            num_classes,
+            total_steps,
+            jit_compile,
+            keras,
+            kseg,
+            int(dataset.get("ignore_index", 255)),
+        )
     if outputs is not None:
 
         def to_dict(images, masks):
@@ -647,6 +669,10 @@ def main(argv=None, prog="train.py", voc_entry=False):
         f"Backend {backend} on {device}; jit_compile={jit_compile}; "
         f"mixed precision {policy or 'off'}; {epochs} epoch(s) of {steps_per_epoch} steps, "
         f"batch {args.batch_size}, crop {_size_text(args.crop_size)}."
+    )
+    log(
+        f"Devices: {plan.description}; global batch {args.batch_size} = {plan.num_replicas} "
+        f"x {per_device_batch} per device."
     )
     shown = ", ".join(class_names[:8]) + (", ..." if num_classes > 8 else "")
     log(

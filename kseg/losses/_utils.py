@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from kseg._common import squeeze_labels, valid_mask
+from kseg.ops._replicas import num_replicas
 
 
 class PixelLoss(keras.losses.Loss):
@@ -17,17 +18,33 @@ class PixelLoss(keras.losses.Loss):
     torch does with a weight map (`(F.cross_entropy(..., reduction="none") * w).sum()
     / (w * valid).sum()`). `reduction` is kept for API compatibility: the result is
     always that one scalar.
+
+    On several replicas (`tf.distribute.MirroredStrategy` and
+    `MultiWorkerMirroredStrategy` on TensorFlow), every loss is that of the global
+    batch: `compute_loss` takes its sums over all replicas' pixels
+    (`kseg.ops._replicas.sum_over_replicas`), and `__call__` divides the result by
+    the number of replicas, Keras' convention for a loss on `N` replicas (the
+    trainer sums the replicas' gradients and multiplies the reported loss back by
+    `N`). Training on `N` replicas then gives the loss and the gradients of one
+    device on the whole batch. Keras' own reduction would not do it: it returns a
+    scalar loss as it is, unscaled. On JAX (`keras.distribution.DataParallel` runs
+    one program over the global batch) and on one device nothing changes.
     """
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         with keras.name_scope(self.name):
             y_pred = ops.convert_to_tensor(y_pred)
-            return ops.cast(self.compute_loss(y_true, y_pred, sample_weight), self.dtype)
+            loss = ops.cast(self.compute_loss(y_true, y_pred, sample_weight), "float32")
+            replicas = num_replicas()
+            if replicas > 1:
+                loss = loss / float(replicas)
+            return ops.cast(loss, self.dtype)
 
     def call(self, y_true, y_pred):
         return self.compute_loss(y_true, y_pred, None)
 
     def compute_loss(self, y_true, y_pred, sample_weight):
+        """The loss of the global batch (sums over all replicas' pixels), a scalar."""
         raise NotImplementedError
 
 

@@ -6,6 +6,7 @@ from keras import ops
 
 from kseg._common import check_float, check_int, standardize_data_format
 from kseg.losses._utils import PixelLoss, pixel_weights, prepare_dense, safe_divide
+from kseg.ops._replicas import gather_over_replicas, sum_over_replicas
 
 
 @keras.saving.register_keras_serializable(package="kseg")
@@ -179,13 +180,15 @@ class SegmentationCrossEntropy(PixelLoss):
             if weights is not None:
                 smooth = smooth * weights
             pixel_loss = (1.0 - eps) * pixel_loss + (eps / num_classes) * smooth
-        return safe_divide(ops.sum(pixel_loss), ops.sum(pixel_weight))
+        total, weight = sum_over_replicas([ops.sum(pixel_loss), ops.sum(pixel_weight)])
+        return safe_divide(total, weight)
 
     def _ohem_keep(self, true_prob, valid):
         """Boolean map of the pixels OHEM keeps (see the class docstring)."""
         k = self.ohem_min_kept
         # Unlabelled pixels get probability 2, so they sort after every labelled one.
-        flat = ops.reshape(ops.where(valid, true_prob, 2.0), (-1,))
+        # On several replicas the order statistic is that of the global batch.
+        flat = gather_over_replicas(ops.reshape(ops.where(valid, true_prob, 2.0), (-1,)))
         size = ops.shape(flat)[0]
         if isinstance(size, int) and size <= k:
             return valid  # n <= size <= k: keep every labelled pixel.

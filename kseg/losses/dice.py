@@ -5,6 +5,7 @@ from keras import ops
 
 from kseg._common import check_float, check_int, standardize_data_format
 from kseg.losses._utils import PixelLoss, pixel_weights, prepare_dense, probabilities
+from kseg.ops._replicas import sum_over_replicas
 
 
 @keras.saving.register_keras_serializable(package="kseg")
@@ -89,10 +90,16 @@ class DiceLoss(PixelLoss):
         axes = (1, 2) if self.per_image else (0, 1, 2)
         intersection = ops.sum(probs * target, axis=axes)
         cardinality = ops.sum(probs, axis=axes) + ops.sum(target, axis=axes)
+        if not self.per_image:  # the sums run over the global batch
+            intersection, cardinality = sum_over_replicas([intersection, cardinality])
         dice = (2.0 * intersection + self.smooth) / ops.maximum(cardinality + self.smooth, 1e-7)
         if binary:
             dice = dice[..., 1]  # the foreground only
-        return 1.0 - ops.mean(dice)
+        if not self.per_image:
+            return 1.0 - ops.mean(dice)
+        # The mean over the images (and classes) of the global batch.
+        total, count = sum_over_replicas([ops.sum(dice), ops.sum(ops.ones_like(dice))])
+        return 1.0 - total / ops.maximum(count, 1.0)
 
     def get_config(self):
         return {

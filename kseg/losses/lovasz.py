@@ -5,6 +5,7 @@ from keras import ops
 
 from kseg._common import check_choice, check_int, standardize_data_format
 from kseg.losses._utils import PixelLoss, pixel_weights, prepare_dense, probabilities
+from kseg.ops._replicas import gather_over_replicas, sum_over_replicas
 
 
 @keras.saving.register_keras_serializable(package="kseg")
@@ -109,6 +110,10 @@ class LovaszSoftmaxLoss(PixelLoss):
             errors = ops.abs(fg - probs) * mask
         if weights is not None:
             errors = errors * ops.expand_dims(weights, -1)
+        if not self.per_image:
+            # One sort over the pixels of the global batch: on several replicas every
+            # replica sorts all of them (the gather passes the gradient back).
+            fg, errors, mask = gather_over_replicas([fg, errors, mask])
         # (B, H, W, K) -> (groups, K, pixels): one group per image or one for the batch.
         groups = ops.shape(scores)[0] if self.per_image else 1
         fg = ops.transpose(ops.reshape(fg, (groups, -1, num_classes)), (0, 2, 1))
@@ -133,7 +138,11 @@ class LovaszSoftmaxLoss(PixelLoss):
         per_group = ops.sum(per_class * present, axis=-1) / ops.maximum(
             ops.sum(present, axis=-1), 1.0
         )
-        return ops.mean(per_group)
+        if not self.per_image:
+            return per_group[0]
+        # The mean over the images of the global batch.
+        total, count = sum_over_replicas([ops.sum(per_group), ops.sum(ops.ones_like(per_group))])
+        return total / ops.maximum(count, 1.0)
 
     def get_config(self):
         return {

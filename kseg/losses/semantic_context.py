@@ -8,6 +8,7 @@ from keras import ops
 
 from kseg._common import check_int, squeeze_labels, standardize_data_format, valid_mask
 from kseg.losses._utils import PixelLoss, safe_divide
+from kseg.ops._replicas import sum_over_replicas
 
 
 def class_presence_target(y_true, num_classes, ignore_index=255, data_format=None):
@@ -109,8 +110,10 @@ class SemanticContextLoss(PixelLoss):
         else:
             p = ops.clip(y_pred, 1e-7, 1.0 - 1e-7)
             bce = -(target * ops.log(p) + (1.0 - target) * ops.log(1.0 - p))
+        # Sums over the global batch (all replicas' images).
         if sample_weight is None:
-            return ops.mean(bce)
+            total, count = sum_over_replicas([ops.sum(bce), ops.sum(ops.ones_like(bce))])
+            return total / ops.maximum(count, 1.0)
         weights = ops.cast(ops.convert_to_tensor(sample_weight), "float32")
         if len(weights.shape) > 2 or (len(weights.shape) == 2 and weights.shape[1] != 1):
             raise ValueError(
@@ -118,7 +121,10 @@ class SemanticContextLoss(PixelLoss):
                 f"(B,) or (B, 1). Received: sample_weight.shape={tuple(weights.shape)}"
             )
         weights = ops.reshape(weights, (-1,))
-        return safe_divide(ops.sum(ops.mean(bce, axis=-1) * weights), ops.sum(weights))
+        total, weight = sum_over_replicas(
+            [ops.sum(ops.mean(bce, axis=-1) * weights), ops.sum(weights)]
+        )
+        return safe_divide(total, weight)
 
     def get_config(self):
         return {

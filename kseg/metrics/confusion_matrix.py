@@ -15,24 +15,27 @@ from kseg._common import (
     to_int32,
 )
 from kseg.ops._backend import channel_argmax, xla_function
+from kseg.ops._replicas import replica_context, sum_over_replicas
 
-# The count of every cell is kept in two int32 words: `total = high * 2**30 + low` with
-# `0 <= low < 2**30`. Adding a non-negative int32 update never overflows `low` (both halves are
-# below 2**30, so their sum is below 2**31), and `high` reaches 2**31 only after 2**61 pixels.
+# The count of every cell is kept in two int32 words: `total = high * 2**20 + low` with
+# `0 <= low < 2**20`. Adding a non-negative int32 update never overflows `low` (both halves are
+# below 2**31), and the low words of up to 2048 replicas, which a distribution strategy sums
+# in int32 when the metric is read (variables with `aggregation="sum"`), stay below 2**31
+# (2048 * (2**20 - 1) < 2**31). A cell holds up to 2**51 / N pixels on N replicas.
 # int32 is used on every backend because JAX runs without x64 by default.
-_LOW_BITS = 30
+_LOW_BITS = 20
 _LOW_MASK = (1 << _LOW_BITS) - 1
 
 
 def _accumulate_words(high, low, counts):
     """Adds a non-negative int32 `counts` array to the two-word number `(high, low)`.
 
-    Returns the new `(high, low)`; both are int32 with `0 <= low < 2**30`.
+    Returns the new `(high, low)`; both are int32 with `0 <= low < 2**20`.
     """
     counts = ops.cast(counts, "int32")
     count_low = ops.bitwise_and(counts, _LOW_MASK)
     count_high = ops.right_shift(counts, _LOW_BITS)
-    low_sum = low + count_low  # < 2**31: no overflow.
+    low_sum = low + count_low  # < 2**21: no overflow.
     new_low = ops.bitwise_and(low_sum, _LOW_MASK)
     carry = ops.right_shift(low_sum, _LOW_BITS)
     return high + count_high + carry, new_low
@@ -74,8 +77,16 @@ _NO_VALUE = -(2**31)
 
 
 @functools.cache
-def _update_function(num_classes, ignore_index, mode, channel_axis, weighted, padded, threshold):
-    """`(*state, y_true, y_pred[, counts][, pixels]) -> state`, XLA-compiled on TF and JAX.
+def _update_function(*options):
+    """`_plain_update_function(*options)` XLA-compiled on TF and JAX (see there)."""
+    return xla_function(_plain_update_function(*options))
+
+
+@functools.cache
+def _plain_update_function(
+    num_classes, ignore_index, mode, channel_axis, weighted, padded, threshold
+):
+    """`(*state, y_true, y_pred[, counts][, pixels]) -> state`, the update as plain ops.
 
     `state` is `(high, low, bad_high, bad_low, bad_value)`: the two words of the
     `(K, K)` matrix, of the `(2,)` out-of-range counts (labels, predicted classes) and
@@ -126,7 +137,7 @@ def _update_function(num_classes, ignore_index, mode, channel_axis, weighted, pa
         largest = ops.max(ops.where(seen, labels, _NO_VALUE), initial=_NO_VALUE)
         return high, low, bad_high, bad_low, ops.maximum(bad_value, largest)
 
-    return xla_function(update)
+    return update
 
 
 def _drop_label_channel(static_shape, data_format, shape=None):
@@ -198,16 +209,19 @@ class ConfusionMatrix(keras.metrics.Metric):
     Results (and `per_class_iou()`) score both classes. `num_classes=2` with a
     1-channel integer prediction stays a label map.
 
-    Exactness: each cell is held in two int32 words (`high * 2**30 + low`, the carry
-    is propagated at every update), so counts stay exact up to 2**61 pixels per cell
+    Exactness: each cell is held in two int32 words (`high * 2**20 + low`, the carry
+    is propagated at every update), so counts stay exact up to 2**51 pixels per cell
     on every backend, including JAX without x64 (a single int32 would overflow at
     2**31 and a float32 counter stops counting at 2**24). One update may add at most
-    2**31 - 1 to a cell. `exact_counts()` returns the exact matrix as NumPy int64;
+    2**31 - 1 to a cell. With 20 low bits the words of up to 2048 replicas can be
+    summed in int32 without overflow (each replica then holds up to 2**51 / N). `exact_counts()` returns the exact matrix as NumPy int64;
     `result()` and the derived metrics compute in float32.
 
     The counts are sums (variables use `aggregation="sum"`), so replicas of a
-    distribution strategy reduce by summing; the largest out-of-range label is read from
-    the first replica (`aggregation="only_first_replica"`). `update_state` runs eagerly,
+    distribution strategy reduce by summing (each pixel of the global batch is counted
+    once, on the replica that holds it; results read inside a step sum the replicas'
+    matrices, see `confusion_matrix()`); the largest out-of-range label is read from the first
+    replica (`aggregation="only_first_replica"`). `update_state` runs eagerly,
     inside `model.fit`/`model.evaluate`, and under `jit_compile=True` (TF and JAX).
 
     Speed: on TensorFlow and JAX the whole update is one XLA-compiled function,
@@ -397,7 +411,11 @@ class ConfusionMatrix(keras.metrics.Metric):
                 y_true, y_pred, counts, mode, scores_axis
             )
             counts = counts + [np.asarray(pixels, np.int32)]
-        update = _update_function(
+        # In a step on several `tf.distribute` replicas the update goes into the step's
+        # graph as plain ops: a compiled `tf.function` shared by two models' metrics
+        # counted every pixel twice in the second model's steps (TensorFlow 2.21).
+        compiled = replica_context() is None
+        update = (_update_function if compiled else _plain_update_function)(
             self._size,
             self.ignore_index,
             mode,
@@ -507,10 +525,20 @@ class ConfusionMatrix(keras.metrics.Metric):
         return [int(c) for c in (high << _LOW_BITS) + low]
 
     def confusion_matrix(self):
-        """Returns the `(K, K)` matrix of counts as a float32 tensor."""
+        """Returns the `(K, K)` matrix of counts as a float32 tensor.
+
+        Inside a step on several `tf.distribute` replicas (where each replica reads its
+        own words) the matrices are summed over the replicas, so that the results Keras
+        logs after every batch are those of all the pixels seen. They are summed in
+        float32 (TensorFlow keeps int32 tensors in host memory, which its all-reduce
+        refuses next to device tensors), as exact as the float32 matrix itself.
+        """
         high = ops.cast(self.count_high.value, "float32")
         low = ops.cast(self.count_low.value, "float32")
-        return high * float(1 << _LOW_BITS) + low
+        matrix = high * float(1 << _LOW_BITS) + low
+        if replica_context() is not None:
+            matrix = sum_over_replicas(matrix)
+        return matrix
 
     def _stats(self):
         cm = self.confusion_matrix()

@@ -1,5 +1,5 @@
-"""Training utilities: the poly learning-rate schedule, the papers' SGD, and TensorBoard /
-checkpoint / label-check callbacks.
+"""Training utilities: the poly learning-rate schedule, the papers' SGD, TensorBoard /
+checkpoint / label-check callbacks, and multi-device set-up (`plan_distribution`).
 
 Uses TensorFlow's `tf.summary` (imported here, whatever the Keras backend) to
 write images and scalars next to `keras.callbacks.TensorBoard`'s logs.
@@ -14,6 +14,7 @@ from kseg.training.callbacks import (
     segmentation_callbacks,
     take_samples,
 )
+from kseg.training.distribute import DistributionPlan, plan_distribution
 from kseg.training.optimizers import SGD
 from kseg.training.schedules import PolyDecay, PolyLearningRateSchedule
 
@@ -28,4 +29,6 @@ __all__ = [
     "best_checkpoint",
     "segmentation_callbacks",
     "take_samples",
+    "DistributionPlan",
+    "plan_distribution",
 ]

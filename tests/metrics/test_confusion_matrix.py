@@ -152,6 +152,33 @@ def test_public_update_carries_into_the_high_word():
     assert 5 * weight > 2**32
 
 
+def test_words_of_four_replicas_sum_without_overflow():
+    """A strategy reads a `sum` metric by adding the replicas' int32 words: it stays exact.
+
+    Four replicas each count about 1.5 * 2**31 pixels of one cell (in two updates of
+    2**31 - 1 and 2**30 - 9 - i, so that a low word of 30 bits would be near its top
+    on every replica); the words are summed in int32 as
+    `tf.distribute` does for `aggregation="sum"` (NumPy int32 sums wrap the same
+    way), put in a fresh metric, and read back.
+    """
+    replicas = [ConfusionMatrix(num_classes=2) for _ in range(4)]
+    labels, preds = np.array([[[0, 1]]]), np.array([[[0, 1]]])
+    for i, m in enumerate(replicas):
+        m.update_state(labels, preds, sample_weight=np.array([2**31 - 1]))
+        m.update_state(labels, preds, sample_weight=np.array([2**30 - 9 - i]))
+    expected = sum(2**31 - 1 + 2**30 - 9 - i for i in range(4))  # Python int: exact
+    assert expected > 2**33
+    words = {}
+    for name in ("count_high", "count_low"):
+        values = [to_numpy(getattr(m, name).value).astype(np.int32) for m in replicas]
+        with np.errstate(over="ignore"):
+            words[name] = np.sum(np.stack(values), axis=0, dtype=np.int32)
+    total = ConfusionMatrix(num_classes=2)
+    total.count_high.assign(words["count_high"])
+    total.count_low.assign(words["count_low"])
+    np.testing.assert_array_equal(total.exact_counts(), [[expected, 0], [0, expected]])
+
+
 def test_spatial_size_mismatch_raises():
     m = ConfusionMatrix(num_classes=3)
     with pytest.raises(ValueError, match="spatial size of `y_true`"):

@@ -1,0 +1,211 @@
+"""Multi-device training matches one device: every kseg loss, BatchNorm, MeanIoU.
+
+Device counts must be set before JAX or TensorFlow start, so each check runs in a
+subprocess: JAX with 4 CPU devices (`XLA_FLAGS=--xla_force_host_platform_device_count=4`),
+TensorFlow with 2 logical CPUs (`tf.config.set_logical_device_configuration`). Each
+trains a small model 2 steps on one global batch of 4 images, once on one device and
+once data-parallel (`kseg.training.plan_distribution("local")`), and compares the
+reported losses and the weights (to 1e-5) and the MeanIoU counts (exactly). The batch
+is made so that a loss averaged per replica would differ: one image has many ignored
+pixels, the images have different classes.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from tests.helpers import BACKEND
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+
+    import numpy as np
+
+    import keras
+    import kseg
+    from kseg.training import plan_distribution
+
+    L = kseg.losses
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(4, 32, 32, 3)).astype("float32")
+    masks = rng.integers(0, 3, size=(4, 32, 32)).astype("int32")
+    masks[0, :20] = 255  # replica 0 holds far fewer labelled pixels
+    masks[2] = np.where(masks[2] == 2, 1, masks[2])  # class 2 absent from image 2
+    SYNC_BN = keras.backend.backend() == "tensorflow"
+
+    LOSSES = {
+        "ce": L.SegmentationCrossEntropy(),
+        "ohem": L.SegmentationCrossEntropy(ohem_threshold=0.4, ohem_min_kept=600),
+        "dice": L.DiceLoss(),
+        "dice_image": L.DiceLoss(per_image=True),
+        "lovasz": L.LovaszSoftmaxLoss(),
+        "lovasz_image": L.LovaszSoftmaxLoss(per_image=True),
+        "presence": L.SemanticContextLoss(num_classes=3),
+        # Keras' own loss next to kseg's, on labels without ignored pixels.
+        "full": L.SegmentationCrossEntropy(),
+        "keras": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    }
+    FULL = np.where(masks == 255, 0, masks)
+
+
+    def build():
+        keras.utils.set_random_seed(3)
+        inputs = keras.Input((32, 32, 3))
+        x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+        x = keras.layers.BatchNormalization(synchronized=SYNC_BN, momentum=0.5)(x)
+        x = keras.layers.Activation("relu")(x)
+        outputs = {}
+        for name in LOSSES:
+            if name == "presence":
+                pooled = keras.layers.GlobalAveragePooling2D()(x)
+                outputs[name] = keras.layers.Dense(3, name=name)(pooled)
+            else:
+                outputs[name] = keras.layers.Conv2D(3, 1, name=name)(x)
+        model = keras.Model(inputs, outputs)
+        model.get_layer("keras").set_weights(model.get_layer("full").get_weights())
+        miou = kseg.metrics.MeanIoU(3)
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.5), loss=dict(LOSSES), metrics={"ce": [miou]}
+        )
+        return model, miou
+
+
+    def train(plan):
+        with plan.scope():
+            model, miou = build()
+        targets = {name: FULL if name in ("full", "keras") else masks for name in LOSSES}
+        batch_iou = []  # the per-batch logs (read inside the step on TensorFlow)
+        record = keras.callbacks.LambdaCallback(
+            on_train_batch_end=lambda batch, logs: batch_iou.append(float(logs["ce_mean_iou"]))
+        )
+        history = model.fit(
+            images, targets, batch_size=4, epochs=2, shuffle=False, verbose=0, callbacks=[record]
+        ).history
+        history["batch_iou"] = batch_iou
+        # kseg's loss reports and steps as Keras' own.
+        np.testing.assert_allclose(history["full_loss"], history["keras_loss"], rtol=1e-5)
+        full, ref = model.get_layer("full"), model.get_layer("keras")
+        for a, b in zip(full.get_weights(), ref.get_weights()):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        return history, [np.asarray(w) for w in model.get_weights()], miou
+
+
+    one = train(plan_distribution("none"))
+    plan = plan_distribution("local")
+    assert plan.num_replicas == int(sys.argv[1]), plan.description
+    assert plan.per_replica_batch(4) == 4 // plan.num_replicas
+    many = train(plan)
+
+    for key, values in one[0].items():
+        np.testing.assert_allclose(many[0][key], values, rtol=1e-5, atol=1e-6, err_msg=key)
+    assert many[0]["batch_iou"] == one[0]["batch_iou"], (many[0]["batch_iou"], one[0]["batch_iou"])
+    for name in LOSSES:
+        assert name + "_loss" in one[0], sorted(one[0])
+    for a, b in zip(one[1], many[1]):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(many[2].exact_counts(), one[2].exact_counts())
+    assert int(one[2].exact_counts().sum()) == int((masks != 255).sum())
+    assert float(many[2].result()) == float(one[2].result())
+    print("losses", {k: round(v[-1], 5) for k, v in one[0].items() if k.endswith("loss")})
+    print("replicas", plan.description, "OK")
+    """
+)
+
+TF_PROLOGUE = """
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+"""
+
+
+def run_script(code, env_extra, *args):
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2", **env_extra}
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return result
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="runs in the JAX session")
+def test_jax_four_devices_match_one_device():
+    result = run_script(
+        SCRIPT,
+        {"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+        "4",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+    assert "DataParallel over 4 devices OK" in result.stdout
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="runs in the TensorFlow session")
+def test_tensorflow_two_replicas_match_one_device():
+    result = run_script(TF_PROLOGUE + SCRIPT, {"KERAS_BACKEND": "tensorflow"}, "2")
+    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+    assert "MirroredStrategy over 2 replicas OK" in result.stdout
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="runs in the torch session")
+def test_torch_says_which_backends_scale_out():
+    from kseg.training import plan_distribution
+
+    for choice in ("local", "multihost"):
+        with pytest.raises(ValueError, match="JAX .* and TensorFlow") as info:
+            plan_distribution(choice)
+        assert f"distribute={choice!r}" in str(info.value)
+    assert plan_distribution("none").num_replicas == 1
+    assert plan_distribution("auto").num_replicas == 1
+
+
+def test_global_batch_must_split_evenly():
+    from kseg.training import DistributionPlan, plan_distribution
+
+    plan = DistributionPlan("mirrored", 4, "test")
+    assert plan.per_replica_batch(16) == 4
+    with pytest.raises(ValueError, match="multiple of 4. Received: --batch-size 10 on 4"):
+        plan.per_replica_batch(10)
+    with pytest.raises(ValueError, match="one of auto, none, local, multihost"):
+        plan_distribution("mirrored")
+    assert np.isscalar(plan_distribution("none").num_replicas)
+
+
+RECIPE = """
+import sys
+import keras
+if keras.backend.backend() == "tensorflow":
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+sys.path.insert(0, "recipes")
+import train
+train.main(sys.argv[1:])
+"""
+
+
+@pytest.mark.large
+@pytest.mark.skipif(BACKEND == "torch", reason="JAX and TensorFlow scale out")
+def test_recipe_trains_on_several_devices(tmp_path):
+    """The smoke recipe with --distribute local: 4 JAX CPU devices or 2 TensorFlow CPUs."""
+    replicas = 4 if BACKEND == "jax" else 2
+    env = {"KERAS_BACKEND": BACKEND}
+    if BACKEND == "jax":
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={replicas}"
+    args = ["--smoke", "--distribute", "local", "--logdir", str(tmp_path / "run")]
+    result = run_script(RECIPE, env, *args, "--batch-size", str(2 * replicas))
+    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+    assert f"global batch {2 * replicas} = {replicas} x 2 per device" in result.stdout
+    assert "Validation mIoU" in result.stdout
+    result = run_script(RECIPE, env, *args[:-1], str(tmp_path / "odd"), "--batch-size", "3")
+    assert result.returncode != 0
+    assert f"must be a multiple of {replicas}. Received: --batch-size 3" in result.stderr
