@@ -19,6 +19,8 @@ import struct
 import keras
 import numpy as np
 
+from kseg.backbones._weights import existing_file
+
 #: torchvision's ResNet ImageNet checkpoints (`IMAGENET1K_V2`, 80.86% / 82.28% top-1),
 #: from `torchvision.models.resnet` (ResNet50_Weights / ResNet101_Weights); the
 #: 8 hex digits in the name are the start of the file's SHA-256.
@@ -59,20 +61,11 @@ def check_torch_weights(weights, variant):
                 f"Received: weights={weights!r}"
             )
         return weights
-    if isinstance(weights, os.PathLike):
-        weights = os.fspath(weights)
-    if not isinstance(weights, str):
-        raise TypeError(
-            "Expected `weights` to be None, 'imagenet', the path of a torch checkpoint "
-            "(.pth, .pt, .bin or .safetensors) or a state dict. "
-            f"Received: weights={weights!r} of type {type(weights).__name__}"
-        )
-    if not os.path.isfile(weights):
-        raise ValueError(
-            "Expected `weights` to be None, 'imagenet', a state dict or the path of an existing "
-            f"torch checkpoint file; no such file. Received: weights={weights!r}"
-        )
-    return weights
+    return existing_file(
+        weights,
+        "None, 'imagenet', a state dict or the path of a torch checkpoint (.pth, .pt, .bin or "
+        ".safetensors)",
+    )
 
 
 def torchvision_imagenet_file(blocks):

@@ -7,24 +7,30 @@ _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _URL_HINT = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
 
-def check_weights(weights):
-    """Validates `weights`: None, "imagenet" or the path of an existing file."""
-    if weights is None or weights == "imagenet":
-        return weights
+def existing_file(weights, expected):
+    """`weights` as the path of an existing file; `expected` says what else it may be."""
     if isinstance(weights, os.PathLike):
         weights = os.fspath(weights)
     if not isinstance(weights, str):
         raise TypeError(
-            "Expected `weights` to be None, 'imagenet' or the path of a "
-            "keras.applications weights file (.h5 or .weights.h5). "
+            f"Expected `weights` to be {expected}. "
             f"Received: weights={weights!r} of type {type(weights).__name__}"
         )
     if not os.path.isfile(weights):
         raise ValueError(
-            "Expected `weights` to be None, 'imagenet' or the path of an "
-            "existing keras.applications weights file (.h5 or .weights.h5); "
-            f"no such file. Received: weights={weights!r}"
+            f"Expected `weights` to be {expected}; no such file. Received: weights={weights!r}"
         )
+    return weights
+
+
+def check_weights(weights):
+    """Validates `weights`: None, "imagenet" or the path of an existing file."""
+    if weights is None or weights == "imagenet":
+        return weights
+    weights = existing_file(
+        weights, "None, 'imagenet' or the path of a keras.applications weights file (.h5 or "
+        ".weights.h5)"
+    )
     with open(weights, "rb") as handle:
         signature = handle.read(8)
     if signature != _HDF5_SIGNATURE:
