@@ -1,0 +1,124 @@
+"""A training run killed with SIGKILL after a mid-epoch save resumes at that step (train.py).
+
+The recipe runs in subprocesses under the current backend, in --smoke mode on the
+synthetic dataset (32 px; U-Net, the model quickest to compile; 2 steps per epoch): 2 epochs with a
+save at every step. The first run is stopped for good (SIGKILL) right after its
+save at step 1, the middle of epoch 1 (before any validation, which keeps the
+test cheap); `--resume` must finish the run with exactly 4 optimizer steps in all.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import h5py
+import pytest
+
+from tests.recipes.test_recipes import RECIPES, env, run_recipe  # noqa: F401  (env: a fixture)
+
+EPOCHS, STEPS_PER_EPOCH, SAVE_EVERY = 2, 2, 1  # --smoke has 2 steps per epoch
+KILL_AT = 1  # the first save inside an epoch
+
+# Runs train.py with its backup callback holding still after the first save made inside an
+# epoch, so that the kill lands right after that save and nowhere else.
+DRIVER = """
+import sys, time
+sys.path.insert(0, {recipes!r})
+import kseg.training
+
+save = kseg.training.BackupAndRestore._save_model
+
+def save_then_hold(self):
+    save(self)
+    if self._step % self.params["steps"]:
+        print("MID-EPOCH SAVE AFTER STEP", self._step, flush=True)
+        time.sleep(600)
+
+kseg.training.BackupAndRestore._save_model = save_then_hold
+import train
+train.main(sys.argv[1:])
+"""
+
+
+def _start_and_kill_after_mid_epoch_save(env, logdir, tmp_path):
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER.format(recipes=RECIPES))
+    args = ["--smoke", "--model", "unet", "--epochs", EPOCHS, "--save-every", SAVE_EVERY]
+    args += ["--logdir", logdir]
+    process = subprocess.Popen(
+        [sys.executable, str(driver), *map(str, args)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    watchdog = threading.Timer(300, process.kill)
+    watchdog.start()
+    lines = []
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("MID-EPOCH SAVE AFTER STEP"):
+                os.kill(process.pid, signal.SIGKILL)
+                break
+        process.wait(timeout=60)
+    finally:
+        watchdog.cancel()
+        process.stdout.close()
+    output = "".join(lines)
+    if not lines or not lines[-1].startswith("MID-EPOCH SAVE AFTER STEP"):
+        raise AssertionError(f"the run ended before a mid-epoch save:\n{output[-4000:]}")
+    assert process.returncode == -signal.SIGKILL
+    return output
+
+
+def _metadata(logdir):
+    with open(logdir / "backup" / "training_metadata.json") as f:
+        return json.load(f)
+
+
+def _saved_optimizer_steps(logdir):
+    # Keras writes the optimizer's variables in order, `iterations` first.
+    with h5py.File(logdir / "backup" / "latest.weights.h5", "r") as f:
+        return int(f["optimizer"]["vars"]["0"][()])
+
+
+def test_killed_run_resumes_at_its_mid_epoch_save_and_does_the_configured_steps(env, tmp_path):
+    logdir = tmp_path / "run"
+    output = _start_and_kill_after_mid_epoch_save(env, logdir, tmp_path)
+    assert f"MID-EPOCH SAVE AFTER STEP {KILL_AT}" in output
+    assert _metadata(logdir) == {"epoch": 0, "step": KILL_AT, "iterations": KILL_AT}
+    assert _saved_optimizer_steps(logdir) == KILL_AT
+    # As if an earlier validation had scored 0.99 (the kill came before any): the resumed
+    # run must read that score back, and keep the model that has it.
+    placeholder = b"the model that scored 0.99"
+    (logdir / "best.keras").write_bytes(placeholder)
+    (logdir / "best.json").write_text('{"val_mean_iou": 0.99}')
+
+    result = run_recipe(env, "train.py", "--resume", "--logdir", logdir)
+    assert "Configuration (smoke)" in result.stdout  # the saved arguments
+    assert (
+        f"Resuming after training step {KILL_AT} (epoch 1, step 1 of {STEPS_PER_EPOCH})"
+        in result.stdout
+    )
+    # Keras counts epochs from the interrupted one, which now ends 1 step later than it
+    # would have; the last is cut short so that the run ends at its configured step.
+    assert "Epoch 1/2" in result.stdout and "Epoch 2/2" in result.stdout
+    total = EPOCHS * STEPS_PER_EPOCH
+    assert _metadata(logdir) == {"epoch": EPOCHS, "step": total, "iterations": total}
+    assert _saved_optimizer_steps(logdir) == total  # not more, not fewer
+    assert result.stdout.count("val_mean_iou did not improve from 0.99000") == EPOCHS
+    assert (logdir / "best.keras").read_bytes() == placeholder
+    # Nothing half-written is left behind.
+    leftovers = [n for d in (logdir, logdir / "backup") for n in os.listdir(d) if ".tmp-" in n]
+    assert leftovers == []
+
+
+@pytest.mark.parametrize("value", ["-1"])
+def test_save_every_must_not_be_negative(env, value):
+    result = run_recipe(env, "train.py", "--smoke", "--save-every", value, check=False)
+    assert result.returncode == 2
+    assert f"argument --save-every: must be >= 0, got {value}" in result.stderr
