@@ -23,6 +23,7 @@ import glob
 import json
 import math
 import os
+import secrets
 import shutil
 import warnings
 
@@ -395,11 +396,11 @@ def _split_suffix(name):
     return stem, suffix
 
 
-def _temporary_path(path, pid="*"):
-    """`<folder>/.<stem>.tmp-<pid><suffix>`: same folder (so `os.replace` is a rename), same ending."""
+def _temporary_path(path, tag="*"):
+    """`<folder>/.<stem>.tmp-<tag><suffix>`: same folder (so `os.replace` is a rename), same ending."""
     folder, name = os.path.split(path)
     stem, suffix = _split_suffix(name)
-    return os.path.join(folder, f".{stem}.tmp-{pid}{suffix}")
+    return os.path.join(folder, f".{stem}.tmp-{tag}{suffix}")
 
 
 def _fsync(path):
@@ -437,7 +438,7 @@ def save_atomically(path, save):
     """Writes a file through a temporary name in its folder, then moves it into place.
 
     `save(temporary_path)` writes the file (e.g. `model.save`, `model.save_weights`
-    or a JSON dump) to `<folder>/.<stem>.tmp-<pid><suffix>`, which keeps the
+    or a JSON dump) to `<folder>/.<stem>.tmp-<pid>-<random><suffix>`, which keeps the
     ending (`.keras`, `.weights.h5`, `.json`, ...) that Keras chooses the format
     by; the file is flushed to the disk and renamed to `path` with `os.replace`,
     which replaces the old file in one step (POSIX `rename`). A process killed
@@ -457,7 +458,8 @@ def save_atomically(path, save):
         raise FileNotFoundError(
             f"Expected the folder of `path` to exist. Received: path={path!r} (no folder {folder!r})"
         )
-    temporary = _temporary_path(path, os.getpid())
+    # The process id and a random part: processes on several hosts may share the folder.
+    temporary = _temporary_path(path, f"{os.getpid()}-{secrets.token_hex(4)}")
     try:
         save(temporary)
         if not os.path.isfile(temporary):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import keras
 import numpy as np
@@ -35,7 +36,10 @@ def _model():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
     # Momentum and a poly schedule: both must continue across a resume.
     schedule = PolyDecay(0.05, decay_steps=EPOCHS * STEPS_PER_EPOCH)
-    model.compile(optimizer=keras.optimizers.SGD(schedule, momentum=0.9), loss="mse")
+    # Eager steps: these tests fit a dozen new models, and tracing each costs more than its steps.
+    model.compile(
+        optimizer=keras.optimizers.SGD(schedule, momentum=0.9), loss="mse", run_eagerly=True
+    )
     return model
 
 
@@ -233,7 +237,8 @@ def test_save_atomically(tmp_path):
     seen = []
     save_atomically(tmp_path / "m.weights.h5", lambda p: (seen.append(p), open(p, "w").close()))
     folder, name = os.path.split(seen[0])
-    assert folder == str(tmp_path) and name == f".m.tmp-{os.getpid()}.weights.h5"
+    assert folder == str(tmp_path)
+    assert re.fullmatch(rf"\.m\.tmp-{os.getpid()}-[0-9a-f]{{8}}\.weights\.h5", name)
     # What a killed save leaves is found and removed.
     stale = tmp_path / ".m.tmp-99999.weights.h5"
     stale.write_bytes(b"x")
