@@ -669,7 +669,9 @@ def main(argv=None, prog="train.py", voc_entry=False):
         )
     if "presence" in (outputs or []):
         log(f"GINet: semantic context loss on the class nodes, weight {args.sc_weight}.")
-    saves = f"every {args.save_every} steps and " if args.save_every else ""
+    saves = {0: "", 1: "every step and "}.get(
+        args.save_every, f"every {args.save_every} steps and "
+    )
     log(
         f"Logs and checkpoints in {args.logdir}; the training state is saved {saves}at "
         "every epoch end. To resume after an interruption:"

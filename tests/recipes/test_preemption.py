@@ -1,10 +1,11 @@
 """A training run killed with SIGKILL after a mid-epoch save resumes at that step (train.py).
 
-The recipe runs in subprocesses under the current backend, in --smoke mode on the
-synthetic dataset (32 px; U-Net, the model quickest to compile; 2 steps per epoch): 2 epochs with a
-save at every step. The first run is stopped for good (SIGKILL) right after its
-save at step 1, the middle of epoch 1 (before any validation, which keeps the
-test cheap); `--resume` must finish the run with exactly 4 optimizer steps in all.
+The recipe runs in subprocesses under the current backend, in --smoke mode on
+the synthetic dataset (32 px; U-Net, the model quickest to compile; 2 steps per
+epoch): 2 epochs with a save at every step. The first run is stopped for good
+(SIGKILL) right after its save at step 1, the middle of epoch 1 (before any
+validation, which keeps the test cheap); `--resume` must finish the run with
+exactly 4 optimizer steps in all.
 """
 
 import json
@@ -12,12 +13,14 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 
 import h5py
+import keras
 import pytest
 
-from tests.recipes.test_recipes import RECIPES, env, run_recipe  # noqa: F401  (env: a fixture)
+from tests.recipes.test_recipes import RECIPES, ROOT, run_recipe
 
 EPOCHS, STEPS_PER_EPOCH, SAVE_EVERY = 2, 2, 1  # --smoke has 2 steps per epoch
 KILL_AT = 1  # the first save inside an epoch
@@ -41,6 +44,21 @@ kseg.training.BackupAndRestore._save_model = save_then_hold
 import train
 train.main(sys.argv[1:])
 """
+
+
+@pytest.fixture(scope="module")
+def env():
+    """The environment of tests/recipes/test_recipes.py's runs (JAX's compilation cache too)."""
+    environ = dict(os.environ)
+    environ["KERAS_BACKEND"] = keras.backend.backend()
+    environ["PYTHONPATH"] = os.pathsep.join([ROOT, environ.get("PYTHONPATH", "")])
+    environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(
+        tempfile.gettempdir(), "kseg-tests-jax-compilation-cache"
+    )
+    environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    return environ
 
 
 def _start_and_kill_after_mid_epoch_save(env, logdir, tmp_path):
@@ -117,8 +135,22 @@ def test_killed_run_resumes_at_its_mid_epoch_save_and_does_the_configured_steps(
     assert leftovers == []
 
 
-@pytest.mark.parametrize("value", ["-1"])
-def test_save_every_must_not_be_negative(env, value):
-    result = run_recipe(env, "train.py", "--smoke", "--save-every", value, check=False)
-    assert result.returncode == 2
-    assert f"argument --save-every: must be >= 0, got {value}" in result.stderr
+def test_save_every_defaults_and_checks(tmp_path, capsys):
+    if RECIPES not in sys.path:
+        sys.path.insert(0, RECIPES)
+    import train
+
+    assert train.parse_args(["--smoke"]).save_every == 1
+    assert train.parse_args([]).save_every == 50  # demo: 125 steps in its one epoch
+    voc = ["--dataset", "voc", "--data-dir", str(tmp_path)]
+    assert train.parse_args(voc).save_every == 500
+    assert train.parse_args([*voc, "--save-every", "0"]).save_every == 0
+    # A resumed run takes the saved value unless the command line gives one.
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "args.json").write_text('{"smoke": true, "save_every": 7}')
+    resume = ["--resume", "--logdir", str(tmp_path / "run")]
+    assert train.parse_args(resume).save_every == 7
+    assert train.parse_args([*resume, "--save-every", "3"]).save_every == 3
+    with pytest.raises(SystemExit):
+        train.parse_args(["--smoke", "--save-every", "-1"])
+    assert "argument --save-every: must be >= 0, got -1" in capsys.readouterr().err
