@@ -80,8 +80,7 @@ DEMO = {
     "weight_decay": 0.0,
     "scale_range": (0.75, 1.25),
     "backbone_weights": None,
-    # 125 steps per epoch: two saves inside the one-epoch demo run (about a minute apart on
-    # a 2-core CPU) besides the save at its end.
+    # 125 steps per epoch: two saves inside the one-epoch demo run besides the one at its end.
     "save_every": 50,
 }
 SMOKE = {
