@@ -4,8 +4,9 @@ The recipe runs in subprocesses under the current backend, in --smoke mode on
 the synthetic dataset (32 px; U-Net, the model quickest to compile; 2 steps per
 epoch): 2 epochs with a save at every step. The first run is stopped for good
 (SIGKILL) right after its save at step 1, the middle of epoch 1 (before any
-validation, which keeps the test cheap); `--resume` must finish the run with
-exactly 4 optimizer steps in all.
+validation, which keeps the test cheap); `--resume`, run in the test process
+(`train.main`, as tests/recipes/test_datasets.py does, which saves a second start
+of the libraries), must finish the run with exactly 4 optimizer steps in all.
 """
 
 import json
@@ -13,14 +14,18 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 
 import h5py
 import keras
 import pytest
 
-from tests.recipes.test_recipes import RECIPES, ROOT, run_recipe
+from tests.recipes.test_recipes import RECIPES, ROOT
+
+if RECIPES not in sys.path:
+    sys.path.insert(0, RECIPES)
+
+import train  # noqa: E402  (recipes/train.py)
 
 EPOCHS, STEPS_PER_EPOCH, SAVE_EVERY = 2, 2, 1  # --smoke has 2 steps per epoch
 KILL_AT = 1  # the first save inside an epoch
@@ -48,16 +53,13 @@ train.main(sys.argv[1:])
 
 @pytest.fixture(scope="module")
 def env():
-    """The environment of tests/recipes/test_recipes.py's runs (JAX's compilation cache too)."""
+    """The subprocess' environment: this backend and kseg, and JAX's compilation cache of
+    tests/conftest.py, which the resumed run in this process shares."""
     environ = dict(os.environ)
     environ["KERAS_BACKEND"] = keras.backend.backend()
     environ["PYTHONPATH"] = os.pathsep.join([ROOT, environ.get("PYTHONPATH", "")])
     environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     environ.setdefault("CUDA_VISIBLE_DEVICES", "")
-    environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(
-        tempfile.gettempdir(), "kseg-tests-jax-compilation-cache"
-    )
-    environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     return environ
 
 
@@ -104,7 +106,9 @@ def _saved_optimizer_steps(logdir):
         return int(f["optimizer"]["vars"]["0"][()])
 
 
-def test_killed_run_resumes_at_its_mid_epoch_save_and_does_the_configured_steps(env, tmp_path):
+def test_killed_run_resumes_at_its_mid_epoch_save_and_does_the_configured_steps(
+    env, tmp_path, capsys
+):
     logdir = tmp_path / "run"
     output = _start_and_kill_after_mid_epoch_save(env, logdir, tmp_path)
     assert f"MID-EPOCH SAVE AFTER STEP {KILL_AT}" in output
@@ -116,19 +120,19 @@ def test_killed_run_resumes_at_its_mid_epoch_save_and_does_the_configured_steps(
     (logdir / "best.keras").write_bytes(placeholder)
     (logdir / "best.json").write_text('{"val_mean_iou": 0.99}')
 
-    result = run_recipe(env, "train.py", "--resume", "--logdir", logdir)
-    assert "Configuration (smoke)" in result.stdout  # the saved arguments
+    train.main(["--resume", "--logdir", str(logdir)])
+    stdout = capsys.readouterr().out
+    assert "Configuration (smoke)" in stdout and "Model unet" in stdout  # the saved arguments
     assert (
-        f"Resuming after training step {KILL_AT} (epoch 1, step 1 of {STEPS_PER_EPOCH})"
-        in result.stdout
+        f"Resuming after training step {KILL_AT} (epoch 1, step 1 of {STEPS_PER_EPOCH})" in stdout
     )
     # Keras counts epochs from the interrupted one, which now ends 1 step later than it
     # would have; the last is cut short so that the run ends at its configured step.
-    assert "Epoch 1/2" in result.stdout and "Epoch 2/2" in result.stdout
+    assert "Epoch 1/2" in stdout and "Epoch 2/2" in stdout
     total = EPOCHS * STEPS_PER_EPOCH
     assert _metadata(logdir) == {"epoch": EPOCHS, "step": total, "iterations": total}
     assert _saved_optimizer_steps(logdir) == total  # not more, not fewer
-    assert result.stdout.count("val_mean_iou did not improve from 0.99000") == EPOCHS
+    assert stdout.count("val_mean_iou did not improve from 0.99000") == EPOCHS
     assert (logdir / "best.keras").read_bytes() == placeholder
     # Nothing half-written is left behind.
     leftovers = [n for d in (logdir, logdir / "backup") for n in os.listdir(d) if ".tmp-" in n]
@@ -136,10 +140,6 @@ def test_killed_run_resumes_at_its_mid_epoch_save_and_does_the_configured_steps(
 
 
 def test_save_every_defaults_and_checks(tmp_path, capsys):
-    if RECIPES not in sys.path:
-        sys.path.insert(0, RECIPES)
-    import train
-
     assert train.parse_args(["--smoke"]).save_every == 1
     assert train.parse_args([]).save_every == 50  # demo: 125 steps in its one epoch
     voc = ["--dataset", "voc", "--data-dir", str(tmp_path)]
