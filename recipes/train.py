@@ -52,8 +52,11 @@ padded full images.
 Outputs in `--logdir` (default `runs/<model>-<date>-<time>`): TensorBoard logs
 (loss, mean IoU, pixel accuracy, learning rate, per-class IoU, prediction
 images), `best.keras` (the model with the best validation mean IoU; it carries
-the dataset's class names, palette and ignore index) and `backup/` (the state
-after the last finished epoch, for `--resume`).
+the dataset's class names, palette and ignore index), `best.json` (its score)
+and `backup/` (the model and optimizer state, saved every `--save-every`
+training steps and at the end of every epoch, for `--resume`). Every file that
+`--resume` reads is written to a temporary name and moved into place, so a run
+killed during a save keeps the previous one.
 """
 
 import argparse
@@ -77,6 +80,8 @@ DEMO = {
     "weight_decay": 0.0,
     "scale_range": (0.75, 1.25),
     "backbone_weights": None,
+    # 125 steps per epoch: two saves inside the one-epoch demo run besides the one at its end.
+    "save_every": 50,
 }
 SMOKE = {
     "backbone": "compact",
@@ -88,6 +93,7 @@ SMOKE = {
     "weight_decay": 0.0,
     "scale_range": (0.75, 1.25),
     "backbone_weights": None,
+    "save_every": 1,  # smoke epochs have 2 steps: every step saves, as a long run does
 }
 #: Smoke crops of the datasets whose crops are not square (Cityscapes' 1 : 2).
 SMOKE_CROPS = {"cityscapes": (32, 64)}
@@ -242,8 +248,18 @@ def build_parser(prog="train.py", voc_entry=False):
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --logdir from its last finished epoch (its saved "
-        "arguments are the defaults; e.g. pass a larger --epochs to train longer)",
+        help="continue the run in --logdir from its last save (every --save-every steps "
+        "and each epoch end), at that training step; its saved arguments are the "
+        "defaults (e.g. pass a larger --epochs to train longer)",
+    )
+    parser.add_argument(
+        "--save-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="save the training state for --resume every N training steps, besides the end "
+        "of every epoch; 0: only at epoch ends. Default: 500 with --data-dir, 50 for the "
+        "demo, 1 with --smoke",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -313,6 +329,8 @@ def parse_args(argv=None, prog="train.py", voc_entry=False):
             setattr(args, name, _datasets.size_pair(value))
             if min(getattr(args, name)) < 1:
                 parser.error(f"argument {flag}: must be >= 1, got {value}")
+    if args.save_every is not None and args.save_every < 0:
+        parser.error(f"argument --save-every: must be >= 0, got {args.save_every}")
     for name in ("batch_size", "epochs", "steps"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -371,6 +389,8 @@ def resolve_defaults(args, parser):
         else:
             args.steps = preset["steps"]
     args.scale_range = tuple(preset["scale_range"])
+    if args.save_every is None:
+        args.save_every = preset["save_every"]
     if args.backbone_weights is None:
         args.backbone_weights = preset["backbone_weights"]
     elif args.backbone_weights.lower() == "none":
@@ -657,8 +677,9 @@ def main(argv=None, prog="train.py", voc_entry=False):
     saved = {k: v for k, v in vars(args).items() if k not in ("config", "compact", "prog")}
     for key in ("scale_range", "crop_size", "val_size"):
         saved[key] = list(args.scale_range if key == "scale_range" else getattr(args, key))
-    with open(os.path.join(args.logdir, "args.json"), "w") as f:
-        json.dump(saved, f, indent=2)
+    kseg.training.save_atomically(
+        os.path.join(args.logdir, "args.json"), lambda path: _write_json(path, saved)
+    )
 
     log(f"Configuration ({args.config}): " + json.dumps(saved, sort_keys=True))
     log(
@@ -688,30 +709,36 @@ def main(argv=None, prog="train.py", voc_entry=False):
         )
     if "presence" in (outputs or []):
         log(f"GINet: semantic context loss on the class nodes, weight {args.sc_weight}.")
-    log(f"Logs and checkpoints in {args.logdir}. To resume after an interruption:")
+    saves = {0: "", 1: "every step and "}.get(
+        args.save_every, f"every {args.save_every} steps and "
+    )
+    log(
+        f"Logs and checkpoints in {args.logdir}; the training state is saved {saves}at "
+        "every epoch end. To resume after an interruption:"
+    )
     log(f"  python recipes/{args.prog} --resume --logdir {args.logdir}")
 
     samples = kseg.training.take_samples(val_ds, 4 if not args.smoke else 2)
     backup_dir = os.path.join(args.logdir, "backup")
     checkpoint_path = os.path.join(args.logdir, "best.keras")
     state_path = os.path.join(args.logdir, "best.json")
-    checkpoint = kseg.training.best_checkpoint(checkpoint_path, monitor=monitor, verbose=1)
-    if args.resume and os.path.isfile(state_path):
-        with open(state_path) as f:
-            checkpoint.best = json.load(f)[monitor]
+    # The best score so far is kept in best.json and read back by a resumed run.
+    checkpoint = kseg.training.best_checkpoint(
+        checkpoint_path, monitor=monitor, verbose=1, state_path=state_path
+    )
     callbacks = [
         # Stops at the first batch whose labels are neither classes nor the ignore index.
         kseg.training.LabelCheck(),
-        # Kept after the run, so that --resume can also extend a finished run.
-        keras.callbacks.BackupAndRestore(backup_dir, delete_checkpoint=False),
+        # Resumes at the saved training step; kept after the run, so that --resume can
+        # also extend a finished run.
+        kseg.training.BackupAndRestore(
+            backup_dir, save_freq=args.save_every or "epoch", delete_checkpoint=False, verbose=1
+        ),
         keras.callbacks.TensorBoard(args.logdir),
         kseg.training.LearningRateLogger(args.logdir),
         kseg.training.PerClassIoULogger(miou, args.logdir, class_names),
         kseg.training.SegmentationImageLogger(args.logdir, *samples),
         checkpoint,
-        keras.callbacks.LambdaCallback(
-            on_epoch_end=lambda epoch, logs: _save_best(state_path, checkpoint, monitor)
-        ),
     ]
     log(f"Setup took {time.time() - wall_start:.1f} s; training.")
     model.fit(
@@ -756,11 +783,9 @@ def main(argv=None, prog="train.py", voc_entry=False):
     return results
 
 
-def _save_best(path, checkpoint, monitor):
-    best = float(checkpoint.best)
-    if best == best and abs(best) != float("inf"):
-        with open(path, "w") as f:
-            json.dump({monitor: best}, f)
+def _write_json(path, value):
+    with open(path, "w") as f:
+        json.dump(value, f, indent=2)
 
 
 if __name__ == "__main__":

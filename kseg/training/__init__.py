@@ -1,16 +1,21 @@
 """Training utilities: the poly learning-rate schedule, the papers' SGD, TensorBoard /
-checkpoint / label-check callbacks, and multi-device set-up (`plan_distribution`).
+checkpoint / resumable-backup / label-check callbacks, atomic saves, and multi-device
+set-up (`plan_distribution`).
 
 Uses TensorFlow's `tf.summary` (imported here, whatever the Keras backend) to
 write images and scalars next to `keras.callbacks.TensorBoard`'s logs.
 """
 
 from kseg.training.callbacks import (
+    BackupAndRestore,
+    BestCheckpoint,
     LabelCheck,
     LearningRateLogger,
     PerClassIoULogger,
     SegmentationImageLogger,
     best_checkpoint,
+    remove_stale_temporaries,
+    save_atomically,
     segmentation_callbacks,
     take_samples,
 )
@@ -26,7 +31,11 @@ __all__ = [
     "PerClassIoULogger",
     "LearningRateLogger",
     "LabelCheck",
+    "BackupAndRestore",
+    "BestCheckpoint",
     "best_checkpoint",
+    "save_atomically",
+    "remove_stale_temporaries",
     "segmentation_callbacks",
     "take_samples",
     "DistributionPlan",

@@ -1,19 +1,31 @@
 """Training callbacks: TensorBoard images, per-class IoU and learning-rate scalars, checkpoints,
-label checks.
+resumable backups, label checks.
 
 The scalars and images are written with `tf.summary` into the run folders of
 `keras.callbacks.TensorBoard` (`<log_dir>/train` and `<log_dir>/validation`),
 so one `tensorboard --logdir <log_dir>` shows them next to Keras' loss and
 metric curves, on every backend.
 
-Resuming after an interruption is Keras' own `keras.callbacks.BackupAndRestore`:
-it saves the model and optimizer state (so the step count of a schedule such
-as `PolyDecay` too) at the end of every epoch and, when `fit` is called again
-with the same backup folder, continues from the last finished epoch. kseg's
-tests check this on the TensorFlow, JAX and PyTorch backends.
+Resuming after an interruption: `BackupAndRestore` is Keras' callback of that
+name (it saves the model and optimizer state, so the step count of a schedule
+such as `PolyDecay` too) with two changes. It resumes a backup saved in the
+middle of an epoch at that step, so that the finished run has done exactly
+`epochs * steps_per_epoch` optimizer steps (Keras 3.15's callback restarts the
+interrupted epoch from its first batch, with the optimizer's step count already
+advanced, and so trains that epoch's saved steps twice); and it writes every
+file atomically (`save_atomically`), so that a kill during a save leaves the
+previous backup usable. `BestCheckpoint` keeps the best model and its score the
+same way, so that the best score so far survives a resume. kseg's tests check
+both on the TensorFlow, JAX and PyTorch backends.
 """
 
+import glob
+import json
+import math
 import os
+import secrets
+import shutil
+import warnings
 
 import keras
 import numpy as np
@@ -372,10 +384,227 @@ class LabelCheck(keras.callbacks.Callback):
         self._check()
 
 
+#: Endings kept at the end of a temporary name: Keras chooses the format of a save by them.
+_SUFFIXES = (".weights.h5", ".weights.json", ".keras", ".h5", ".json")
+
+
+def _split_suffix(name):
+    for suffix in _SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)], suffix
+    stem, suffix = os.path.splitext(name)
+    return stem, suffix
+
+
+def _temporary_path(path, tag="*"):
+    """`<folder>/.<stem>.tmp-<tag><suffix>`: same folder (so `os.replace` is a rename), same ending."""
+    folder, name = os.path.split(path)
+    stem, suffix = _split_suffix(name)
+    return os.path.join(folder, f".{stem}.tmp-{tag}{suffix}")
+
+
+def _fsync(path):
+    """Flushes a file (or a folder's entries) to the disk; a no-op where the OS refuses."""
+    try:
+        fd = os.open(path or ".", os.O_RDONLY)
+    except OSError:  # a folder on Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(path):
+    """Deletes the temporary files that `save_atomically(path, ...)` calls killed mid-save left.
+
+    Args:
+        path: the target path given to `save_atomically`.
+
+    Returns:
+        The paths removed.
+    """
+    removed = []
+    for stale in glob.glob(_temporary_path(os.fspath(path))):
+        if os.path.isfile(stale):
+            os.remove(stale)
+            removed.append(stale)
+    return removed
+
+
+def save_atomically(path, save):
+    """Writes a file through a temporary name in its folder, then moves it into place.
+
+    `save(temporary_path)` writes the file (e.g. `model.save`, `model.save_weights`
+    or a JSON dump) to `<folder>/.<stem>.tmp-<pid>-<random><suffix>`, which keeps the
+    ending (`.keras`, `.weights.h5`, `.json`, ...) that Keras chooses the format
+    by; the file is flushed to the disk and renamed to `path` with `os.replace`,
+    which replaces the old file in one step (POSIX `rename`). A process killed
+    during the save leaves the previous `path` whole and usable; an exception in
+    `save` also deletes the temporary file and propagates.
+
+    Args:
+        path: the final path (a local file; its folder must exist).
+        save: a function of one argument, the temporary path, that writes the file.
+
+    Returns:
+        `path`.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(path)
+    if folder and not os.path.isdir(folder):
+        raise FileNotFoundError(
+            f"Expected the folder of `path` to exist. Received: path={path!r} (no folder {folder!r})"
+        )
+    # The process id and a random part: processes on several hosts may share the folder.
+    temporary = _temporary_path(path, f"{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        save(temporary)
+        if not os.path.isfile(temporary):
+            raise RuntimeError(
+                f"Expected `save` to write the file it was given. Received: save={save!r}, "
+                f"which wrote nothing at {temporary!r}"
+            )
+        _fsync(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.isfile(temporary):
+            os.remove(temporary)
+        raise
+    _fsync(folder)
+    return path
+
+
+def _write_json(path, value):
+    with open(path, "w") as f:
+        json.dump(value, f, indent=2)
+
+
+def _read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Keeps the model with the best validation score, written atomically, and its score.
+
+    At the end of every epoch whose logs hold `monitor`, the model is saved to
+    `filepath` when the value improves on the best so far (`mode="max"`: is
+    larger; NaN never improves). The file is written through a temporary name
+    and moved into place (`save_atomically`), so a kill during the save leaves
+    the previous best model whole.
+
+    With `state_path`, the best value is also written there (JSON
+    `{monitor: value}`, atomically, right after the model) and read back at the
+    start of `fit` when both files exist, so that a resumed run replaces the
+    checkpoint only with a better model than the one it holds. The two files
+    are replaced one after the other, model first: only a kill in the
+    microseconds between the two renames leaves the state one save behind.
+
+    Args:
+        filepath: ".keras" file (or ".weights.h5" with `save_weights_only`).
+        monitor: the logged name of the score, "val_" + the metric's `name`.
+            Defaults to "val_mean_iou".
+        mode: "max" (IoU-like scores) or "min" (losses). Defaults to "max".
+        save_weights_only: save only the weights. Defaults to False.
+        state_path: JSON file for the best value (survives a resume), or None.
+        verbose: 1 prints a line when the checkpoint is replaced (or not).
+
+    Attributes:
+        best: the best value so far (-inf / inf before any).
+    """
+
+    def __init__(
+        self,
+        filepath,
+        *,
+        monitor="val_mean_iou",
+        mode="max",
+        save_weights_only=False,
+        state_path=None,
+        verbose=0,
+    ):
+        super().__init__()
+        filepath = os.fspath(filepath)
+        endings = (".weights.h5",) if save_weights_only else (".keras",)
+        if not filepath.endswith(endings):
+            raise ValueError(
+                f"Expected `filepath` to end with {endings[0]!r}"
+                + (" with save_weights_only=True" if save_weights_only else "")
+                + f". Received: filepath={filepath!r}"
+            )
+        if mode not in ("max", "min"):
+            raise ValueError(f"Expected `mode` to be 'max' or 'min'. Received: mode={mode!r}")
+        self.filepath = filepath
+        self.monitor = monitor
+        self.mode = mode
+        self.save_weights_only = bool(save_weights_only)
+        self.state_path = None if state_path is None else os.fspath(state_path)
+        self.verbose = int(verbose)
+        self.best = -math.inf if mode == "max" else math.inf
+
+    def _improves(self, value):
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def on_train_begin(self, logs=None):
+        remove_stale_temporaries(self.filepath)
+        if self.state_path is None:
+            return
+        remove_stale_temporaries(self.state_path)
+        if not (os.path.isfile(self.state_path) and os.path.isfile(self.filepath)):
+            return
+        state = _read_json(self.state_path)
+        if not isinstance(state, dict) or self.monitor not in state:
+            raise ValueError(
+                f"Expected {self.state_path} to hold the best value of {self.monitor!r} "
+                f"(monitor={self.monitor!r}). Received: {state!r}"
+            )
+        self.best = float(state[self.monitor])
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.monitor not in logs:
+            warnings.warn(
+                f"BestCheckpoint: no {self.monitor!r} in the logs of epoch {epoch + 1} "
+                f"(monitor={self.monitor!r}; logged: {sorted(logs)}); nothing saved.",
+                stacklevel=2,
+            )
+            return
+        value = float(np.asarray(logs[self.monitor]))
+        if not self._improves(value):
+            if self.verbose:
+                print(f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}")
+            return
+        if self.verbose:
+            print(
+                f"\nEpoch {epoch + 1}: {self.monitor} improved from {self.best:.5f} to "
+                f"{value:.5f}, saving model to {self.filepath}"
+            )
+        model = self.model
+        folder = os.path.dirname(self.filepath)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        if self.save_weights_only:
+            save_atomically(self.filepath, lambda path: model.save_weights(path, overwrite=True))
+        else:
+            save_atomically(self.filepath, lambda path: model.save(path, overwrite=True))
+        self.best = value
+        if self.state_path is not None:
+            save_atomically(self.state_path, lambda path: _write_json(path, {self.monitor: value}))
+
+
 def best_checkpoint(
-    filepath, *, monitor="val_mean_iou", mode="max", save_weights_only=False, verbose=0
+    filepath,
+    *,
+    monitor="val_mean_iou",
+    mode="max",
+    save_weights_only=False,
+    state_path=None,
+    verbose=0,
 ):
-    """A `keras.callbacks.ModelCheckpoint` that keeps the model with the best validation mIoU.
+    """The callback that keeps the model with the best validation mIoU (`BestCheckpoint`).
 
     Args:
         filepath: ".keras" file (or ".weights.h5" with `save_weights_only`).
@@ -383,20 +612,217 @@ def best_checkpoint(
             Defaults to "val_mean_iou".
         mode: "max" for IoU-like metrics. Defaults to "max".
         save_weights_only: save only the weights. Defaults to False.
+        state_path: JSON file that keeps the best value across a resume, or None.
         verbose: 1 prints a line when the checkpoint is replaced.
 
     Returns:
-        `keras.callbacks.ModelCheckpoint(filepath, monitor=monitor, mode=mode,
-        save_best_only=True, ...)`.
+        `BestCheckpoint(filepath, monitor=monitor, mode=mode, ...)`.
     """
-    return keras.callbacks.ModelCheckpoint(
-        os.fspath(filepath),
+    return BestCheckpoint(
+        filepath,
         monitor=monitor,
         mode=mode,
-        save_best_only=True,
         save_weights_only=save_weights_only,
+        state_path=state_path,
         verbose=verbose,
     )
+
+
+class BackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras' `BackupAndRestore` that resumes in the middle of an epoch and writes atomically.
+
+    Saves the model's weights and the optimizer's state (its step count, so a
+    schedule such as `PolyDecay` continues where it was) to
+    `<backup_dir>/latest.weights.h5`, and the run's position to
+    `<backup_dir>/training_metadata.json` (`{"epoch": epochs done, "step":
+    training steps done, "iterations": the optimizer's step count}`), every
+    `save_freq` training steps (when the step count is a multiple of it) and at
+    the end of every epoch; when `fit` is called again with the same folder, the
+    state is restored and training continues at that step.
+
+    Differences from `keras.callbacks.BackupAndRestore` (Keras 3.15):
+
+    - A backup saved after step `s` of a run with `n` steps per epoch resumes
+      in epoch `s // n` after `s % n` of its steps, and the run stops once it
+      has done `epochs * n` steps in all. Keras' callback restarts the
+      interrupted epoch from its first batch with the optimizer's step count
+      already at `s`, so the run trains `s % n` steps too many. `fit` cannot
+      start an epoch part-way, so after a mid-epoch resume each epoch ends
+      `s % n` steps later than in an uninterrupted run (the validation, the
+      epoch-end logs and checkpoints move with it) and the last epoch is cut
+      short; the optimizer step, the schedule and the total are those of the
+      uninterrupted run. The input pipeline starts again from its first batch.
+    - Every file is written to a temporary name and moved into place
+      (`save_atomically`): a kill during a save leaves the previous backup
+      usable. The weights are replaced before the metadata; a kill between the
+      two renames is detected from the optimizer step stored in both.
+    - The end-of-epoch save is made after every other callback's `on_epoch_end`
+      (at the next `on_epoch_begin`, or `on_train_end`), so a run resumed from
+      it has already given its validation score to `BestCheckpoint`; with an
+      integer `save_freq` the end of every epoch is saved too, so the final
+      state of a run is always in the backup.
+
+    Step-level resuming needs `fit` to know the number of steps per epoch
+    (`steps_per_epoch`, or a dataset of known length); `save_freq` as an
+    integer without it is an error. A backup written by Keras' own callback (no
+    "step" in its metadata) resumes as Keras does, at its epoch. Keep the same
+    `compile` and `fit` arguments (`steps_per_epoch` above all) across a resume.
+
+    Args:
+        backup_dir: folder of the backup, used by nothing else.
+        save_freq: "epoch" (at the end of every epoch) or a positive integer:
+            also every `save_freq` training steps. Defaults to "epoch".
+        double_checkpoint: also keep the previous backup (`*.bkp`), restored
+            when the latest cannot be read. Defaults to False.
+        delete_checkpoint: delete the backup when `fit` ends. Defaults to True
+            (as Keras); False keeps it, so that a finished run can be extended.
+        verbose: 1 prints a line at every save and restore. Defaults to 0.
+
+    Attributes:
+        restored_step: the training step the last `fit` resumed after, or None
+            when it found no backup of this class.
+
+    Example:
+
+    >>> backup = kseg.training.BackupAndRestore("runs/x/backup", save_freq=500)
+    >>> model.fit(train_ds, epochs=10, steps_per_epoch=1000, callbacks=[backup])
+    """
+
+    def __init__(
+        self,
+        backup_dir,
+        save_freq="epoch",
+        double_checkpoint=False,
+        delete_checkpoint=True,
+        verbose=0,
+    ):
+        if save_freq != "epoch" and (
+            isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1
+        ):
+            raise ValueError(
+                "Expected `save_freq` to be 'epoch' or a positive integer (training steps). "
+                f"Received: save_freq={save_freq!r}"
+            )
+        if not backup_dir:
+            raise ValueError(f"Expected a backup folder. Received: backup_dir={backup_dir!r}")
+        super().__init__(
+            os.fspath(backup_dir),
+            save_freq=save_freq,
+            double_checkpoint=double_checkpoint,
+            delete_checkpoint=delete_checkpoint,
+        )
+        self.verbose = int(verbose)
+        self.restored_step = None
+        self._step = None
+        self._saved_step = None
+        self._batch_begin = 0
+        self._stop_at = None
+        self._epoch_save_due = False
+
+    def _steps_per_epoch(self):
+        return (self.params or {}).get("steps") or None
+
+    def _iterations(self):
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def on_train_begin(self, logs=None):
+        self.restored_step = None
+        self._step = self._saved_step = self._stop_at = None
+        self._epoch_save_due = False
+        steps = self._steps_per_epoch()
+        if self.save_freq != "epoch" and steps is None:
+            raise ValueError(
+                f"BackupAndRestore(save_freq={self.save_freq}) saves and resumes at training "
+                "steps, which needs the number of steps per epoch: pass `steps_per_epoch` to "
+                "`fit` (or a dataset of known length). Received: steps_per_epoch=None"
+            )
+        for path in (self._weights_path, self._training_metadata_path):
+            if os.path.isdir(os.path.dirname(path)):
+                remove_stale_temporaries(path)
+        # Keras restores the weights (and the `.bkp` copies when the latest is unreadable)
+        # and sets the initial epoch from the metadata.
+        super().on_train_begin(logs)
+        if not (
+            os.path.isfile(self._weights_path) and os.path.isfile(self._training_metadata_path)
+        ):
+            return
+        metadata = _read_json(self._training_metadata_path)
+        if "step" not in metadata or steps is None:
+            return  # Keras' own backup, or no steps per epoch: Keras' epoch-level resume
+        # The weights are replaced before the metadata: if the process died between the two
+        # renames, the weights are ahead of the metadata by the difference of optimizer steps.
+        iterations = self._iterations()
+        step = int(metadata["step"]) + iterations - int(metadata.get("iterations", iterations))
+        epoch, offset = divmod(step, steps)
+        self.model._initial_epoch = epoch
+        self.restored_step = self._step = self._saved_step = step
+        total = self.params["epochs"] * steps
+        if offset and step < total:
+            self._stop_at = total
+        if self.verbose:
+            print(
+                f"Resuming after training step {step} (epoch {epoch + 1}, step {offset} of "
+                f"{steps}) from {self.backup_dir}; the run ends after step {total}.",
+                flush=True,
+            )
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._save_due_epoch_end()
+        if self._step is None:  # a fresh run (fit may start at `initial_epoch`)
+            self._step = epoch * (self._steps_per_epoch() or 0)
+        self._current_epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._batch_begin = batch
+
+    def on_train_batch_end(self, batch, logs=None):
+        before = self._step
+        self._step += batch - self._batch_begin + 1  # several with `steps_per_execution`
+        if self.save_freq != "epoch" and self._step // self.save_freq > before // self.save_freq:
+            self._save_model()
+        if self._stop_at is not None and self._step >= self._stop_at:
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._current_epoch = epoch + 1
+        self._last_batch_seen = 0
+        self._epoch_save_due = True
+
+    def _save_due_epoch_end(self):
+        if self._epoch_save_due and self._step != self._saved_step:
+            self._save_model()
+        self._epoch_save_due = False
+
+    def on_train_end(self, logs=None):
+        if not self.delete_checkpoint:
+            self._save_due_epoch_end()
+        self._epoch_save_due = False
+        if self.model is not None:
+            self.model._initial_epoch = None  # not to leak into a later `fit`
+        super().on_train_end(logs)
+
+    def _save_model(self):
+        """Writes the weights, then the metadata, each atomically."""
+        os.makedirs(self.backup_dir, exist_ok=True)
+        if self.double_checkpoint:
+            for latest, previous in (
+                (self._weights_path, self._prev_weights_path),
+                (self._training_metadata_path, self._prev_training_metadata_path),
+            ):
+                if os.path.isfile(latest):
+                    save_atomically(previous, lambda path, src=latest: shutil.copyfile(src, path))
+        model = self.model
+        steps = self._steps_per_epoch()
+        metadata = {
+            "epoch": self._step // steps if steps else self._current_epoch,
+            "step": self._step,
+            "iterations": self._iterations(),
+        }
+        save_atomically(self._weights_path, lambda path: model.save_weights(path, overwrite=True))
+        save_atomically(self._training_metadata_path, lambda path: _write_json(path, metadata))
+        self._saved_step = self._step
+        if self.verbose:
+            print(f"\nSaved the training state after step {self._step} to {self.backup_dir}")
 
 
 def segmentation_callbacks(
@@ -419,8 +845,8 @@ def segmentation_callbacks(
         metric: object with `per_class_iou()` for `PerClassIoULogger`, or None.
         class_names: class names for the per-class scalars.
         checkpoint_path: file for `best_checkpoint`, or None.
-        backup_dir: folder for `keras.callbacks.BackupAndRestore` (resume
-            after an interruption), or None.
+        backup_dir: folder for `BackupAndRestore` (resume after an
+            interruption, saved at every epoch end), or None.
         monitor: the validation mIoU name for the checkpoint.
         lr_update_freq: `update_freq` of `LearningRateLogger`.
         label_check: add `LabelCheck()` (stop with an error when a metric of
@@ -434,7 +860,7 @@ def segmentation_callbacks(
     """
     callbacks = []
     if backup_dir is not None:
-        callbacks.append(keras.callbacks.BackupAndRestore(os.fspath(backup_dir)))
+        callbacks.append(BackupAndRestore(backup_dir))
     if label_check:
         callbacks.append(LabelCheck())
     callbacks.append(keras.callbacks.TensorBoard(os.fspath(log_dir)))

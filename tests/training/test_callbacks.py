@@ -9,6 +9,7 @@ import tensorflow as tf
 import kseg
 from kseg.data.palette import colorize
 from kseg.training import (
+    BackupAndRestore,
     LabelCheck,
     LearningRateLogger,
     PerClassIoULogger,
@@ -202,8 +203,9 @@ def test_epoch_learning_rate(tmp_path):
 
 def test_best_checkpoint_factory(tmp_path):
     callback = best_checkpoint(str(tmp_path / "best.keras"))
-    assert isinstance(callback, keras.callbacks.ModelCheckpoint)
-    assert callback.monitor == "val_mean_iou" and callback.save_best_only
+    assert isinstance(callback, kseg.training.BestCheckpoint)
+    assert callback.monitor == "val_mean_iou" and callback.mode == "max"
+    assert callback.state_path is None
 
 
 class _Interrupt(keras.callbacks.Callback):
@@ -252,7 +254,7 @@ def test_resume_continues_from_the_last_finished_epoch(tmp_path):
             batch_size=2,
             epochs=4,
             shuffle=False,
-            callbacks=[keras.callbacks.BackupAndRestore(backup), seen, _Interrupt(2)],
+            callbacks=[BackupAndRestore(backup), seen, _Interrupt(2)],
             verbose=0,
         )
     assert seen.epochs == [0, 1, 2]
@@ -266,7 +268,7 @@ def test_resume_continues_from_the_last_finished_epoch(tmp_path):
         batch_size=2,
         epochs=4,
         shuffle=False,
-        callbacks=[keras.callbacks.BackupAndRestore(backup), resumed],
+        callbacks=[BackupAndRestore(backup), resumed],
         verbose=0,
     )
     assert resumed.epochs == [2, 3]

@@ -1,0 +1,355 @@
+"""Resumable backups, the best checkpoint and atomic saves (kseg.training)."""
+
+import json
+import os
+import re
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kseg.training import (
+    BackupAndRestore,
+    BestCheckpoint,
+    PolyDecay,
+    best_checkpoint,
+    remove_stale_temporaries,
+    save_atomically,
+    segmentation_callbacks,
+)
+
+STEPS_PER_EPOCH = 6
+EPOCHS = 3
+
+
+def _data():
+    # Every batch is the same sample, so a resumed run, whose input restarts from its first
+    # batch, must end with the weights of an uninterrupted run.
+    x = np.tile(np.array([[0.3, -1.2, 0.7, 2.0]], np.float32), (STEPS_PER_EPOCH, 1))
+    y = np.full((STEPS_PER_EPOCH, 1), 1.5, np.float32)
+    return x, y
+
+
+def _model():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    # Momentum and a poly schedule: both must continue across a resume.
+    schedule = PolyDecay(0.05, decay_steps=EPOCHS * STEPS_PER_EPOCH)
+    # Eager steps: these tests fit a dozen new models, and tracing each costs more than its steps.
+    model.compile(
+        optimizer=keras.optimizers.SGD(schedule, momentum=0.9), loss="mse", run_eagerly=True
+    )
+    return model
+
+
+def _fit(model, callbacks, epochs=EPOCHS):
+    x, y = _data()
+    return model.fit(
+        x, y, batch_size=1, epochs=epochs, shuffle=False, callbacks=callbacks, verbose=0
+    )
+
+
+def _iterations(model):
+    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+
+
+def _weights(model):
+    return [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
+
+
+class _Interrupt(keras.callbacks.Callback):
+    """Raises after the `at_step`-th training step of this `fit`."""
+
+    def __init__(self, at_step):
+        super().__init__()
+        self.at_step = at_step
+        self.steps = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+        if self.steps == self.at_step:
+            raise KeyboardInterrupt("simulated interruption")
+
+
+class _EpochRecorder(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+        self.steps = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+
+
+@pytest.fixture(scope="module")
+def uninterrupted():
+    """Weights after the whole run without any backup (plain `fit`)."""
+    model = _model()
+    _fit(model, [])
+    assert _iterations(model) == EPOCHS * STEPS_PER_EPOCH
+    return _weights(model)
+
+
+def _metadata(backup):
+    with open(os.path.join(backup, "training_metadata.json")) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("stop_after", [4, 10])  # in the first epoch; in the second
+def test_resumes_mid_epoch_with_the_configured_number_of_steps(tmp_path, uninterrupted, stop_after):
+    backup = str(tmp_path / "backup")
+    with pytest.raises(KeyboardInterrupt):
+        _fit(_model(), [BackupAndRestore(backup, save_freq=4), _Interrupt(stop_after)])
+    saved = 4 * (stop_after // 4)  # the last multiple of save_freq
+    assert _metadata(backup) == {
+        "epoch": saved // STEPS_PER_EPOCH,
+        "step": saved,
+        "iterations": saved,
+    }
+
+    model = _model()  # a new process starts from new weights like these
+    callback, recorder = BackupAndRestore(backup, save_freq=4), _EpochRecorder()
+    history = _fit(model, [callback, recorder])
+    assert callback.restored_step == saved
+    total = EPOCHS * STEPS_PER_EPOCH
+    assert recorder.steps == total - saved
+    assert _iterations(model) == total
+    # The resumed epoch is the interrupted one; the last is cut short.
+    assert recorder.epochs == list(range(saved // STEPS_PER_EPOCH, EPOCHS))
+    assert len(history.history["loss"]) == len(recorder.epochs)
+    # Same steps, momentum and learning rates as the uninterrupted run.
+    for resumed, reference in zip(_weights(model), uninterrupted):
+        np.testing.assert_allclose(resumed, reference, rtol=1e-6, atol=1e-6)
+    assert not os.path.exists(backup)  # delete_checkpoint=True, as Keras
+
+
+def test_keras_callback_repeats_the_steps_of_the_interrupted_epoch(tmp_path):
+    # The defect BackupAndRestore fixes, on the Keras version installed: if Keras resumes
+    # mid-epoch one day, this test fails and the subclass can be dropped.
+    backup = str(tmp_path / "backup")
+    with pytest.raises(KeyboardInterrupt):
+        _fit(_model(), [keras.callbacks.BackupAndRestore(backup, save_freq=4), _Interrupt(5)])
+    model = _model()
+    _fit(model, [keras.callbacks.BackupAndRestore(backup, save_freq=4)])
+    assert _iterations(model) == EPOCHS * STEPS_PER_EPOCH + 4
+
+
+def test_weights_newer_than_metadata_resume_at_the_weights_step(tmp_path, uninterrupted):
+    # A kill between the two renames of a save: the weights of step 8, the metadata of step 4.
+    backup = str(tmp_path / "backup")
+    metadata_path = os.path.join(backup, "training_metadata.json")
+
+    class _KeepFirstMetadata(keras.callbacks.Callback):
+        first = None
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.first is None and os.path.isfile(metadata_path):
+                with open(metadata_path) as f:
+                    _KeepFirstMetadata.first = f.read()
+
+    with pytest.raises(KeyboardInterrupt):
+        _fit(_model(), [BackupAndRestore(backup, save_freq=4), _KeepFirstMetadata(), _Interrupt(9)])
+    assert _metadata(backup)["step"] == 8
+    with open(metadata_path, "w") as f:
+        f.write(_KeepFirstMetadata.first)
+    assert _metadata(backup)["step"] == 4
+
+    model = _model()
+    callback = BackupAndRestore(backup, save_freq=4)
+    _fit(model, [callback])
+    assert callback.restored_step == 8
+    assert _iterations(model) == EPOCHS * STEPS_PER_EPOCH
+    for resumed, reference in zip(_weights(model), uninterrupted):
+        np.testing.assert_allclose(resumed, reference, rtol=1e-6, atol=1e-6)
+
+
+def test_epoch_end_is_saved_after_the_other_callbacks_and_a_finished_run_extends(tmp_path):
+    backup = str(tmp_path / "backup")
+    seen = []
+
+    class _ReadBackup(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            path = os.path.join(backup, "training_metadata.json")
+            seen.append(_metadata(backup)["step"] if os.path.isfile(path) else None)
+
+    model = _model()
+    # save_freq=4 does not divide the 6 steps of an epoch: the epoch ends are saved too.
+    callbacks = [BackupAndRestore(backup, save_freq=4, delete_checkpoint=False), _ReadBackup()]
+    _fit(model, callbacks, epochs=2)
+    # At the end of epoch 1 (step 6) the backup still holds step 4: the epoch end is saved
+    # after this callback. Step 12 is a multiple of 4, saved by its batch before the epoch end.
+    assert seen == [4, 12]
+    assert _metadata(backup) == {"epoch": 2, "step": 12, "iterations": 12}
+
+    model = _model()
+    callback, recorder = BackupAndRestore(backup, delete_checkpoint=False), _EpochRecorder()
+    _fit(model, [callback, recorder], epochs=3)  # train one epoch longer
+    assert callback.restored_step == 12 and recorder.epochs == [2]
+    assert _iterations(model) == 18 and _metadata(backup)["step"] == 18
+
+
+def test_a_failed_save_leaves_the_previous_backup_loadable(tmp_path):
+    backup = str(tmp_path / "backup")
+    model = _model()
+    _fit(model, [BackupAndRestore(backup, delete_checkpoint=False)], epochs=1)
+    weights_path = os.path.join(backup, "latest.weights.h5")
+    before = _weights(model)
+    with open(weights_path, "rb") as f:
+        saved_bytes = f.read()
+
+    def fail_mid_save(path, overwrite=True):
+        with open(path, "wb") as f:
+            f.write(b"half a file")
+        raise OSError("disk full")
+
+    model.save_weights = fail_mid_save  # the next save dies half-way
+    with pytest.raises(OSError, match="disk full"):
+        _fit(model, [BackupAndRestore(backup, save_freq=2)], epochs=2)
+    with open(weights_path, "rb") as f:
+        assert f.read() == saved_bytes
+    assert sorted(os.listdir(backup)) == ["latest.weights.h5", "training_metadata.json"]
+    assert _metadata(backup)["step"] == STEPS_PER_EPOCH
+    restored = _model()
+    restored.load_weights(weights_path)
+    for a, b in zip(_weights(restored), before):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_save_atomically(tmp_path):
+    path = tmp_path / "state.json"
+    save_atomically(path, lambda p: open(p, "w").write('{"a": 1}'))
+    assert json.loads(path.read_text()) == {"a": 1}
+
+    def half_written(p):
+        with open(p, "w") as f:
+            f.write('{"a": ')
+        raise KeyboardInterrupt  # a signal in the middle of the write
+
+    with pytest.raises(KeyboardInterrupt):
+        save_atomically(path, half_written)
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert sorted(os.listdir(tmp_path)) == ["state.json"]
+    # The temporary name keeps Keras' ending and lies in the same folder.
+    seen = []
+    save_atomically(tmp_path / "m.weights.h5", lambda p: (seen.append(p), open(p, "w").close()))
+    folder, name = os.path.split(seen[0])
+    assert folder == str(tmp_path)
+    assert re.fullmatch(rf"\.m\.tmp-{os.getpid()}-[0-9a-f]{{8}}\.weights\.h5", name)
+    # What a killed save leaves is found and removed.
+    stale = tmp_path / ".m.tmp-99999.weights.h5"
+    stale.write_bytes(b"x")
+    assert remove_stale_temporaries(tmp_path / "m.weights.h5") == [str(stale)]
+    assert sorted(os.listdir(tmp_path)) == ["m.weights.h5", "state.json"]
+    with pytest.raises(RuntimeError, match="wrote nothing"):
+        save_atomically(tmp_path / "n.json", lambda p: None)
+    with pytest.raises(FileNotFoundError, match="no folder"):
+        save_atomically(tmp_path / "missing" / "n.json", lambda p: open(p, "w").close())
+
+
+def _val_logs(values):
+    class _Logs(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_score"] = values[epoch]
+
+    return _Logs()
+
+
+def test_best_checkpoint_keeps_the_best_and_its_score_across_a_resume(tmp_path):
+    path, state = tmp_path / "best.keras", tmp_path / "best.json"
+    model = _model()
+    callback = BestCheckpoint(path, monitor="val_score", state_path=state)
+    _fit(model, [_val_logs([0.2, 0.5, 0.4]), callback])
+    assert callback.best == 0.5
+    assert json.loads(state.read_text()) == {"val_score": 0.5}
+    best_weights = _weights(keras.saving.load_model(path))
+
+    # A resumed run starts from the saved score: 0.45 does not replace the 0.5 model.
+    resumed = BestCheckpoint(path, monitor="val_score", state_path=state)
+    _fit(_model(), [_val_logs([0.45]), resumed], epochs=1)
+    assert resumed.best == 0.5
+    for a, b in zip(_weights(keras.saving.load_model(path)), best_weights):
+        np.testing.assert_array_equal(a, b)
+    # NaN never improves; mode="min" keeps the lowest.
+    nan = BestCheckpoint(tmp_path / "n.keras", monitor="val_score")
+    _fit(_model(), [_val_logs([float("nan")]), nan], epochs=1)
+    assert not (tmp_path / "n.keras").exists()
+    low = best_checkpoint(tmp_path / "l.keras", monitor="val_score", mode="min")
+    _fit(_model(), [_val_logs([0.3, 0.1, 0.2]), low])
+    assert low.best == 0.1
+    # Without the model file the saved score is not trusted.
+    os.remove(path)
+    fresh = BestCheckpoint(path, monitor="val_score", state_path=state)
+    _fit(_model(), [_val_logs([0.1]), fresh], epochs=1)
+    assert fresh.best == 0.1 and path.exists()
+
+
+def test_best_checkpoint_failed_save_keeps_the_previous_model(tmp_path):
+    path = tmp_path / "best.weights.h5"
+    model = _model()
+    callback = BestCheckpoint(path, monitor="val_score", save_weights_only=True)
+    _fit(model, [_val_logs([0.2]), callback], epochs=1)
+    before = path.read_bytes()
+
+    def fail_mid_save(p, overwrite=True):
+        with open(p, "wb") as f:
+            f.write(b"half")
+        raise OSError("disk full")
+
+    model.save_weights = fail_mid_save
+    with pytest.raises(OSError, match="disk full"):
+        callback.on_epoch_end(1, {"val_score": 0.9})
+    assert path.read_bytes() == before and callback.best == 0.2
+    assert sorted(os.listdir(tmp_path)) == ["best.weights.h5"]
+
+
+def test_bad_arguments(tmp_path):
+    for bad in (0, -3, True, "batch", 2.0):
+        with pytest.raises(ValueError, match=f"Received: save_freq={bad!r}"):
+            BackupAndRestore(str(tmp_path), save_freq=bad)
+    with pytest.raises(ValueError, match="Received: backup_dir=''"):
+        BackupAndRestore("")
+    with pytest.raises(ValueError, match=r"end with '\.keras'.*filepath="):
+        BestCheckpoint(tmp_path / "best.h5")
+    with pytest.raises(ValueError, match=r"'\.weights\.h5' with save_weights_only"):
+        BestCheckpoint(tmp_path / "best.keras", save_weights_only=True)
+    with pytest.raises(ValueError, match="Received: mode='auto'"):
+        BestCheckpoint(tmp_path / "best.keras", mode="auto")
+    state = tmp_path / "best.json"
+    state.write_text('{"val_loss": 0.1}')
+    (tmp_path / "best.keras").write_bytes(b"")
+    callback = BestCheckpoint(tmp_path / "best.keras", state_path=state)
+    with pytest.raises(ValueError, match="best.json to hold the best value of 'val_mean_iou'"):
+        callback.on_train_begin()
+
+    # Step saves need the number of steps per epoch.
+    def batches():
+        x, y = _data()
+        yield x[:1], y[:1]
+
+    dataset = tf.data.Dataset.from_generator(
+        batches,
+        output_signature=(
+            tf.TensorSpec((None, 4), tf.float32),
+            tf.TensorSpec((None, 1), tf.float32),
+        ),
+    )
+    with pytest.raises(ValueError, match="Received: steps_per_epoch=None"):
+        _model().fit(
+            dataset,
+            epochs=1,
+            shuffle=False,
+            callbacks=[BackupAndRestore(str(tmp_path), save_freq=2)],
+            verbose=0,
+        )
+
+
+def test_standard_set_uses_the_resumable_backup_and_the_atomic_checkpoint(tmp_path):
+    callbacks = segmentation_callbacks(
+        str(tmp_path), checkpoint_path=tmp_path / "best.keras", backup_dir=tmp_path / "backup"
+    )
+    assert isinstance(callbacks[0], BackupAndRestore)  # first: the others see the restored state
+    assert sum(isinstance(c, BestCheckpoint) for c in callbacks) == 1
