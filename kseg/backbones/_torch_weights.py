@@ -164,7 +164,6 @@ def read_state_dict(weights):
     timm training checkpoints do, or `{"model": ...}`) is unwrapped, and a
     `module.` prefix on every key (a model saved from DataParallel) is removed.
     """
-    source = weights
     if isinstance(weights, (str, os.PathLike)):
         path = os.fspath(weights)
         state = read_safetensors(path) if path.endswith(".safetensors") else _torch_load(path)
@@ -186,8 +185,8 @@ def read_state_dict(weights):
     for name, value in state.items():
         if isinstance(value, collections.abc.Mapping):
             raise ValueError(
-                f"Expected {path} to hold a flat state dict; {name!r} is a nested mapping "
-                f"with keys {sorted(value)[:5]}. Received: weights={source!r}"
+                f"Expected {path} to hold a flat state dict (names to tensors); {name!r} is a "
+                f"nested mapping with the keys {sorted(map(str, value))[:5]}"
             )
         arrays[name] = _as_numpy(name, value)
     return arrays

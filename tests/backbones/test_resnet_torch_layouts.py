@@ -209,3 +209,35 @@ def test_builders_take_the_layouts_by_name(name):
     backbone = model.get_layer(name.split("_")[0])
     assert feature_info(backbone).variant == name.split("_")[1]
     assert model.get_layer("normalize").get_config()["mode"] == "torch"
+
+
+def test_torchvision_imagenet_download_is_checked(monkeypatch, tmp_path):
+    """The file's SHA-256 must start with the 8 hex digits in torchvision's file name."""
+    import hashlib
+
+    from kseg.backbones import _torch_weights
+
+    payload = b"not the checkpoint"
+    path = tmp_path / "resnet50-11ad3fa6.pth"
+    path.write_bytes(payload)
+    calls = []
+
+    def fake_get_file(fname, origin, cache_subdir):
+        calls.append((fname, origin, cache_subdir))
+        return str(path)
+
+    monkeypatch.setattr(keras.utils, "get_file", fake_get_file)
+    assert not hashlib.sha256(payload).hexdigest().startswith("11ad3fa6")
+    with pytest.raises(OSError, match="does not have the SHA-256 its name promises"):
+        _torch_weights.torchvision_imagenet_file((3, 4, 6, 3))
+    assert calls == [
+        ("resnet50-11ad3fa6.pth", "https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
+         "models")
+    ]
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    with pytest.raises(OSError, match="resnet101-cd907fc2.pth"):
+        _torch_weights.torchvision_imagenet_file((3, 4, 23, 3))
