@@ -167,6 +167,7 @@ def test_smoke_run_writes_tensorboard_logs_checkpoint_and_summary(smoke_run, voc
         assert json.load(f)["model"] == "deeplabv3plus"
 
 
+@pytest.mark.large  # resuming is tested in the default suite by tests/recipes/test_preemption.py
 def test_resume_continues_from_the_saved_epoch(env, smoke_run, tmp_path):
     logdir = tmp_path / "resumed"
     shutil.copytree(smoke_run[0], logdir)
