@@ -362,7 +362,9 @@ def eval_preprocess(
         image, mask = _resize_pair(image, mask, (height, width))
     else:
         shape = tf.shape(image)
-        tf.debugging.assert_less_equal(
+        # The check must run before the padding: in a tf.data graph an assertion
+        # nothing depends on may run after (or instead of) `ensure_shape`'s error.
+        fits = tf.debugging.assert_less_equal(
             shape[:2],
             tf.constant([height, width]),
             message=(
@@ -371,6 +373,8 @@ def eval_preprocess(
                 "with batch_size=1 and kseg.inference.evaluate (sliding window)."
             ),
         )
+        with tf.control_dependencies([fits]):
+            image, mask = tf.identity(image), tf.identity(mask)
         image, mask = _pad_pair(image, mask, height, width, _check_mean(mean), ignore_index)
     return tf.ensure_shape(image, (height, width, 3)), tf.ensure_shape(mask, (height, width))
 
