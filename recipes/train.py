@@ -200,6 +200,12 @@ def build_parser(prog="train.py", voc_entry=False):
         "several hosts (JAX: keras.distribution.initialize; TensorFlow: TF_CONFIG). "
         "JAX and TensorFlow only",
     )
+    parser.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="TensorFlow: BatchNorm statistics of the global batch, all-reduced across the "
+        "replicas (kseg.training.synchronize_batch_norm); JAX computes them so already",
+    )
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=int, default=None, help="passes over the training set")
     length.add_argument(
@@ -440,6 +446,17 @@ def resolve_defaults(args, parser):
         args.logdir = os.path.join("runs", f"{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
+def bn_statistics(args, plan):
+    """How BatchNorm computes its batch statistics in this run, for the log."""
+    if plan.num_replicas == 1:
+        return "of the batch"
+    if plan.strategy is None:  # JAX: the step sees the whole sharded batch
+        return "of the global batch"
+    if args.sync_bn:
+        return "of the global batch (--sync-bn)"
+    return f"per device ({args.batch_size // plan.num_replicas} images; --sync-bn for global)"
+
+
 def compact_note(args):
     """How the configuration shrinks the network, for the model line of the log."""
     if not args.compact:
@@ -618,6 +635,11 @@ def main(argv=None, prog="train.py", voc_entry=False):
         per_device_batch = plan.per_replica_batch(args.batch_size)
     except ValueError as e:
         raise SystemExit(f"{args.prog}: error: argument --distribute: {e}") from None
+    if args.sync_bn and backend == "torch":
+        raise SystemExit(
+            f"{args.prog}: error: argument --sync-bn: the torch backend trains on one "
+            "device (Keras 3.15 has no distribution for it). Received: --sync-bn on torch"
+        )
     device = _common.accelerator()
     if args.jit_compile == "auto":
         jit_compile = _common.default_jit_compile(backend, device)
@@ -654,6 +676,8 @@ def main(argv=None, prog="train.py", voc_entry=False):
             compact=compact,
             dataset=dataset,
         )
+        if args.sync_bn and backend == "tensorflow":
+            kseg.training.synchronize_batch_norm(model)
         miou, monitor, outputs = compile_model(
             model,
             args,
@@ -693,7 +717,7 @@ def main(argv=None, prog="train.py", voc_entry=False):
     )
     log(
         f"Devices: {plan.description}; global batch {args.batch_size} = {plan.num_replicas} "
-        f"x {per_device_batch} per device."
+        f"x {per_device_batch} per device; BatchNorm statistics {bn_statistics(args, plan)}."
     )
     shown = ", ".join(class_names[:8]) + (", ..." if num_classes > 8 else "")
     log(

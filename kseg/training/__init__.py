@@ -1,6 +1,6 @@
 """Training utilities: the poly learning-rate schedule, the papers' SGD, TensorBoard /
 checkpoint / resumable-backup / label-check callbacks, atomic saves, and multi-device
-set-up (`plan_distribution`).
+set-up (`plan_distribution`, `synchronize_batch_norm`).
 
 Uses TensorFlow's `tf.summary` (imported here, whatever the Keras backend) to
 write images and scalars next to `keras.callbacks.TensorBoard`'s logs.
@@ -19,7 +19,7 @@ from kseg.training.callbacks import (
     segmentation_callbacks,
     take_samples,
 )
-from kseg.training.distribute import DistributionPlan, plan_distribution
+from kseg.training.distribute import DistributionPlan, plan_distribution, synchronize_batch_norm
 from kseg.training.optimizers import SGD
 from kseg.training.schedules import PolyDecay, PolyLearningRateSchedule
 
@@ -40,4 +40,5 @@ __all__ = [
     "take_samples",
     "DistributionPlan",
     "plan_distribution",
+    "synchronize_batch_norm",
 ]

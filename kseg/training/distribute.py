@@ -7,12 +7,18 @@
   The model must be built and compiled inside `plan.scope()`.
 - torch: none (Keras 3.15 has no distribution for torch); asking for one raises.
 
+BatchNorm statistics: on JAX the step runs on the whole sharded batch, so
+`BatchNormalization` already computes the statistics of the global batch; on
+TensorFlow each replica computes its own unless `synchronize_batch_norm(model)`
+makes them all-reduce (the recipes' `--sync-bn`).
+
 Library code (the training recipes use it, and so can users' scripts): it decides
 the replicas and the per-device batch before anything is built. kseg's losses and
 metrics are exact on several replicas (`kseg.losses`, `kseg.metrics.ConfusionMatrix`).
 """
 
 import contextlib
+import functools
 import os
 
 import keras
@@ -176,3 +182,62 @@ def _tensorflow_plan(choice):
     return DistributionPlan(
         kind, replicas, f"tf.distribute.{where} over {replicas} replicas", strategy=strategy
     )
+
+
+def _config_unsynchronized(layer):
+    config = type(layer).get_config(layer)
+    config["synchronized"] = False
+    return config
+
+
+def _walk(layer):
+    yield layer
+    for inner in getattr(layer, "layers", ()):
+        yield from _walk(inner)
+
+
+def synchronize_batch_norm(model):
+    """Makes every `BatchNormalization` of `model` use the statistics of the global batch.
+
+    TensorFlow only: under `tf.distribute` each replica otherwise normalises with
+    the mean and variance of its own share of the batch (Keras'
+    `BatchNormalization(synchronized=True)` all-reduces them). Nested models (a
+    backbone inside a builder's model) are included. Call it before `compile`.
+
+    Synchronisation belongs to the training run, not to the model: the layers'
+    saved config keeps `synchronized=False`, so a checkpoint written during the
+    run loads on every backend (Keras refuses `synchronized=True` outside
+    TensorFlow). On JAX there is nothing to do: `keras.distribution.DataParallel`
+    runs BatchNorm on the whole sharded batch, so its statistics are already the
+    global batch's.
+
+    Args:
+        model: a `keras.Model`.
+
+    Returns:
+        The number of `BatchNormalization` layers changed.
+
+    Raises:
+        ValueError: on a backend other than TensorFlow.
+    """
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        reason = (
+            "on JAX BatchNorm statistics are already those of the global batch"
+            if backend == "jax"
+            else f"the {backend} backend trains on one device"
+        )
+        raise ValueError(
+            "synchronize_batch_norm() applies to TensorFlow's tf.distribute only: "
+            f"{reason}. Received: backend {backend!r}"
+        )
+    changed = 0
+    seen = set()
+    for layer in _walk(model):
+        if id(layer) in seen or not isinstance(layer, keras.layers.BatchNormalization):
+            continue
+        seen.add(id(layer))
+        layer.synchronized = True
+        layer.get_config = functools.partial(_config_unsynchronized, layer)
+        changed += 1
+    return changed

@@ -1,5 +1,9 @@
 """Multi-device training matches one device: every kseg loss, BatchNorm, MeanIoU.
 
+BatchNorm: on JAX the unchanged layer matches one device (its statistics are the
+global batch's); on TensorFlow `kseg.training.synchronize_batch_norm` makes it match,
+and the same run without it is checked to differ.
+
 Device counts must be set before JAX or TensorFlow start, so each check runs in a
 subprocess: JAX with 4 CPU devices (`XLA_FLAGS=--xla_force_host_platform_device_count=4`),
 TensorFlow with 2 logical CPUs (`tf.config.set_logical_device_configuration`). Each
@@ -15,6 +19,7 @@ import subprocess
 import sys
 import textwrap
 
+import keras
 import numpy as np
 import pytest
 
@@ -38,6 +43,8 @@ SCRIPT = textwrap.dedent(
     masks = rng.integers(0, 3, size=(4, 32, 32)).astype("int32")
     masks[0, :20] = 255  # replica 0 holds far fewer labelled pixels
     masks[2] = np.where(masks[2] == 2, 1, masks[2])  # class 2 absent from image 2
+    # TensorFlow replicas normalise with their own statistics unless synchronised;
+    # JAX runs BatchNorm on the whole sharded batch (the global statistics as is).
     SYNC_BN = keras.backend.backend() == "tensorflow"
 
     LOSSES = {
@@ -55,11 +62,11 @@ SCRIPT = textwrap.dedent(
     FULL = np.where(masks == 255, 0, masks)
 
 
-    def build():
+    def build(sync):
         keras.utils.set_random_seed(3)
         inputs = keras.Input((32, 32, 3))
         x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
-        x = keras.layers.BatchNormalization(synchronized=SYNC_BN, momentum=0.5)(x)
+        x = keras.layers.BatchNormalization(momentum=0.5)(x)
         x = keras.layers.Activation("relu")(x)
         outputs = {}
         for name in LOSSES:
@@ -70,6 +77,8 @@ SCRIPT = textwrap.dedent(
                 outputs[name] = keras.layers.Conv2D(3, 1, name=name)(x)
         model = keras.Model(inputs, outputs)
         model.get_layer("keras").set_weights(model.get_layer("full").get_weights())
+        if sync:
+            assert kseg.training.synchronize_batch_norm(model) == 1
         miou = kseg.metrics.MeanIoU(3)
         model.compile(
             optimizer=keras.optimizers.SGD(0.5), loss=dict(LOSSES), metrics={"ce": [miou]}
@@ -77,9 +86,9 @@ SCRIPT = textwrap.dedent(
         return model, miou
 
 
-    def train(plan):
+    def train(plan, sync=False):
         with plan.scope():
-            model, miou = build()
+            model, miou = build(sync)
         targets = {name: FULL if name in ("full", "keras") else masks for name in LOSSES}
         batch_iou = []  # the per-batch logs (read inside the step on TensorFlow)
         record = keras.callbacks.LambdaCallback(
@@ -101,7 +110,7 @@ SCRIPT = textwrap.dedent(
     plan = plan_distribution("local")
     assert plan.num_replicas == int(sys.argv[1]), plan.description
     assert plan.per_replica_batch(4) == 4 // plan.num_replicas
-    many = train(plan)
+    many = train(plan, sync=SYNC_BN)
 
     for key, values in one[0].items():
         np.testing.assert_allclose(many[0][key], values, rtol=1e-5, atol=1e-6, err_msg=key)
@@ -113,6 +122,11 @@ SCRIPT = textwrap.dedent(
     np.testing.assert_array_equal(many[2].exact_counts(), one[2].exact_counts())
     assert int(one[2].exact_counts().sum()) == int((masks != 255).sum())
     assert float(many[2].result()) == float(one[2].result())
+    if SYNC_BN:  # the check can fail: per-replica statistics train another model
+        apart = train(plan, sync=False)
+        gap = max(float(np.abs(a - b).max()) for a, b in zip(one[1], apart[1]))
+        assert gap > 1e-3, gap
+        print("unsynchronized BatchNorm differs by", gap)
     print("losses", {k: round(v[-1], 5) for k, v in one[0].items() if k.endswith("loss")})
     print("replicas", plan.description, "OK")
     """
@@ -168,6 +182,27 @@ def test_torch_says_which_backends_scale_out():
     assert plan_distribution("auto").num_replicas == 1
 
 
+def test_synchronized_batch_norm_saves_a_config_every_backend_loads():
+    from kseg.training import synchronize_batch_norm
+
+    inner = keras.Sequential([keras.layers.BatchNormalization()], name="backbone")
+    inputs = keras.Input((4, 4, 2))
+    outputs = keras.layers.BatchNormalization(name="head_bn")(inner(inputs))
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 1)(outputs))
+    if BACKEND != "tensorflow":
+        word = "global batch" if BACKEND == "jax" else "one device"
+        with pytest.raises(ValueError, match=f"TensorFlow's tf.distribute only: .*{word}"):
+            synchronize_batch_norm(model)
+        return
+    assert synchronize_batch_norm(model) == 2
+    layers = [inner.layers[0], model.get_layer("head_bn")]
+    assert all(layer.synchronized for layer in layers)
+    assert [layer.get_config()["synchronized"] for layer in layers] == [False, False]
+    assert model.to_json().count('"synchronized": false') == 2
+    clone = keras.Model.from_config(model.get_config())
+    assert not clone.get_layer("head_bn").synchronized
+
+
 def test_global_batch_must_split_evenly():
     from kseg.training import DistributionPlan, plan_distribution
 
@@ -202,9 +237,14 @@ def test_recipe_trains_on_several_devices(tmp_path):
     if BACKEND == "jax":
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={replicas}"
     args = ["--smoke", "--distribute", "local", "--logdir", str(tmp_path / "run")]
-    result = run_script(RECIPE, env, *args, "--batch-size", str(2 * replicas))
+    sync = ["--sync-bn"] if BACKEND == "tensorflow" else []
+    result = run_script(RECIPE, env, *args, "--batch-size", str(2 * replicas), *sync)
     assert result.returncode == 0, result.stdout + result.stderr[-4000:]
-    assert f"global batch {2 * replicas} = {replicas} x 2 per device" in result.stdout
+    statistics = "of the global batch" + (" (--sync-bn)" if sync else "")
+    assert (
+        f"global batch {2 * replicas} = {replicas} x 2 per device; "
+        f"BatchNorm statistics {statistics}." in result.stdout
+    )
     assert "Validation mIoU" in result.stdout
     result = run_script(RECIPE, env, *args[:-1], str(tmp_path / "odd"), "--batch-size", "3")
     assert result.returncode != 0
