@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from kseg._common import squeeze_labels, valid_mask
-from kseg.ops._replicas import num_replicas
+from kseg.ops._replicas import num_replicas, sum_over_replicas
 
 
 class PixelLoss(keras.losses.Loss):
@@ -139,3 +139,58 @@ def safe_divide(numerator, denominator):
     """`numerator / denominator`, or 0 where the denominator is 0 (gradient-safe)."""
     nonzero = denominator > 0
     return ops.where(nonzero, numerator / ops.where(nonzero, denominator, 1.0), 0.0)
+
+
+def soft_class_sums(
+    y_true, y_pred, sample_weight, data_format, ignore_index, from_logits, per_image
+):
+    """The soft overlap sums of the region losses (Dice, Jaccard), per class.
+
+    With `p` the probabilities and `t` the one-hot labels, both multiplied by the
+    pixel mask (0 on ignored pixels, label `ignore_index` or outside `[0, K)`) and by
+    the pixel weights, returns `(intersection, predicted, target, binary)`:
+    `sum(p * t)`, `sum(p)` and `sum(t)` for every class, shape `(K,)` summed over the
+    pixels of the global batch (over all replicas), or `(B, K)` summed over each
+    image's pixels with `per_image=True`. `binary` says that `y_pred` had one channel,
+    whose two classes (background, foreground; `two_class_scores`) are then summed.
+    """
+    binary = y_pred.shape[1 if data_format == "channels_first" else -1] == 1
+    labels, valid, scores = prepare_dense(y_true, y_pred, data_format, ignore_index, from_logits)
+    num_classes = scores.shape[-1]
+    mask = ops.cast(valid, "float32")
+    weights = pixel_weights(sample_weight, labels, data_format)
+    if weights is not None:
+        mask = mask * weights
+    mask = ops.expand_dims(mask, -1)
+    probs = probabilities(scores, from_logits) * mask
+    target = ops.one_hot(labels, num_classes, dtype="float32") * mask
+    axes = (1, 2) if per_image else (0, 1, 2)
+    intersection = ops.sum(probs * target, axis=axes)
+    predicted = ops.sum(probs, axis=axes)
+    target = ops.sum(target, axis=axes)
+    if not per_image:  # the sums run over the global batch
+        intersection, predicted, target = sum_over_replicas([intersection, predicted, target])
+    return intersection, predicted, target, binary
+
+
+def mean_class_loss(class_loss, target, binary, classes, per_image):
+    """The mean of per-class losses `(K,)` or `(B, K)` (from `soft_class_sums`), a scalar.
+
+    `classes="all"` averages all `K` classes; `"present"` only the classes with a
+    labelled pixel (`target > 0`) in the group (the batch, or the image with
+    `per_image`), and a group without any gives 0. A binary prediction scores its
+    foreground alone (class 1). With `per_image` the result is the mean over the
+    images of the global batch of each image's mean over its classes.
+    """
+    if binary:
+        class_loss, target = class_loss[..., 1:], target[..., 1:]
+    if classes == "present":
+        present = ops.cast(target > 0, "float32")
+    else:
+        present = ops.ones_like(class_loss)
+    per_group = ops.sum(class_loss * present, axis=-1) / ops.maximum(ops.sum(present, axis=-1), 1.0)
+    if not per_image:
+        return per_group
+    # The mean over the images of the global batch.
+    total, count = sum_over_replicas([ops.sum(per_group), ops.sum(ops.ones_like(per_group))])
+    return total / ops.maximum(count, 1.0)

@@ -3,9 +3,8 @@
 import keras
 from keras import ops
 
-from kseg._common import check_float, check_int, standardize_data_format
-from kseg.losses._utils import PixelLoss, pixel_weights, prepare_dense, probabilities
-from kseg.ops._replicas import sum_over_replicas
+from kseg._common import check_choice, check_float, check_int, standardize_data_format
+from kseg.losses._utils import PixelLoss, mean_class_loss, soft_class_sums
 
 
 @keras.saving.register_keras_serializable(package="kseg")
@@ -17,18 +16,23 @@ class DiceLoss(PixelLoss):
 
         dice_k = (2 * sum(p_k * t_k) + smooth) / (sum(p_k) + sum(t_k) + smooth)
 
-    and the loss is `1 - mean_k dice_k` (all `K` classes). With `per_image=False` the
-    sums run over the whole batch; with `per_image=True` they run over each image and
-    the loss is the mean over images and classes. The `smooth` term (default 1, the
-    additive smoothing of mmseg's `dice_loss`) keeps classes absent from both the
-    labels and the prediction near dice 1 instead of 0/0; with `smooth=0` the
-    denominator is clamped at 1e-7, so such classes count as dice 0. Computes in
-    float32.
+    and the loss is `mean_k (1 - dice_k)` over all `K` classes (`classes="all"`, the
+    default), or over the classes that have a labelled pixel (`classes="present"`,
+    as `LovaszSoftmaxLoss` chooses its classes; without any, the loss is 0).
+    segmentation_models_pytorch's `DiceLoss` sets the loss of absent classes to 0 but
+    still divides by `K`; here they leave the mean. With `per_image=False` the sums
+    run over the whole batch; with `per_image=True` they run over each image and the
+    loss is the mean over the images of each image's mean over its classes. The
+    `smooth` term (default 1, the additive smoothing of mmseg's `dice_loss`) keeps
+    classes absent from both the labels and the prediction near dice 1 instead of
+    0/0; with `smooth=0` the denominator is clamped at 1e-7, so such classes count as
+    dice 0. Computes in float32.
 
     Binary segmentation: with a one-channel `y_pred` (one sigmoid logit per pixel, a
     model built with `num_classes=1`), `p` is the sigmoid (or the given probability)
     and the loss is `1 - dice` of the foreground alone (labels 1), as
-    segmentation_models_pytorch's `DiceLoss(mode="binary")`.
+    segmentation_models_pytorch's `DiceLoss(mode="binary")`; with
+    `classes="present"` a batch (or image) without foreground labels gives 0.
 
     Per-pixel weights: a `sample_weight` `(B, H, W)`, `(B, H, W, 1)` or `(B,)`
     multiplies each pixel's `p` and `t` in all three sums (a weight of 0 is the same
@@ -39,6 +43,7 @@ class DiceLoss(PixelLoss):
         from_logits: bool, default True (softmax inside); False for probabilities.
         per_image: bool, default False.
         smooth: float >= 0, default 1.0.
+        classes: `"all"` (default) or `"present"`: the classes averaged.
         data_format: layout of `y_pred`; defaults to `keras.config.image_data_format()`.
         reduction: kept for compatibility; the loss is always the scalar above.
         name: default `"dice_loss"`.
@@ -60,6 +65,7 @@ class DiceLoss(PixelLoss):
         from_logits=True,
         per_image=False,
         smooth=1.0,
+        classes="all",
         data_format=None,
         reduction="sum_over_batch_size",
         name="dice_loss",
@@ -72,34 +78,22 @@ class DiceLoss(PixelLoss):
         self.from_logits = bool(from_logits)
         self.per_image = bool(per_image)
         self.smooth = check_float("smooth", smooth, minimum=0.0)
+        self.classes = check_choice("classes", classes, ("all", "present"))
         self.data_format = standardize_data_format(data_format)
 
     def compute_loss(self, y_true, y_pred, sample_weight):
-        binary = y_pred.shape[1 if self.data_format == "channels_first" else -1] == 1
-        labels, valid, scores = prepare_dense(
-            y_true, y_pred, self.data_format, self.ignore_index, self.from_logits
+        intersection, predicted, target, binary = soft_class_sums(
+            y_true,
+            y_pred,
+            sample_weight,
+            self.data_format,
+            self.ignore_index,
+            self.from_logits,
+            self.per_image,
         )
-        num_classes = scores.shape[-1]
-        mask = ops.cast(valid, "float32")
-        weights = pixel_weights(sample_weight, labels, self.data_format)
-        if weights is not None:
-            mask = mask * weights
-        mask = ops.expand_dims(mask, -1)
-        probs = probabilities(scores, self.from_logits) * mask
-        target = ops.one_hot(labels, num_classes, dtype="float32") * mask
-        axes = (1, 2) if self.per_image else (0, 1, 2)
-        intersection = ops.sum(probs * target, axis=axes)
-        cardinality = ops.sum(probs, axis=axes) + ops.sum(target, axis=axes)
-        if not self.per_image:  # the sums run over the global batch
-            intersection, cardinality = sum_over_replicas([intersection, cardinality])
+        cardinality = predicted + target
         dice = (2.0 * intersection + self.smooth) / ops.maximum(cardinality + self.smooth, 1e-7)
-        if binary:
-            dice = dice[..., 1]  # the foreground only
-        if not self.per_image:
-            return 1.0 - ops.mean(dice)
-        # The mean over the images (and classes) of the global batch.
-        total, count = sum_over_replicas([ops.sum(dice), ops.sum(ops.ones_like(dice))])
-        return 1.0 - total / ops.maximum(count, 1.0)
+        return mean_class_loss(1.0 - dice, target, binary, self.classes, self.per_image)
 
     def get_config(self):
         return {
@@ -108,5 +102,6 @@ class DiceLoss(PixelLoss):
             "from_logits": self.from_logits,
             "per_image": self.per_image,
             "smooth": self.smooth,
+            "classes": self.classes,
             "data_format": self.data_format,
         }
