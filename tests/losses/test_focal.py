@@ -270,6 +270,8 @@ REPLICA_SCRIPT = textwrap.dedent(
     LOSSES = {
         "focal": L.FocalLoss(alpha=[1.0, 0.5, 2.0]),
         "focal_binary": L.FocalLoss(alpha=0.25),
+        "jaccard": L.JaccardLoss(classes="present"),
+        "jaccard_image": L.JaccardLoss(per_image=True, classes="present"),
     }
 
     def loss_and_grad(loss, y, x, w):
@@ -303,7 +305,7 @@ REPLICA_SCRIPT = textwrap.dedent(
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute replicas: TensorFlow only")
 def test_two_tensorflow_replicas_give_the_loss_and_gradients_of_one_device():
-    """Focal (multi-class, binary) on 2 replicas vs one device."""
+    """Focal (multi-class, binary) and Jaccard (batch, per image) on 2 replicas vs one device."""
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
     env["KERAS_BACKEND"] = "tensorflow"
     result = subprocess.run(
