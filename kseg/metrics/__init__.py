@@ -2,6 +2,8 @@
 
 from kseg.metrics.confusion_matrix import ConfusionMatrix
 from kseg.metrics.segmentation_metrics import (
+    DiceScore,
+    F1Score,
     FrequencyWeightedIoU,
     MeanIoU,
     MeanPixelAccuracy,
@@ -14,4 +16,6 @@ __all__ = [
     "PixelAccuracy",
     "MeanPixelAccuracy",
     "FrequencyWeightedIoU",
+    "DiceScore",
+    "F1Score",
 ]

@@ -176,9 +176,10 @@ class ConfusionMatrix(keras.metrics.Metric):
 
     Row `i`, column `j` counts the pixels whose ground truth is class `i` and whose
     prediction is class `j`. Every kseg segmentation metric (`MeanIoU`,
-    `PixelAccuracy`, `MeanPixelAccuracy`, `FrequencyWeightedIoU`) is a subclass that
-    only changes `result()`; all of them also give per-class values
-    (`per_class_iou()`, `per_class_accuracy()`), computed from the same state.
+    `PixelAccuracy`, `MeanPixelAccuracy`, `FrequencyWeightedIoU`, `DiceScore`) is a
+    subclass that only changes `result()`; all of them also give per-class values
+    (`per_class_iou()`, `per_class_accuracy()`, `per_class_dice()`), computed from
+    the same state.
 
     Counting rules:
     - Pixels whose label equals `ignore_index` are not counted.
@@ -557,6 +558,15 @@ class ConfusionMatrix(keras.metrics.Metric):
         """Recall of every class (`tp / ground-truth pixels`); NaN for a class with no label."""
         _, tp, gt, _ = self._stats()
         return _safe_ratio(tp, gt, fill=float("nan"))
+
+    def per_class_dice(self):
+        """Dice (F1) score of every class, `2 tp / (gt + pred)`, `(K,)` float32.
+
+        `gt + pred = 2 tp + fp + fn`, so this is `2 TP / (2 TP + FP + FN)`, the F1
+        score of the class's pixels. NaN for a class absent from both sides.
+        """
+        _, tp, gt, pred = self._stats()
+        return _safe_ratio(2.0 * tp, gt + pred, fill=float("nan"))
 
     def result(self):
         """The `(K, K)` confusion matrix (float32 counts)."""

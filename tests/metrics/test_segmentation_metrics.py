@@ -1,11 +1,18 @@
-"""Tests for MeanIoU, PixelAccuracy, MeanPixelAccuracy and FrequencyWeightedIoU."""
+"""Tests for MeanIoU, PixelAccuracy, MeanPixelAccuracy, FrequencyWeightedIoU and DiceScore."""
 
 import keras
 import numpy as np
 import pytest
 
 import kseg
-from kseg.metrics import FrequencyWeightedIoU, MeanIoU, MeanPixelAccuracy, PixelAccuracy
+from kseg.metrics import (
+    DiceScore,
+    F1Score,
+    FrequencyWeightedIoU,
+    MeanIoU,
+    MeanPixelAccuracy,
+    PixelAccuracy,
+)
 from tests.helpers import BACKEND, to_numpy
 from tests.metrics.test_confusion_matrix import (
     messy_labels,
@@ -15,20 +22,31 @@ from tests.metrics.test_confusion_matrix import (
 
 
 def reference_scores(cm):
-    """NumPy reference of the four metrics from a confusion matrix (absent classes skipped)."""
+    """NumPy reference of the metrics from a confusion matrix (absent classes skipped).
+
+    Dice is written as the F1 score of each class, the harmonic mean of its precision
+    `tp / pred` and recall `tp / gt` (0 when either is 0 or undefined)."""
     cm = cm.astype(np.float64)
     tp, gt, pred = np.diag(cm), cm.sum(1), cm.sum(0)
     union = gt + pred - tp
     present = union > 0
     iou = np.where(present, tp / np.where(present, union, 1), np.nan)
     acc = np.where(gt > 0, tp / np.where(gt > 0, gt, 1), np.nan)
+    precision = tp / np.where(pred > 0, pred, 1)
+    recall = tp / np.where(gt > 0, gt, 1)
+    both = precision + recall
+    f1 = np.where(both > 0, 2 * precision * recall / np.where(both > 0, both, 1), 0.0)
+    f1 = np.where(present, f1, np.nan)
     return {
         "miou": iou[present].mean() if present.any() else 0.0,
         "pa": tp.sum() / cm.sum() if cm.sum() else 0.0,
         "mpa": acc[gt > 0].mean() if (gt > 0).any() else 0.0,
         "fwiou": (gt * np.nan_to_num(iou)).sum() / gt.sum() if gt.sum() else 0.0,
+        "dice": f1[present].mean() if present.any() else 0.0,
+        "f1": f1[present].mean() if present.any() else 0.0,
         "iou": iou,
         "acc": acc,
+        "per_class_dice": f1,
     }
 
 
@@ -37,6 +55,8 @@ METRICS = {
     "pa": PixelAccuracy,
     "mpa": MeanPixelAccuracy,
     "fwiou": FrequencyWeightedIoU,
+    "dice": DiceScore,
+    "f1": F1Score,
 }
 
 
@@ -49,6 +69,8 @@ def test_hand_worked_values():
         "pa": 2 / 3,
         "mpa": (1 / 2 + 1 / 1) / 2,
         "fwiou": 2 / 3 * 1 / 2 + 1 / 3 * 1 / 2,
+        "dice": (2 / 3 + 2 / 3) / 2,  # class 0: 2 * 1 / (2 + 1); class 1: 2 * 1 / (1 + 2)
+        "f1": 2 / 3,
     }
     for key, cls in METRICS.items():
         m = cls(num_classes=3)
@@ -56,6 +78,7 @@ def test_hand_worked_values():
         np.testing.assert_allclose(float(to_numpy(m.result())), expected[key], rtol=1e-6)
         np.testing.assert_allclose(to_numpy(m.per_class_iou()), [0.5, 0.5, np.nan])
         np.testing.assert_allclose(to_numpy(m.per_class_accuracy()), [0.5, 1.0, np.nan])
+        np.testing.assert_allclose(to_numpy(m.per_class_dice()), [2 / 3, 2 / 3, np.nan], rtol=1e-6)
 
 
 def test_predicted_but_absent_class_counts_as_zero_iou():
@@ -94,6 +117,8 @@ def test_random_streaming_against_numpy():
         np.testing.assert_allclose(float(to_numpy(m.result())), ref[key], rtol=1e-5)
     np.testing.assert_allclose(to_numpy(metrics["miou"].per_class_iou()), ref["iou"], rtol=1e-5)
     np.testing.assert_allclose(to_numpy(metrics["mpa"].per_class_accuracy()), ref["acc"], rtol=1e-5)
+    dice = to_numpy(metrics["dice"].per_class_dice())
+    np.testing.assert_allclose(dice, ref["per_class_dice"], rtol=1e-5)
     for m in metrics.values():
         m.reset_state()
         assert float(to_numpy(m.result())) == 0.0
@@ -118,7 +143,13 @@ def test_metrics_in_compiled_fit_and_evaluate(jit_compile):
     y = messy_labels(rng, (6, 8, 8), k).astype("int32")
     inputs = keras.Input((8, 8, 2))
     model = keras.Model(inputs, keras.layers.Conv2D(k, 1)(inputs))
-    metrics = [MeanIoU(k), PixelAccuracy(k), MeanPixelAccuracy(k), FrequencyWeightedIoU(k)]
+    metrics = [
+        MeanIoU(k),
+        PixelAccuracy(k),
+        MeanPixelAccuracy(k),
+        FrequencyWeightedIoU(k),
+        DiceScore(k),
+    ]
     model.compile(
         optimizer="sgd",
         loss=kseg.losses.SegmentationCrossEntropy(),
@@ -134,6 +165,7 @@ def test_metrics_in_compiled_fit_and_evaluate(jit_compile):
     np.testing.assert_allclose(results["pixel_accuracy"], ref["pa"], rtol=1e-5)
     np.testing.assert_allclose(results["mean_pixel_accuracy"], ref["mpa"], rtol=1e-5)
     np.testing.assert_allclose(results["frequency_weighted_iou"], ref["fwiou"], rtol=1e-5)
+    np.testing.assert_allclose(results["dice_score"], ref["dice"], rtol=1e-5)
     # The compiled metric's state holds the same exact counts, out-of-range labels too.
     bad = (y < 0) | ((y >= k) & (y != 255))
     for m in metrics:
@@ -168,6 +200,7 @@ def test_binary_mode_scores_both_classes(key):
     np.testing.assert_allclose(float(to_numpy(m.result())), ref[key], rtol=1e-6)
     assert to_numpy(m.per_class_iou()).shape == (2,)
     np.testing.assert_allclose(to_numpy(m.per_class_iou()), ref["iou"], rtol=1e-6)
+    np.testing.assert_allclose(to_numpy(m.per_class_dice()), ref["per_class_dice"], rtol=1e-6)
     assert m.get_config()["num_classes"] == 1
 
 
@@ -208,3 +241,47 @@ def test_binary_model_fit_and_evaluate():
         assert m.exact_counts().shape == (2, 2)
         assert m.exact_counts().sum() == y.size
         assert m.out_of_range_count() == 0
+
+
+def test_dice_score_equals_keras_f1_on_one_hot_pixels():
+    """Without ignored pixels and with every class occurring, the mean Dice is the macro F1
+    of keras.metrics.F1Score on the pixels as one-hot rows, and per class its average=None."""
+    rng = np.random.default_rng(12)
+    k = 4
+    labels = rng.integers(0, k, (2, 6, 7))
+    logits = rng.standard_normal((2, 6, 7, k)).astype("float32")
+    dice = DiceScore(k)
+    dice.update_state(labels, logits)
+    one_hot = np.eye(k, dtype="float32")[labels.reshape(-1)]
+    scores = logits.reshape(-1, k)
+    macro = keras.metrics.F1Score(average="macro", threshold=None)
+    macro.update_state(one_hot, scores)
+    per_class = keras.metrics.F1Score(average=None, threshold=None)
+    per_class.update_state(one_hot, scores)
+    np.testing.assert_allclose(
+        float(to_numpy(dice.result())), float(to_numpy(macro.result())), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        to_numpy(dice.per_class_dice()), to_numpy(per_class.result()), rtol=1e-5
+    )
+    # A class's Dice is 2 IoU / (1 + IoU).
+    iou = to_numpy(dice.per_class_iou())
+    np.testing.assert_allclose(to_numpy(dice.per_class_dice()), 2 * iou / (1 + iou), rtol=1e-5)
+
+
+def test_f1_score_is_the_dice_score_under_its_own_name():
+    assert issubclass(F1Score, DiceScore) and F1Score is not keras.metrics.F1Score
+    f1, dice = F1Score(3), DiceScore(3)
+    assert (f1.name, dice.name) == ("f1_score", "dice_score")
+    y_true = np.array([[[0, 2, 1, 255, 1]]])
+    y_pred = np.array([[[0, 1, 1, 2, 2]]])
+    for m in (f1, dice):
+        m.update_state(y_true, y_pred)
+    # class 0: 1; class 1: 2 * 1 / (2 + 2); class 2: 2 * 0 / (1 + 1).
+    np.testing.assert_allclose(float(to_numpy(f1.result())), (1 + 0.5 + 0) / 3, rtol=1e-6)
+    assert float(to_numpy(f1.result())) == float(to_numpy(dice.result()))
+    m = DiceScore(3)
+    m.update_state(y_true, y_pred, sample_weight=np.array([[[2, 1, 1, 1, 0]]]))
+    # Weights: class 0 counts twice; the last pixel is dropped: class 1: 2 * 1 / (1 + 2),
+    # class 2: 0 / (1 + 0).
+    np.testing.assert_allclose(float(to_numpy(m.result())), (1 + 2 / 3 + 0) / 3, rtol=1e-6)
