@@ -16,6 +16,22 @@ os.environ.setdefault(
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
+# Compiling, not running, is most of a small test's time under JAX (and under
+# TensorFlow's XLA): the tests' tensors are tiny, and each program runs a few
+# times. XLA's CPU code generation without LLVM's optimisation passes compiles
+# several times faster; the computation is the same (XLA's own graph
+# optimisations still run), only its machine code is slower. JAX's default
+# "partitionable" threefry random-bit generator compiles to a much larger
+# program (about 2 s per new shape on a 2-core CPU against 0.6 s), and every
+# weight initialiser is one: the classic generator gives other (equally
+# random) numbers, and no test depends on which. Measured on
+# tests/models/test_unet.py under JAX (2-core CPU, cold cache): 199 s -> 63 s.
+# Set before JAX or TensorFlow start, and inherited by the subprocesses.
+XLA_TEST_FLAGS = "--xla_backend_optimization_level=0"
+if XLA_TEST_FLAGS not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_TEST_FLAGS}".strip()
+os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "0")
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

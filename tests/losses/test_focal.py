@@ -303,6 +303,9 @@ REPLICA_SCRIPT = textwrap.dedent(
 )
 
 
+# Training on replicas with these losses is in the default suite
+# (tests/training/test_distribute.py); this checks the binary loss and the gradients too.
+@pytest.mark.large
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute replicas: TensorFlow only")
 def test_two_tensorflow_replicas_give_the_loss_and_gradients_of_one_device():
     """Focal (multi-class, binary) and Jaccard (batch, per image) on 2 replicas vs one device."""

@@ -54,6 +54,9 @@ SCRIPT = textwrap.dedent(
         "dice_image": L.DiceLoss(per_image=True),
         "lovasz": L.LovaszSoftmaxLoss(),
         "lovasz_image": L.LovaszSoftmaxLoss(per_image=True),
+        "focal": L.FocalLoss(alpha=[1.0, 0.5, 2.0]),
+        "jaccard": L.JaccardLoss(classes="present"),
+        "jaccard_image": L.JaccardLoss(per_image=True),
         "presence": L.SemanticContextLoss(num_classes=3),
         # Keras' own loss next to kseg's, on labels without ignored pixels.
         "full": L.SegmentationCrossEntropy(),
@@ -139,6 +142,11 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 """
 
 
+def xla_flags(flag):
+    """`flag` added to the XLA flags of this process (tests/conftest.py sets some)."""
+    return f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
+
+
 def run_script(code, env_extra, *args):
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2", **env_extra}
     result = subprocess.run(
@@ -156,7 +164,10 @@ def run_script(code, env_extra, *args):
 def test_jax_four_devices_match_one_device():
     result = run_script(
         SCRIPT,
-        {"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+        {
+            "KERAS_BACKEND": "jax",
+            "XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=4"),
+        },
         "4",
     )
     assert result.returncode == 0, result.stdout + result.stderr[-4000:]
@@ -235,7 +246,7 @@ def test_recipe_trains_on_several_devices(tmp_path):
     replicas = 4 if BACKEND == "jax" else 2
     env = {"KERAS_BACKEND": BACKEND}
     if BACKEND == "jax":
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={replicas}"
+        env["XLA_FLAGS"] = xla_flags(f"--xla_force_host_platform_device_count={replicas}")
     args = ["--smoke", "--distribute", "local", "--logdir", str(tmp_path / "run")]
     sync = ["--sync-bn"] if BACKEND == "tensorflow" else []
     result = run_script(RECIPE, env, *args, "--batch-size", str(2 * replicas), *sync)
