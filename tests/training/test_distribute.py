@@ -239,7 +239,6 @@ train.main(sys.argv[1:])
 """
 
 
-@pytest.mark.large
 @pytest.mark.skipif(BACKEND == "torch", reason="JAX and TensorFlow scale out")
 def test_recipe_trains_on_several_devices(tmp_path):
     """The smoke recipe with --distribute local: 4 JAX CPU devices or 2 TensorFlow CPUs."""
@@ -257,6 +256,20 @@ def test_recipe_trains_on_several_devices(tmp_path):
         f"BatchNorm statistics {statistics}." in result.stdout
     )
     assert "Validation mIoU" in result.stdout
-    result = run_script(RECIPE, env, *args[:-1], str(tmp_path / "odd"), "--batch-size", "3")
-    assert result.returncode != 0
-    assert f"must be a multiple of {replicas}. Received: --batch-size 3" in result.stderr
+
+
+def test_recipe_refuses_a_global_batch_that_does_not_split(tmp_path, monkeypatch, capsys):
+    """The recipe stops before building anything, naming the option and both numbers."""
+    import kseg.training
+
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "recipes"))
+    import train
+
+    plan = kseg.training.DistributionPlan("mirrored", 4, "4 replicas")
+    monkeypatch.setattr(kseg.training, "plan_distribution", lambda choice: plan)
+    with pytest.raises(SystemExit) as info:
+        train.main(["--smoke", "--logdir", str(tmp_path / "odd"), "--batch-size", "6"])
+    message = str(info.value)
+    assert message.startswith("train.py: error: argument --distribute:"), message
+    assert "must be a multiple of 4. Received: --batch-size 6 on 4 replicas" in message
+    assert not (tmp_path / "odd").exists()
