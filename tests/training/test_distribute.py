@@ -193,6 +193,16 @@ def test_torch_says_which_backends_scale_out():
     assert plan_distribution("auto").num_replicas == 1
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="runs in the torch session")
+def test_torch_refuses_sync_bn_in_the_recipe(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "recipes"))
+    import train
+
+    with pytest.raises(SystemExit, match="argument --sync-bn: the torch backend trains on one"):
+        train.main(["--smoke", "--sync-bn", "--logdir", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()
+
+
 def test_synchronized_batch_norm_saves_a_config_every_backend_loads():
     from kseg.training import synchronize_batch_norm
 
