@@ -60,7 +60,12 @@ class UNetInputPadding(keras.layers.Layer):
 
     def _after(self, n):
         need = n + 2 * self.margin
-        return need + (self.residue - need) % self.multiple - n - self.margin
+        # (residue - need) mod multiple with non-negative operands only: a remainder of a
+        # negative number is floored in Python and TensorFlow but truncated in ONNX's
+        # graph as tf2onnx writes it, which padded odd sizes too little there.
+        return need + (self.residue + self.multiple - need % self.multiple) % self.multiple - (
+            n + self.margin
+        )
 
     def call(self, x):
         shape = ops.shape(x)
