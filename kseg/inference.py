@@ -76,10 +76,7 @@ import numpy as np
 from keras import ops
 
 from kseg._common import normalize_tuple, standardize_data_format
-
-#: The ImageNet mean colour on the [0, 255] scale. The models subtract it,
-#: so it is the neutral colour for padding images.
-IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
+from kseg.layers.preprocessing import IMAGENET_MEAN_RGB  # the padding colour of RGB images
 
 #: The padding value of images whose channel count is not 3 (`pad_value=None`).
 DEFAULT_PAD_VALUE = 0.0

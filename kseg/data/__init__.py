@@ -83,7 +83,7 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS) + ["IMAGENET_MEAN_RGB"]
 
-from kseg.inference import IMAGENET_MEAN_RGB  # noqa: E402
+from kseg.layers.preprocessing import IMAGENET_MEAN_RGB  # noqa: E402
 
 
 def __getattr__(name):

@@ -4,7 +4,7 @@ import numbers
 
 import tensorflow as tf
 
-from kseg.inference import IMAGENET_MEAN_RGB
+from kseg.layers.preprocessing import IMAGENET_MEAN_RGB
 
 _EVAL_POLICIES = ("pad", "resize", "none")
 

@@ -6,6 +6,11 @@ from keras import ops
 
 from kseg._common import check_choice, standardize_data_format
 
+#: The ImageNet mean colour on the [0, 255] scale (torchvision's mean times 255). The
+#: models subtract it, so it is also the neutral colour for padding images
+#: (`kseg.inference`, `kseg.data`).
+IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
+
 # Per-channel statistics, in RGB order, for images in [0, 255].
 # "caffe": keras.applications' ResNet50/101 and VGG16 (`imagenet_utils.preprocess_input`,
 #   mode "caffe": RGB -> BGR, then subtract the BGR means, no scaling).
@@ -13,7 +18,7 @@ from kseg._common import check_choice, standardize_data_format
 _MODES = {
     "caffe": {"mean": (123.68, 116.779, 103.939), "std": (1.0, 1.0, 1.0), "bgr": True},
     "torch": {
-        "mean": (123.675, 116.28, 103.53),
+        "mean": IMAGENET_MEAN_RGB,
         "std": (58.395, 57.12, 57.375),
         "bgr": False,
     },
