@@ -27,32 +27,12 @@ import sys
 import time
 
 import numpy as np
+from _machine import has_avx512f, matmul_gflops
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "recipes"))
-
-
-def matmul_gflops(n=2048, tries=3):
-    """float32 `n x n @ n x n` NumPy matmul throughput in GFLOP/s (best of `tries`)."""
-    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
-    b = np.random.default_rng(1).standard_normal((n, n)).astype(np.float32)
-    a @ b  # warm-up
-    best = float("inf")
-    for _ in range(tries):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
-
-
-def has_avx512f():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any("avx512f" in line.split() for line in f if line.startswith("flags"))
-    except OSError:
-        return None
 
 
 class Recorder:
