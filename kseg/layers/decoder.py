@@ -149,6 +149,8 @@ class DeepLabV3PlusDecoder(keras.layers.Layer):
         low = self.low_level_projection(low, training=training)
         high = self.resize([high, low])
         x = ops.concatenate([high, low], axis=self._channel_axis)
+        # Eager backends would hold both maps through the fusion convolutions.
+        del high, low
         for conv in self.fusion_convs:
             x = conv(x, training=training)
         return x
