@@ -6,6 +6,10 @@ functional graph instead: on a 64x96 input every stride is visible in the
 static shapes, and a feature is named by its true stride and channel width,
 taken from the backbones' documented tables (written out here, not read from
 the code under test).
+
+The graph is built by the same code whatever the backend, so these tests run in
+the TensorFlow session only (the cheapest to build in); each model's outputs are
+tested on every backend in its own test file.
 """
 
 import math
@@ -15,7 +19,11 @@ import numpy as np
 import pytest
 
 import kseg
-from tests.helpers import to_numpy
+from tests.helpers import BACKEND, to_numpy
+
+pytestmark = pytest.mark.skipif(
+    BACKEND != "tensorflow", reason="the built graph does not depend on the backend"
+)
 
 H, W = 64, 96
 

@@ -6,26 +6,18 @@ TensorFlow, JAX and torch.
 """
 
 import json
-import os
-import sys
 
+import convert  # recipes/convert.py (tests/recipes/__init__.py puts recipes/ on sys.path)
+import evaluate
 import keras
 import numpy as np
+import predict
 import pytest
 from PIL import Image
 
 import kseg.data
 from kseg.data.palette import dataset_description
 from tests.torch_refs import import_reference, randomize_batchnorm
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-RECIPES = os.path.join(ROOT, "recipes")
-if RECIPES not in sys.path:
-    sys.path.insert(0, RECIPES)
-
-import convert  # noqa: E402  (recipes/convert.py)
-import evaluate  # noqa: E402
-import predict  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,9 @@ import threading
 import h5py
 import keras
 import pytest
+import train  # recipes/train.py (tests/recipes/__init__.py puts recipes/ on sys.path)
 
-from tests.recipes.test_recipes import RECIPES, ROOT
-
-if RECIPES not in sys.path:
-    sys.path.insert(0, RECIPES)
-
-import train  # noqa: E402  (recipes/train.py)
+from tests.recipes import RECIPES, ROOT
 
 EPOCHS, STEPS_PER_EPOCH, SAVE_EVERY = 2, 2, 1  # --smoke has 2 steps per epoch
 KILL_AT = 1  # the first save inside an epoch

@@ -22,9 +22,8 @@ from PIL import Image
 
 import kseg.data
 from kseg.data.palette import SYNTHETIC_CLASSES
+from tests.recipes import RECIPES, ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-RECIPES = os.path.join(ROOT, "recipes")
 NUM_CLASSES = 21
 
 
