@@ -43,7 +43,9 @@ def tests(session, backend):
     NCHW convolutions run on any x86 CPU.
     """
     session.install(TORCH_SPEC)
-    session.install("-e", ".[tensorflow,jax,data,dev]")
+    # The exporters' packages only where the export tests run (TensorFlow).
+    extras = "tensorflow,jax,data,dev" + (",export" if backend == "tensorflow" else "")
+    session.install("-e", f".[{extras}]")
     # The references of the checkpoint converters: torchvision's and timm's model
     # definitions, without their dependencies (which would replace the CPU torch
     # wheel by a CUDA build); tests/torch_refs.py explains how they import.
@@ -54,6 +56,8 @@ def tests(session, backend):
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "KSEG_REQUIRE_TORCH_REFERENCES": "1",
     }
+    if backend == "tensorflow":
+        env["KSEG_REQUIRE_EXPORTERS"] = "1"  # the export tests' ONNX half must run
     # Most tests are small, single-threaded work (JAX and XLA compile on one core, tiny
     # tensors): two workers (one file each at a time, so module fixtures run once) use
     # both cores of a small machine.

@@ -1,7 +1,8 @@
 """kseg: semantic segmentation for Keras 3 on TensorFlow, JAX and PyTorch.
 
 `kseg.data` and `kseg.training` need TensorFlow (tf.data) and are imported on
-first use, so `import kseg` stays light and backend-neutral.
+first use, as are `kseg.inference` and `kseg.export`, so `import kseg` stays light and
+backend-neutral.
 """
 
 from kseg import backbones, convert, initializers, layers, losses, metrics, models, ops, utils
@@ -22,7 +23,7 @@ __all__ = [
 
 
 def __getattr__(name):
-    if name in ("data", "training", "inference"):
+    if name in ("data", "training", "inference", "export"):
         import importlib
 
         return importlib.import_module(f"kseg.{name}")

@@ -1,0 +1,217 @@
+"""Exporting a trained kseg model for inference outside Keras: SavedModel, ONNX, LiteRT.
+
+`export_model(model, path, format=...)` writes the model's logits (its `"main"`
+output) as a float32 graph whose input has a free height and width (or the
+fixed `size` you give), through Keras' own `model.export`, and writes a small
+JSON file beside it with what a deployment needs to know: the input layout
+and range, the output, and the dataset's class names, palette and ignore
+index when the model carries them (`kseg.models.with_dataset`).
+
+What exports from which backend is tested in `tests/test_export.py` and
+listed in the README (`recipes/export.py`): for now, every format from the
+TensorFlow backend, which loads a `.keras` file trained on any backend.
+"""
+
+import json
+import os
+
+import keras
+
+from kseg._common import check_choice
+
+# kseg's format names and Keras' (`keras.Model.export(format=...)`).
+FORMATS = {"saved_model": "tf_saved_model", "onnx": "onnx", "litert": "litert"}
+
+
+def _float32_config(config):
+    """A copy of a (nested) layer config whose dtype policies are all float32.
+
+    A model trained under `mixed_float16` or `mixed_bfloat16` keeps float32
+    variables; only its layers' compute dtype changes, so the same weights
+    load into the float32 rebuild. ONNX export asks for a float32 model, and a
+    deployed float32 graph is what every runtime runs.
+    """
+    if isinstance(config, dict):
+        if config.get("class_name") == "DTypePolicy" and isinstance(config.get("config"), dict):
+            name = config["config"].get("name")
+            if isinstance(name, str) and name.startswith("mixed_"):
+                return {**config, "config": {**config["config"], "name": "float32"}}
+        return {key: _float32_config(value) for key, value in config.items()}
+    if isinstance(config, list):
+        return [_float32_config(value) for value in config]
+    return config
+
+
+def _uses_16_bit(model):
+    return any(layer.dtype_policy.compute_dtype != "float32" for layer in model._flatten_layers())
+
+
+def float32_model(model):
+    """Returns `model` itself when it computes in float32, else its float32 rebuild.
+
+    The rebuild comes from the model's config with every mixed policy replaced
+    by `"float32"`, and takes the model's weights (a mixed-precision model
+    keeps float32 variables, so nothing is rounded).
+    """
+    if not _uses_16_bit(model):
+        return model
+    config = keras.saving.serialize_keras_object(model)
+    rebuilt = keras.saving.deserialize_keras_object(_float32_config(config))
+    rebuilt.set_weights(model.get_weights())
+    if _uses_16_bit(rebuilt):
+        raise ValueError(
+            "Could not rebuild the model in float32 for export: some layer still computes in "
+            "16 bits after its dtype policy was set to float32. Build the model under "
+            "keras.config.set_dtype_policy('float32') and load the weights into it. "
+            f"Received: model={model.name!r}"
+        )
+    return rebuilt
+
+
+def _channels(model, data_format):
+    shape = model.inputs[0].shape if model.inputs else None
+    if shape is None or len(shape) != 4:
+        raise ValueError(
+            "Expected a model with one image input of rank 4 (batch, height, width, channels). "
+            f"Received: model {model.name!r} with inputs "
+            f"{[tuple(t.shape) for t in (model.inputs or [])]}"
+        )
+    return shape[-1] if data_format == "channels_last" else shape[1]
+
+
+def _check_size(size):
+    if size is None:
+        return None
+    if (
+        not isinstance(size, (list, tuple))
+        or len(size) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+    ):
+        raise ValueError(
+            f"Expected `size` to be None or (height, width), two positive ints. Received: size={size!r}"
+        )
+    return tuple(size)
+
+
+def inference_model(model, size=None, output="main"):
+    """The model as it is exported: float32, one image input, the logits as its only output.
+
+    Args:
+        model: a kseg model (a `keras.Model` with one image input), for example
+            `best.keras` as the training recipe writes it.
+        size: None (height and width free) or `(height, width)` fixed.
+        output: the output to keep when the model returns a dict (`"main"`:
+            the logits; the auxiliary heads are for training only).
+
+    Returns:
+        A `keras.Model` from an image of shape `(batch, height, width,
+        channels)` (channels first for `"channels_first"`) to the chosen
+        output, sharing the model's weights (or those of its float32 rebuild).
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"Expected a keras.Model. Received: model of type {type(model).__name__}")
+    height, width = _check_size(size) or (None, None)
+    data_format = keras.config.image_data_format()
+    model = float32_model(model)
+    channels = _channels(model, data_format)
+    shape = (height, width, channels) if data_format == "channels_last" else (channels, height, width)
+    inputs = keras.Input(shape=shape, batch_size=None, dtype="float32", name="image")
+    outputs = model(inputs, training=False)
+    if isinstance(outputs, dict):
+        if output not in outputs:
+            raise ValueError(
+                f"Expected `output` to name one of the model's outputs {sorted(outputs)}. "
+                f"Received: output={output!r}"
+            )
+        outputs = outputs[output]
+    elif isinstance(outputs, (list, tuple)):
+        outputs = outputs[0]
+    return keras.Model(inputs, outputs, name=f"{model.name}_inference")
+
+
+def description(model, exported, format, size=None):
+    """The JSON-friendly description written beside an exported model."""
+    data_format = keras.config.image_data_format()
+    layout = "NHWC" if data_format == "channels_last" else "NCHW"
+    shape = [None if d is None else int(d) for d in exported.inputs[0].shape]
+    out_shape = [None if d is None else int(d) for d in exported.outputs[0].shape]
+    classes = out_shape[-1] if data_format == "channels_last" else out_shape[1]
+    dataset = getattr(model, "dataset", None)
+    return {
+        "format": format,
+        "exported_from": keras.backend.backend(),
+        "input": {
+            "name": "image",
+            "layout": layout,
+            "shape": shape,
+            "dtype": "float32",
+            "pixels": "RGB values in [0, 255] (kseg's builders normalise inside the model)",
+            "size": None if size is None else list(size),
+        },
+        "output": {
+            "layout": layout,
+            "shape": out_shape,
+            "values": "logits at the input's resolution; argmax over the class axis gives the mask",
+            "classes": classes,
+        },
+        "dataset": dataset,
+    }
+
+
+def description_path(path):
+    """Where `export_model` writes the description: `<path>.json` (`model.onnx.json`)."""
+    return os.fspath(path).rstrip("/\\") + ".json"
+
+
+def export_model(model, path, format="saved_model", size=None, output="main", verbose=False):
+    """Exports a kseg model's logits for inference: SavedModel, ONNX or LiteRT.
+
+    Args:
+        model: a `keras.Model` with one image input (dict outputs are fine:
+            `output` picks one).
+        path: where to write: a folder for `"saved_model"`, a file for
+            `"onnx"` (`model.onnx`) and `"litert"` (`model.tflite`).
+        format: `"saved_model"` (TensorFlow SavedModel, signature
+            `serve`), `"onnx"` or `"litert"`.
+        size: None (height and width free: the SavedModel and ONNX graphs take
+            any size) or `(height, width)` fixed. LiteRT needs a fixed size.
+        output: the dict output to export (default `"main"`, the logits).
+        verbose: passed to `keras.Model.export`.
+
+    Returns:
+        The path of the description written beside the export (`<path>.json`):
+        input layout, shape and range, output, and the dataset's class names,
+        palette and ignore index when the model carries them.
+
+    The exported graph computes in float32 whatever the model's dtype policy
+    (a mixed-precision model is rebuilt in float32 with its own weights).
+    Exports run on the TensorFlow backend (Keras' exporters for JAX and torch
+    do not handle every kseg model yet); ONNX needs `tf2onnx` there.
+
+    Example:
+
+    >>> model = kseg.models.UNet(2, depth=2, base_filters=4)
+    >>> kseg.export.export_model(model, "unet.onnx", format="onnx")  # doctest: +SKIP
+    'unet.onnx.json'
+    """
+    check_choice("format", format, tuple(FORMATS))
+    size = _check_size(size)
+    if keras.backend.backend() != "tensorflow":
+        raise NotImplementedError(
+            "kseg exports from the TensorFlow backend only, for now: run under "
+            "KERAS_BACKEND=tensorflow (a .keras file trained on any backend loads there, "
+            f"with the same weights). Received: Keras backend {keras.backend.backend()!r}"
+        )
+    if format == "litert" and size is None:
+        raise ValueError(
+            "LiteRT export needs a fixed input size: pass size=(height, width) "
+            "(recipes/export.py: --size H W). Received: size=None"
+        )
+    exported = inference_model(model, size=size, output=output)
+    spec = keras.InputSpec(shape=tuple(exported.inputs[0].shape), dtype="float32")
+    exported.export(os.fspath(path), format=FORMATS[format], verbose=verbose, input_signature=[spec])
+    target = description_path(path)
+    with open(target, "w") as f:
+        json.dump(description(model, exported, format, size), f, indent=2)
+        f.write("\n")
+    return target

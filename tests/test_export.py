@@ -1,0 +1,185 @@
+"""Export: every model of the zoo as a SavedModel and as ONNX, checked against Keras.
+
+Each exported graph is loaded with its own runtime (`tf.saved_model.load`,
+onnxruntime) and run at two input sizes it never saw at export (the height and
+width are free); its logits must match the Keras model's `"main"` output on the
+same images to 1e-4. The models are the tiny configurations of the mixed-precision
+tests, with random non-zero weights and calibrated BatchNorm statistics so that
+every branch reaches the logits.
+
+What runs on which backend is what Keras' exporters support for kseg (README,
+section "Export"): SavedModel and ONNX from TensorFlow, LiteRT from TensorFlow
+for the compact models.
+"""
+
+import importlib.util
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import kseg
+from tests.helpers import BACKEND, to_numpy
+from tests.models.test_mixed_precision import (
+    BUILDERS,
+    _calibrate_batch_norms,
+    _randomize_zero_weights,
+)
+
+SIZES = ((40, 56), (57, 45))
+HAVE_ONNX = all(importlib.util.find_spec(m) for m in ("tf2onnx", "onnxruntime"))
+if not HAVE_ONNX and os.environ.get("KSEG_REQUIRE_EXPORTERS") == "1":
+    raise ImportError("KSEG_REQUIRE_EXPORTERS=1 but tf2onnx or onnxruntime is not installed")
+TF_ONLY = pytest.mark.skipif(BACKEND != "tensorflow", reason="exported from TensorFlow")
+# An export costs 10-30 s of tracing and conversion on a 2-core CPU, so the default suite
+# exports two models: DeepLabV3Plus (dilated ResNet, ASPP's image pooling, the v3+ decoder,
+# resizing to a dynamic size) and UNet (input padding computed from the size, odd sizes).
+# The other models (adaptive pooling, graph units, unpooling, FCN crops, ...) are `large`;
+# all of them were checked (README, `recipes/export.py`).
+DEFAULT_EXPORTS = ("deeplabv3plus", "unet")
+EXPORTED = [
+    name if name in DEFAULT_EXPORTS else pytest.param(name, marks=pytest.mark.large)
+    for name in sorted(BUILDERS)
+]
+
+
+def _images(size, seed):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0, 255, (2, *size, 3)).astype("float32")
+
+
+def _model(name):
+    model = BUILDERS[name]()
+    x = _images((48, 48), seed=5)
+    _randomize_zero_weights(model)
+    _calibrate_batch_norms(model, x)
+    return model
+
+
+def _keras_logits(model, x):
+    out = model(x, training=False)
+    return to_numpy(out["main"] if isinstance(out, dict) else out)
+
+
+def _onnx_logits(path, x):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+@TF_ONLY
+@pytest.mark.parametrize("name", EXPORTED)
+def test_model_exports_to_saved_model_and_onnx(name, tmp_path):
+    import tensorflow as tf
+
+    model = _model(name)
+    saved = str(tmp_path / "saved_model")
+    kseg.export.export_model(model, saved, format="saved_model")
+    served = tf.saved_model.load(saved)
+    onnx_path = str(tmp_path / "model.onnx")
+    if HAVE_ONNX:
+        kseg.export.export_model(model, onnx_path, format="onnx")
+    for seed, size in enumerate(SIZES):
+        x = _images(size, seed)
+        expected = _keras_logits(model, x)
+        assert expected.shape == (2, *size, 3)
+        np.testing.assert_allclose(
+            served.serve(tf.constant(x)).numpy(), expected, atol=1e-4, rtol=1e-4
+        )
+        if HAVE_ONNX:
+            np.testing.assert_allclose(_onnx_logits(onnx_path, x), expected, atol=1e-4, rtol=1e-4)
+    if not HAVE_ONNX:
+        pytest.skip("SavedModel checked; tf2onnx or onnxruntime is not installed")
+
+
+@TF_ONLY
+def test_litert_exports_a_fixed_size(tmp_path):
+    model = _model("unet")
+    path = str(tmp_path / "unet.tflite")
+    with pytest.raises(ValueError, match="LiteRT export needs a fixed input size"):
+        kseg.export.export_model(model, path, format="litert")
+    kseg.export.export_model(model, path, format="litert", size=(40, 56))
+    interpreter = __import__("tensorflow").lite.Interpreter(model_path=path)
+    interpreter.allocate_tensors()
+    x = _images((40, 56), seed=3)[:1]
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    np.testing.assert_allclose(got, _keras_logits(model, x), atol=1e-4, rtol=1e-4)
+
+
+@TF_ONLY
+def test_inference_model_keeps_the_logits_with_free_size():
+    """The exported graph: one image input of free height and width, the main logits."""
+    model = _model("deeplabv3")  # outputs {"main", "aux"}
+    exported = kseg.export.inference_model(model)
+    assert tuple(exported.inputs[0].shape) == (None, None, None, 3)
+    for seed, size in enumerate(SIZES):
+        x = _images(size, seed)
+        np.testing.assert_array_equal(to_numpy(exported(x)), _keras_logits(model, x))
+    aux = kseg.export.inference_model(model, output="aux", size=(40, 56))
+    assert tuple(aux.inputs[0].shape) == (None, 40, 56, 3)
+    with pytest.raises(ValueError, match=r"one of the model's outputs \['aux', 'main'\]"):
+        kseg.export.inference_model(model, output="logits")
+
+
+@TF_ONLY
+def test_mixed_precision_model_exports_in_float32():
+    """A mixed_float16 model is rebuilt in float32 with the same weights."""
+    previous = keras.config.dtype_policy().name
+    try:
+        keras.config.set_dtype_policy("mixed_float16")
+        mixed = BUILDERS["deeplabv3plus"]()
+    finally:
+        keras.config.set_dtype_policy(previous)
+    reference = BUILDERS["deeplabv3plus"]()
+    _randomize_zero_weights(reference)
+    mixed.set_weights(reference.get_weights())
+    exported = kseg.export.inference_model(mixed)
+    policies = {layer.dtype_policy.name for layer in exported._flatten_layers()}
+    assert policies == {"float32"}, policies
+    x = _images((40, 56), seed=1)
+    np.testing.assert_allclose(
+        to_numpy(exported(x)), _keras_logits(reference, x), atol=1e-5, rtol=1e-5
+    )
+    # The model given is not changed.
+    assert mixed.get_layer("classifier").dtype_policy.name == "mixed_float16"
+
+
+def test_export_refuses_bad_arguments(tmp_path):
+    model = BUILDERS["unet"]()
+    path = str(tmp_path / "m")
+    with pytest.raises(ValueError, match=r"`format` to be one of \('saved_model', 'onnx', "):
+        kseg.export.export_model(model, path, format="tflite")
+    with pytest.raises(ValueError, match=r"two positive ints. Received: size=\(40,\)"):
+        kseg.export.export_model(model, path, size=(40,))
+    with pytest.raises(TypeError, match="Expected a keras.Model. Received: model of type str"):
+        kseg.export.inference_model("best.keras")
+    if BACKEND != "tensorflow":
+        with pytest.raises(NotImplementedError, match=f"Received: Keras backend '{BACKEND}'"):
+            kseg.export.export_model(model, path, format="onnx")
+    assert not os.listdir(tmp_path)
+
+
+@TF_ONLY
+def test_description_beside_the_export(tmp_path):
+    from kseg.data.palette import dataset_description
+
+    voc = dataset_description("voc")
+    model = kseg.models.with_dataset(
+        kseg.models.UNet(21, base_filters=4, depth=2, padding="same"), voc
+    )
+    path = str(tmp_path / "unet")
+    written = kseg.export.export_model(model, path, format="saved_model")
+    assert written == path + ".json"
+    with open(written) as f:
+        described = json.load(f)
+    assert described["dataset"]["class_names"] == voc["class_names"]
+    assert described["dataset"]["palette"] == [list(c) for c in voc["palette"]]
+    assert described["input"]["shape"] == [None, None, None, 3]
+    assert described["input"]["layout"] == "NHWC"
+    assert described["output"]["classes"] == 21
+    assert described["format"] == "saved_model"
