@@ -4,13 +4,6 @@ import keras
 
 from kseg._common import check_choice, check_float, check_int, standardize_data_format
 from kseg.backbones._info import BackboneInfo, FeatureSpec
-from kseg.backbones._torch_weights import (
-    TORCHVISION_IMAGENET,
-    check_torch_weights,
-    load_torch_resnet,
-    read_state_dict,
-    torchvision_imagenet_file,
-)
 from kseg.backbones._weights import check_weights, load_reference_weights
 from kseg.ops._backend import check_conv_data_format
 
@@ -300,7 +293,11 @@ def ResNet(
     if variant == "v1":
         weights = check_weights(weights)
     else:
-        weights = check_torch_weights(weights, variant)
+        # torch checkpoints are read by the converters (kseg.convert imports the
+        # backbones, so not at this module's import).
+        from kseg.convert import state_dict as torch_state
+
+        weights = torch_state.check_torch_weights(weights, variant)
     width = check_int("width", width, minimum=1)
     if weights is not None and width != 64:
         raise ValueError(
@@ -311,10 +308,10 @@ def ResNet(
             "Pretrained `weights` exist only for the keras.applications layouts "
             f"{sorted(_APPLICATIONS)}. Received: weights={weights!r} with blocks={blocks}"
         )
-    if variant == "v1.5" and weights == "imagenet" and blocks not in TORCHVISION_IMAGENET:
+    if variant == "v1.5" and weights == "imagenet" and blocks not in torch_state.TORCHVISION_IMAGENET:
         raise ValueError(
             "`weights='imagenet'` of the v1.5 layout are torchvision's, for the layouts "
-            f"{sorted(TORCHVISION_IMAGENET)}. Received: blocks={blocks}"
+            f"{sorted(torch_state.TORCHVISION_IMAGENET)}. Received: blocks={blocks}"
         )
     plan = _stage_plan(blocks, output_stride, multi_grid, dilate_first_block)
     if variant != "v1":
@@ -372,8 +369,8 @@ def ResNet(
         load_reference_weights(model, getattr(keras.applications, app_name), weights, stem)
     elif weights is not None:
         if weights == "imagenet":
-            weights = torchvision_imagenet_file(blocks)
-        load_torch_resnet(model, read_state_dict(weights), skip=("fc.",))
+            weights = torch_state.torchvision_imagenet_file(blocks)
+        torch_state.load_torch_resnet(model, torch_state.read_state_dict(weights), skip=("fc.",))
     model.feature_info = BackboneInfo(
         family="resnet",
         variant=variant,

@@ -2,7 +2,7 @@
 
 from kseg import backbones as kbackbones
 from kseg._common import check_choice, check_int
-from kseg.backbones._torch_weights import StrictCopy, read_state_dict, resnet_copy
+from kseg.convert.state_dict import StrictCopy, read_state_dict, resnet_copy
 
 _DEPTHS = {"resnet50": kbackbones.ResNet50, "resnet101": kbackbones.ResNet101}
 

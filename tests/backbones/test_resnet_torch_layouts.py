@@ -6,7 +6,7 @@ import pytest
 
 import kseg
 from kseg.backbones import ResNet, feature_info
-from kseg.backbones._torch_weights import load_torch_resnet, read_safetensors, read_state_dict
+from kseg.convert.state_dict import load_torch_resnet, read_safetensors, read_state_dict
 from tests.torch_refs import assert_matches, import_reference, nhwc, randomize_batchnorm
 
 SIZE = (97, 131)
@@ -218,7 +218,7 @@ def test_torchvision_imagenet_download_is_checked(monkeypatch, tmp_path):
     """The file's SHA-256 must start with the 8 hex digits in torchvision's file name."""
     import hashlib
 
-    from kseg.backbones import _torch_weights
+    from kseg.convert import state_dict
 
     payload = b"not the checkpoint"
     path = tmp_path / "resnet50-11ad3fa6.pth"
@@ -232,7 +232,7 @@ def test_torchvision_imagenet_download_is_checked(monkeypatch, tmp_path):
     monkeypatch.setattr(keras.utils, "get_file", fake_get_file)
     assert not hashlib.sha256(payload).hexdigest().startswith("11ad3fa6")
     with pytest.raises(OSError, match="does not have the SHA-256 its name promises"):
-        _torch_weights.torchvision_imagenet_file((3, 4, 6, 3))
+        state_dict.torchvision_imagenet_file((3, 4, 6, 3))
     assert calls == [
         ("resnet50-11ad3fa6.pth", "https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
          "models")
@@ -243,4 +243,4 @@ def test_torchvision_imagenet_download_is_checked(monkeypatch, tmp_path):
 
     monkeypatch.setattr(keras.utils, "get_file", offline)
     with pytest.raises(OSError, match="resnet101-cd907fc2.pth"):
-        _torch_weights.torchvision_imagenet_file((3, 4, 23, 3))
+        state_dict.torchvision_imagenet_file((3, 4, 23, 3))

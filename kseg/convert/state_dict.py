@@ -1,5 +1,10 @@
 """PyTorch checkpoints (torchvision, timm, mmseg) into kseg layers: reading and strict copying.
 
+Used by `kseg.convert.from_torchvision` and by the ResNet backbones' `weights=` of the
+torch layouts (`kseg.backbones.ResNet(variant="v1.5")`). Reading a `.pth` file needs
+PyTorch, imported here only when one is read; `.safetensors` files need nothing
+beyond NumPy.
+
 A torch state dict maps dotted names to tensors. Convolution kernels are
 `(out, in, kh, kw)` in torch and `(kh, kw, in, out)` in Keras (for either
 `data_format`); BatchNorm's `weight`, `bias`, `running_mean` and `running_var`
