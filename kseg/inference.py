@@ -76,7 +76,6 @@ after its last use, with the same outputs (figures: benchmarks/README.md,
 "Inference memory"). TensorFlow and JAX keep `model.predict_on_batch`.
 """
 
-import contextlib
 import gc
 import math
 import weakref
@@ -87,6 +86,7 @@ from keras import ops
 
 from kseg._common import normalize_tuple, standardize_data_format
 from kseg.layers.preprocessing import IMAGENET_MEAN_RGB  # the padding colour of RGB images
+from kseg.ops._backend import no_gradients
 
 #: The padding value of images whose channel count is not 3 (`pad_value=None`).
 DEFAULT_PAD_VALUE = 0.0
@@ -476,15 +476,6 @@ def _flat_outputs(outputs, count):
     return flat
 
 
-def _grad_free():
-    """No autograd tape on torch (as Keras' `predict` runs); nothing elsewhere."""
-    if keras.backend.backend() == "torch":
-        import torch
-
-        return torch.no_grad()
-    return contextlib.nullcontext()
-
-
 def lean_call(model, inputs):
     """Runs `model(inputs, training=False)`, freeing each intermediate tensor early.
 
@@ -535,7 +526,7 @@ def lean_call(model, inputs):
             f"of type {type(model).__name__}"
         )
     graph = _functional_graph(model)
-    with _grad_free():
+    with no_gradients():
         if graph is None:
             return model(inputs, training=False)
         flat = _standardize_inputs(graph, inputs)

@@ -14,8 +14,12 @@ from kseg._common import (
     standardize_data_format,
     to_int32,
 )
-from kseg.ops._backend import channel_argmax, xla_function
-from kseg.ops._replicas import replica_context, sum_over_replicas
+from kseg.ops._backend import (
+    channel_argmax,
+    replica_context,
+    sum_over_replicas,
+    xla_function,
+)
 
 # The count of every cell is kept in two int32 words: `total = high * 2**20 + low` with
 # `0 <= low < 2**20`. Adding a non-negative int32 update never overflows `low` (both halves are
