@@ -662,6 +662,12 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
       integer `save_freq` the end of every epoch is saved too, so the final
       state of a run is always in the backup.
 
+    Several hosts (`MultiWorkerMirroredStrategy`): every worker saves, on purpose.
+    The variables are mirrored, so the workers write the same state; in a folder
+    that the hosts share, each rename is atomic and the last one stands, and in a
+    folder on each host's own disk every host keeps the copy it must restore from
+    (every worker restores, and all must resume at the same step).
+
     Step-level resuming needs `fit` to know the number of steps per epoch
     (`steps_per_epoch`, or a dataset of known length); `save_freq` as an
     integer without it is an error. A backup written by Keras' own callback (no
