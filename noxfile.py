@@ -1,4 +1,4 @@
-"""Test matrix: the README's main job, lint, and one virtualenv and process per Keras backend.
+"""Test matrix: the README's main job, lint, and one test process per Keras backend.
 
     nox                       # everything, as in CI: lint, demo, tests
     nox -s demo               # the README's first command, in a virtualenv of its own
@@ -10,8 +10,10 @@ KSEG_TORCHVISION_SPEC to the torchvision release that goes with it.
 Extra pytest arguments go after `--`, e.g. `nox -s tests -- -m large`.
 """
 
+import hashlib
 import os
 import re
+import sys
 
 import nox
 
@@ -27,51 +29,94 @@ BACKENDS = ["tensorflow", "jax", "torch"]
 DEMO_MIN_MIOU = 0.80
 
 
-@nox.session
+# The three test sessions install the same packages, so they share one virtualenv: it is
+# filled by the first of them (about a minute and a half of pip on a 2-core machine) and
+# reused by the others while the requirements below and pyproject.toml stay the same.
+# Delete the folder to rebuild it.
+TEST_VENV = os.path.join(".nox", "tests-shared")
+
+
+def _test_requirements():
+    """The pip install steps of the test virtualenv, in order.
+
+    The torch CPU wheel goes first so that no other requirement pulls a GPU build. The
+    references of the checkpoint converters, torchvision's and timm's model definitions,
+    go in without their dependencies (which would replace that wheel by a CUDA build);
+    tests/torch_refs.py explains how they import. The exporters' packages (`export`)
+    serve the export tests.
+    """
+    return [
+        [TORCH_SPEC],
+        ["-e", ".[tensorflow,jax,data,dev,export]"],
+        ["--no-deps", TORCHVISION_SPEC, TIMM_SPEC],
+        ["safetensors", "pyyaml"],
+    ]
+
+
+def _test_python(session):
+    """The test virtualenv's interpreter, after creating and filling it where needed."""
+    bin_dir = os.path.join(TEST_VENV, "Scripts" if os.name == "nt" else "bin")
+    python = os.path.join(bin_dir, "python")
+    steps = _test_requirements()
+    with open("pyproject.toml", "rb") as handle:
+        stamp = repr(steps) + hashlib.sha256(handle.read()).hexdigest()
+    stamp_path = os.path.join(TEST_VENV, "kseg-requirements")
+    if os.path.isfile(stamp_path):
+        with open(stamp_path) as handle:
+            if handle.read() == stamp:
+                session.log(f"Reusing the test virtualenv {TEST_VENV}")
+                return python, bin_dir
+    if not os.path.isfile(python):
+        session.run(sys.executable, "-m", "venv", TEST_VENV, external=True)
+    for step in steps:
+        session.run(python, "-m", "pip", "install", "--quiet", *step, external=True)
+    with open(stamp_path, "w") as handle:
+        handle.write(stamp)
+    return python, bin_dir
+
+
+@nox.session(venv_backend="none")
 @nox.parametrize("backend", BACKENDS)
 def tests(session, backend):
     """Runs the default test suite under one backend (`KERAS_BACKEND`).
 
-    Every session installs all three backends: torch is the independent
+    Every backend's tests need all three backends: torch is the independent
     reference of several op tests, and weights saved under the session's
     backend are checked to load under the other two (in subprocesses). The
-    torch CPU wheel goes first so that no other requirement pulls a GPU build.
+    sessions share one virtualenv (`TEST_VENV`).
 
     On TensorFlow the tests that need channels_first convolutions run again with
     oneDNN off, as on a CPU without AVX-512 (there they must skip, and kseg must
     refuse channels_first with its own error), and with oneDNN forced on, where
     NCHW convolutions run on any x86 CPU.
     """
-    session.install(TORCH_SPEC)
-    # The exporters' packages only where the export tests run (TensorFlow).
-    extras = "tensorflow,jax,data,dev" + (",export" if backend == "tensorflow" else "")
-    session.install("-e", f".[{extras}]")
-    # The references of the checkpoint converters: torchvision's and timm's model
-    # definitions, without their dependencies (which would replace the CPU torch
-    # wheel by a CUDA build); tests/torch_refs.py explains how they import.
-    session.install("--no-deps", TORCHVISION_SPEC, TIMM_SPEC)
-    session.install("safetensors", "pyyaml")
+    python, bin_dir = _test_python(session)
     env = {
         "KERAS_BACKEND": backend,
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "KSEG_REQUIRE_TORCH_REFERENCES": "1",
+        # The export tests' ONNX half must run where they export (TensorFlow).
+        "KSEG_REQUIRE_EXPORTERS": "1",
+        # As an activated virtualenv: its scripts first on the PATH.
+        "VIRTUAL_ENV": os.path.abspath(TEST_VENV),
+        "PATH": os.pathsep.join([os.path.abspath(bin_dir), os.environ.get("PATH", "")]),
     }
-    if backend == "tensorflow":
-        env["KSEG_REQUIRE_EXPORTERS"] = "1"  # the export tests' ONNX half must run
     # Most tests are small, single-threaded work (JAX and XLA compile on one core, tiny
     # tensors): two workers (one file each at a time, so module fixtures run once) use
     # both cores of a small machine.
     workers = ["-n", "2", "--dist", "loadfile"]
-    session.run("python", "-m", "pytest", "-q", "-rs", *workers, *session.posargs, env=env)
+    pytest = [python, "-m", "pytest", "-q", "-rs"]
+    session.run(*pytest, *workers, *session.posargs, env=env, external=True)
     if backend == "tensorflow" and not session.posargs:
         # TensorFlow turns oneDNN on by default only on CPUs with AVX-512, so the first
         # run tested one of the two cases: test both on any host.
         for onednn in ("0", "1"):
             session.run(
-                "python", "-m", "pytest", "-q", "-rs", "-m", "channels_first_conv",
+                *pytest, "-m", "channels_first_conv",
                 "tests/ops/test_backend.py", "tests/layers", "tests/backbones",
                 "tests/test_inference.py",
                 env={**env, "TF_ENABLE_ONEDNN_OPTS": onednn},
+                external=True,
             )
 
 
