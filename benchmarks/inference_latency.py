@@ -23,11 +23,19 @@ It runs at the start and again at the end of the run; ratios are to the start.
 
 Every measurement runs in its own subprocess. A first one (`KERAS_BACKEND=tensorflow`)
 builds each model once, saves its weights (`.weights.h5`), exports its logits to ONNX
-with `kseg.export.export_model(..., format="onnx")` (height and width free, as
-`recipes/export.py` writes it by default) and computes the reference logits on the
-image. Then, for each model: TensorFlow, JAX and torch (`KERAS_BACKEND=...`: the
-model rebuilt and the saved weights loaded) and onnxruntime (CPUExecutionProvider,
+twice with `kseg.export.export_model(..., format="onnx")`: for any height and width
+(what `recipes/export.py` writes by default) and for the benchmark's size (`size=(H,
+W)`, `--size H W` there), and computes the reference logits on the image. Then, for
+each model: TensorFlow, JAX and torch (`KERAS_BACKEND=...`: the model rebuilt and
+the saved weights loaded) and onnxruntime on each export (CPUExecutionProvider,
 default session options, then `intra_op_num_threads` = the number of CPUs).
+
+The two exports are different graphs. With free height and width, tf2onnx cannot
+turn TensorFlow's atrous convolutions (`SpaceToBatchND`, convolution,
+`BatchToSpaceND`, with paddings computed from the input's shape) back into dilated
+ONNX `Conv`s, nor fold the BatchNorm multiply-adds into them: the DeepLabV3+ graph
+has about 840 nodes (SpaceToDepth / DepthToSpace, Pad, Slice, Concat, Cast, ...).
+At a fixed size it is about 160 nodes, nearly all `Conv` and `Relu`.
 
 The image is one random `1 x H x W x 3` float32 batch (seed 0), the same in every
 process. Keras is timed with `model.predict_on_batch(x)`: one compiled call (a traced
@@ -214,7 +222,9 @@ def child_prepare(args):
         )
         start = time.perf_counter()
         if "onnxruntime" in args.backends:
-            kseg.export.export_model(model, os.path.join(args.workdir, f"{name}.onnx"), "onnx")
+            for shape, size in (("free", None), ("fixed", args.size)):
+                path = os.path.join(args.workdir, f"{name}.{shape}.onnx")
+                kseg.export.export_model(model, path, "onnx", size=size)
         done[name] = {"params": model.count_params(), "export_s": time.perf_counter() - start}
         keras.backend.clear_session()
     return done
@@ -254,7 +264,7 @@ def child_keras(args):
 
 
 def child_onnxruntime(args):
-    """onnxruntime on the exported model; `--threads 0`: default session options."""
+    """onnxruntime on the export `--onnx`; `--threads 0`: default session options."""
     import onnxruntime
 
     name = args.models[0]
@@ -262,7 +272,7 @@ def child_onnxruntime(args):
     if args.threads:
         options.intra_op_num_threads = args.threads
     session = onnxruntime.InferenceSession(
-        os.path.join(args.workdir, f"{name}.onnx"),
+        os.path.join(args.workdir, f"{name}.{args.onnx}.onnx"),
         sess_options=options,
         providers=["CPUExecutionProvider"],
     )
@@ -317,7 +327,7 @@ CHILDREN = {
 }
 
 
-def run_child(args, kind, backend="tensorflow", model=None, call=None, threads=0):
+def run_child(args, kind, backend="tensorflow", model=None, call=None, threads=0, onnx="free"):
     """Runs one measurement in a fresh process; its result dict, or {"error": ...}."""
     command = [
         sys.executable,
@@ -338,6 +348,8 @@ def run_child(args, kind, backend="tensorflow", model=None, call=None, threads=0
         ",".join(args.backends),
         "--threads",
         str(threads),
+        "--onnx",
+        onnx,
     ]
     if call:
         command += ["--call", call]
@@ -433,6 +445,7 @@ def main(argv=None):
     )
     parser.add_argument("--call", choices=KERAS_CALLS, help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--onnx", choices=("free", "fixed"), default="free", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.warmup < 0 or args.repeats < 1 or min(args.size) < 1:
         parser.error(
@@ -449,6 +462,7 @@ def main(argv=None):
         return
 
     started = time.perf_counter()
+    height, width = args.size
     with tempfile.TemporaryDirectory(prefix="kseg-latency-") as workdir:
         if args.workdir:
             os.makedirs(args.workdir, exist_ok=True)
@@ -474,14 +488,17 @@ def main(argv=None):
                         result = run_child(args, "keras", backend, name, call)
                         results.append((label, f"keras {backend}", call, result))
             if "onnxruntime" in args.backends:
-                for threads in (0, os.cpu_count()):
-                    result = run_child(args, "onnxruntime", model=name, threads=threads)
-                    if "error" not in result:
-                        result["params"] = prepared[name]["params"]
-                    runtime = "onnxruntime" + (
-                        f" (intra-op threads {threads})" if threads else " (default options)"
-                    )
-                    results.append((label, runtime, "session.run", result))
+                for onnx in ("free", "fixed"):
+                    for threads in (0, os.cpu_count()):
+                        result = run_child(
+                            args, "onnxruntime", model=name, threads=threads, onnx=onnx
+                        )
+                        if "error" not in result:
+                            result["params"] = prepared[name]["params"]
+                        export = "any size" if onnx == "free" else f"{height}x{width}"
+                        options = f"intra-op threads {threads}" if threads else "default options"
+                        runtime = f"onnxruntime, export for {export}, {options}"
+                        results.append((label, runtime, "session.run", result))
         if peer:
             results.append(
                 (
@@ -498,7 +515,6 @@ def main(argv=None):
     threads = next((r["threads"] for *_, r in results if "threads" in r), None)
 
     avx = {True: "yes", False: "no", None: "unknown"}[has_avx512f()]
-    height, width = args.size
     print(
         f"Machine: {cpu_model()}, {os.cpu_count()} CPUs, avx512f {avx}; matmul 2048^3 fp32 "
         f"{gflops_start:.0f} GFLOP/s at the start, {gflops_end:.0f} at the end; load average "
@@ -509,7 +525,7 @@ def main(argv=None):
     print(
         f"Batch 1 x {height}x{width} x 3, float32; {args.warmup} warm-up + {args.repeats} timed "
         f"calls per row, each row in its own process; ONNX export "
-        + ", ".join(f"{n} {v['export_s']:.0f} s" for n, v in prepared.items())
+        + ", ".join(f"{n} {v['export_s']:.0f} s (both exports)" for n, v in prepared.items())
         + f"; whole run {time.perf_counter() - started:.0f} s."
     )
     print()
