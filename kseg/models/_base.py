@@ -105,7 +105,7 @@ def input_channels(input_shape):
 def normalization_layer(normalization, input_shape, preprocessing="unit"):
     """The `ImageNormalization` a builder's `normalization` argument asks for.
 
-    `normalization` is a preset name (`"caffe"`, `"torch"`, `"unit"`), None,
+    `normalization` is a preset name (`"caffe"`, `"torch"`, `"tf"`, `"unit"`), None,
     `"auto"` (the backbone weights' `preprocessing` for 3-channel input,
     `"unit"` for any other channel count, which no ImageNet statistics fit) or
     a dict `{"mean": ..., "std": ...}` with one value (or one per channel).
@@ -119,7 +119,9 @@ def normalization_layer(normalization, input_shape, preprocessing="unit"):
                 f"Received: normalization={normalization!r}"
             )
         return ImageNormalization("custom", **normalization, name="normalize")
-    check_choice("normalization", normalization, ("auto", "caffe", "torch", "unit", None))
+    check_choice(
+        "normalization", normalization, ("auto", "caffe", "torch", "tf", "unit", None)
+    )
     if normalization == "auto":
         normalization = preprocessing if channels in (None, 3) else "unit"
     if normalization in ("caffe", "torch") and channels not in (None, 1, 3):
