@@ -263,6 +263,12 @@ def Application(
     """
     class_name, family, layers = _entry(name)
     preprocessing, strides, reason = _FAMILIES[family]
+    if keras.config.image_data_format() != "channels_last":
+        raise ValueError(
+            "The keras.applications encoders are built channels_last; call "
+            "`keras.config.set_image_data_format('channels_last')` first. Received: "
+            f"image_data_format={keras.config.image_data_format()!r} for {name!r}"
+        )
     if output_stride not in strides:
         because = f" ({reason})" if reason else ""
         raise ValueError(
@@ -281,7 +287,7 @@ def Application(
     app_fn = getattr(keras.applications, class_name)
     try:
         app = app_fn(include_top=False, weights=weights, input_shape=tuple(input_shape))
-    except ValueError:
+    except (ValueError, TypeError):
         raise
     except Exception as error:  # Keras' get_file raises a bare Exception offline.
         if weights != "imagenet":

@@ -323,3 +323,9 @@ def test_every_name_is_tabled_here_and_in_the_recipes():
     assert set(applications.NAMES) == set(CHANNELS)
     assert tuple(common.APPLICATION_BACKBONES) == applications.NAMES
     assert set(applications.NAMES) <= set(common.BACKBONES["resnet"])
+
+
+def test_channels_first_is_refused():
+    keras.config.set_image_data_format("channels_first")
+    with pytest.raises(ValueError, match="channels_last"):
+        kseg.backbones.Application("mobilenetv2")
