@@ -33,13 +33,36 @@ MODELS = {
     "ginet": ("GINet", "resnet", True),
 }
 
+#: The keras.applications encoders (kseg.backbones.applications.NAMES, written out
+#: here so that parsing the command line does not import Keras).
+APPLICATION_BACKBONES = (
+    "mobilenetv2",
+    "mobilenetv3small",
+    "mobilenetv3large",
+    *(f"efficientnetb{i}" for i in range(8)),
+    *(f"efficientnetv2{size}" for size in ("b0", "b1", "b2", "b3", "s", "m", "l")),
+    "xception",
+    "densenet121",
+    "densenet169",
+    "densenet201",
+    *(f"convnext{size}" for size in ("tiny", "small", "base", "large")),
+    "resnet50v2",
+    "resnet101v2",
+    "resnet152v2",
+    "vgg19",
+)
+
 #: Backbones the CLI accepts, by family. "compact" is a small ResNet (demo and tests);
-#: "resnet50" / "resnet101" are keras.applications' layout, "_v1.5" torchvision's and
-#: timm's, "_v1c" mmseg's deep-stem ResNetV1c (see kseg.backbones.ResNet).
+#: "resnet50" / "resnet101" / "resnet152" are keras.applications' layout, "_v1.5"
+#: torchvision's and timm's, "_v1c" mmseg's deep-stem ResNetV1c (see
+#: kseg.backbones.ResNet); then the keras.applications encoders
+#: (kseg.backbones.Application), each at the output strides its family offers.
 BACKBONES = {
     "resnet": (
         "compact",
         *(f"resnet{depth}{suffix}" for depth in (50, 101) for suffix in ("", "_v1.5", "_v1c")),
+        "resnet152",
+        *APPLICATION_BACKBONES,
     ),
     "vgg16": ("vgg16",),
     None: (),

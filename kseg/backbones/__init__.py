@@ -1,10 +1,12 @@
-"""Backbones: VGG16 and dilated ResNet-50/101 returning dicts of named features."""
+"""Backbones: VGG16, dilated ResNets and keras.applications encoders returning dicts of features."""
 
 from kseg.backbones._info import BackboneInfo, FeatureSpec, feature_info
+from kseg.backbones.applications import Application
 from kseg.backbones.resnet import ResNet, ResNet50, ResNet101
 from kseg.backbones.vgg import VGG16
 
 __all__ = [
+    "Application",
     "VGG16",
     "ResNet",
     "ResNet50",

@@ -31,9 +31,12 @@ class BackboneInfo:
     """Everything a model builder needs to know about a kseg backbone.
 
     Attributes:
-        family: `"resnet"` or `"vgg16"`.
+        family: `"resnet"`, `"vgg16"`, or a keras.applications family
+            (`"mobilenetv2"`, `"efficientnet"`, `"convnext"`, ...: see
+            `kseg.backbones.Application`).
         variant: `"v1"` for ResNet (Caffe-style `keras.applications` layout),
-            the VGG variant name otherwise.
+            the VGG variant name, or the keras.applications encoder's name
+            (e.g. `"efficientnetb0"`).
         output_stride: the largest true stride among the outputs.
         features: tuple of `FeatureSpec`, in output order.
         low_level: key of the stride-4 low-level feature used by the
@@ -43,8 +46,10 @@ class BackboneInfo:
         high_level: key of the deepest feature (ResNet layer4 with 2048
             channels; VGG `"pool5"`).
         preprocessing: input preprocessing the ImageNet weights of
-            `keras.applications` expect (`"caffe"`: BGR order, ImageNet mean
-            subtracted, no scaling).
+            `keras.applications` expect, as a `kseg.layers.ImageNormalization`
+            mode (`"caffe"`: BGR order, ImageNet mean subtracted, no scaling;
+            `"torch"`; `"tf"`: to [-1, 1]; None: the backbone rescales inside
+            itself and takes [0, 255] images).
     """
 
     family: str

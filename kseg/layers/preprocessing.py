@@ -23,6 +23,9 @@ _MODES = {
         "bgr": False,
     },
     "unit": {"mean": (0.0,), "std": (255.0,), "bgr": False},
+    # "tf": keras.applications' `preprocess_input` mode "tf" (MobileNetV2, Xception,
+    #   ResNetV2): x / 127.5 - 1, to [-1, 1].
+    "tf": {"mean": (127.5,), "std": (127.5,), "bgr": False},
 }
 MODES = (*_MODES, "custom", None)
 
@@ -63,7 +66,8 @@ class ImageNormalization(keras.layers.Layer):
         mode: `"caffe"` (keras.applications ResNet/VGG ImageNet weights: RGB to
             BGR, subtract the ImageNet mean, no scaling), `"torch"` (subtract the
             ImageNet mean and divide by its std), `"unit"` (divide by 255, any
-            channel count), `"custom"` (subtract `mean`, divide by `std`), or
+            channel count), `"tf"` (`x / 127.5 - 1`, to [-1, 1], any channel
+            count: keras.applications' MobileNetV2, Xception and ResNetV2), `"custom"` (subtract `mean`, divide by `std`), or
             `None` (identity). Defaults to `"caffe"`. Giving `mean` or `std`
             selects `"custom"` (a `mode` of `"torch"`, `"unit"` or `None` then
             raises an error).
@@ -78,7 +82,7 @@ class ImageNormalization(keras.layers.Layer):
         `(batch, height, width, channels)` (or channels first), any float or
         int dtype. `"caffe"` and `"torch"` take 3 (RGB) or 1 (grey) channels,
         `"custom"` as many channels as `mean`/`std` have values (or any number
-        when both are scalars), `"unit"` and `None` any number.
+        when both are scalars), `"unit"`, `"tf"` and `None` any number.
 
     Output shape:
         Same as the input, in the layer's compute dtype.
@@ -130,7 +134,7 @@ class ImageNormalization(keras.layers.Layer):
             return mean, std
         spec = _MODES[self.mode]
         mean, std = np.array(spec["mean"]), np.array(spec["std"])
-        if self.mode == "unit":
+        if self.mode in ("unit", "tf"):
             return mean, std
         if channels == 1:
             return mean.mean(keepdims=True), std.mean(keepdims=True)

@@ -6,7 +6,7 @@ import keras
 
 from kseg import backbones as kbackbones
 from kseg._common import check_choice, check_int
-from kseg.backbones import feature_info
+from kseg.backbones import applications, feature_info
 from kseg.layers import ConvBNAct, ImageNormalization, ResizeLike
 
 # The backbone names the ResNet-based builders accept: keras.applications' v1
@@ -17,6 +17,18 @@ RESNETS = {
     for name, builder in (("resnet50", kbackbones.ResNet50), ("resnet101", kbackbones.ResNet101))
     for suffix, variant in (("", "v1"), ("_v1.5", "v1.5"), ("_v1c", "v1c"))
 }
+# keras.applications' ResNet152 has the same v1 layout (and layer names).
+RESNETS["resnet152"] = functools.partial(kbackbones.ResNet, (3, 8, 36, 3), name="resnet152")
+
+#: The keras.applications encoders by name (`kseg.backbones.Application`).
+APPLICATIONS = {name: functools.partial(kbackbones.Application, name) for name in applications.NAMES}
+APPLICATION_FAMILIES = tuple(dict.fromkeys(family for _, family, _ in applications.TABLE.values()))
+
+#: Every backbone name the dilated builders (DeepLab v2/v3/v3+, PSPNet, the
+#: ResNet FCN, GCU, GloRe and GI nets) accept, and the families of a backbone
+#: model they accept.
+DILATED_BACKBONES = {**RESNETS, **APPLICATIONS}
+DILATED_FAMILIES = ("resnet", *APPLICATION_FAMILIES)
 
 
 def classifier_initializer():
@@ -36,6 +48,7 @@ def resolve_backbone(
     backbone_weights,
     family,
     required_variant=None,
+    roles=(),
     **backbone_kwargs,
 ):
     """Returns `(backbone_model, BackboneInfo)` for a name or a built backbone.
@@ -43,9 +56,11 @@ def resolve_backbone(
     A name is looked up in `names` (the names this builder supports) and built
     with `input_shape`, `backbone_weights` and `backbone_kwargs` (e.g.
     `output_stride`). A `keras.Model` must come from `kseg.backbones` (it
-    carries `feature_info`), be of `family` (and `required_variant`), take
-    the channel count of `input_shape`, and bring its own weights, so
-    `backbone_weights` must then be None. Pretrained weights need 3 channels.
+    carries `feature_info`), be of `family` (a name or a tuple of names; and
+    of `required_variant`), take the channel count of `input_shape`, and
+    bring its own weights, so `backbone_weights` must then be None.
+    Pretrained weights need 3 channels. Either way the backbone must have
+    every feature role in `roles` (`"low_level"`, `"aux"`, `"high_level"`).
     """
     channels = input_channels(input_shape)
     if isinstance(backbone, str):
@@ -64,7 +79,7 @@ def resolve_backbone(
         model = names[backbone](
             input_shape=tuple(input_shape), weights=backbone_weights, **backbone_kwargs
         )
-        return model, feature_info(model)
+        return model, check_roles(feature_info(model), roles)
     if not isinstance(backbone, keras.Model):
         raise TypeError(
             "Expected `backbone` to be a name or a `keras.Model` from `kseg.backbones`. "
@@ -83,13 +98,29 @@ def resolve_backbone(
             "`backbone_weights` applies only to a backbone given by name; a backbone "
             f"model has its own weights. Received: backbone_weights={backbone_weights!r}"
         )
-    wanted = family if required_variant is None else f"{family} (variant {required_variant!r})"
-    if info.family != family or required_variant not in (None, info.variant):
+    families = (family,) if isinstance(family, str) else tuple(family)
+    wanted = " or ".join(families)
+    if required_variant is not None:
+        wanted = f"{wanted} (variant {required_variant!r})"
+    if info.family not in families or required_variant not in (None, info.variant):
         raise ValueError(
             f"This model needs a {wanted} backbone. Received: backbone of family "
             f"{info.family!r}, variant {info.variant!r}"
         )
-    return backbone, info
+    return backbone, check_roles(info, roles)
+
+
+def check_roles(info, roles):
+    """Returns `info`, or raises when the backbone lacks one of the feature `roles`."""
+    for role in roles:
+        if getattr(info, role) is None:
+            raise ValueError(
+                f"This model reads the backbone's {role!r} feature, which the {info.family} "
+                f"backbone {info.variant!r} does not have (its features: {info.keys()}). "
+                f"Choose a backbone with a {role!r} feature. Received: backbone family "
+                f"{info.family!r}, variant {info.variant!r}"
+            )
+    return info
 
 
 def input_channels(input_shape):
@@ -105,7 +136,7 @@ def input_channels(input_shape):
 def normalization_layer(normalization, input_shape, preprocessing="unit"):
     """The `ImageNormalization` a builder's `normalization` argument asks for.
 
-    `normalization` is a preset name (`"caffe"`, `"torch"`, `"unit"`), None,
+    `normalization` is a preset name (`"caffe"`, `"torch"`, `"tf"`, `"unit"`), None,
     `"auto"` (the backbone weights' `preprocessing` for 3-channel input,
     `"unit"` for any other channel count, which no ImageNet statistics fit) or
     a dict `{"mean": ..., "std": ...}` with one value (or one per channel).
@@ -119,7 +150,9 @@ def normalization_layer(normalization, input_shape, preprocessing="unit"):
                 f"Received: normalization={normalization!r}"
             )
         return ImageNormalization("custom", **normalization, name="normalize")
-    check_choice("normalization", normalization, ("auto", "caffe", "torch", "unit", None))
+    check_choice(
+        "normalization", normalization, ("auto", "caffe", "torch", "tf", "unit", None)
+    )
     if normalization == "auto":
         normalization = preprocessing if channels in (None, 3) else "unit"
     if normalization in ("caffe", "torch") and channels not in (None, 1, 3):
@@ -155,15 +188,24 @@ def backbone_features(backbone, *, input_shape, backbone_weights, normalization,
     return inputs, model(x), info
 
 
-def resnet_features(backbone, *, input_shape, backbone_weights, normalization, **kwargs):
-    """`backbone_features` for the ResNet-based builders (`"resnet50"`, `"resnet101"`)."""
+def resnet_features(
+    backbone, *, input_shape, backbone_weights, normalization, roles=("high_level",), **kwargs
+):
+    """`backbone_features` for the dilated builders: ResNets and keras.applications encoders.
+
+    `multi_grid` applies to the last stage of a ResNet; an application
+    encoder (by name) takes only `output_stride`.
+    """
+    if isinstance(backbone, str) and backbone in APPLICATIONS:
+        kwargs.pop("multi_grid", None)
     return backbone_features(
         backbone,
         input_shape=input_shape,
         backbone_weights=backbone_weights,
         normalization=normalization,
-        names=RESNETS,
-        family="resnet",
+        names=DILATED_BACKBONES,
+        family=DILATED_FAMILIES,
+        roles=roles,
         **kwargs,
     )
 

@@ -156,8 +156,11 @@ def DeepLabV2(
             for pretrained weights); any size and channel count works.
         backbone: `"resnet101"` (default), `"resnet50"` (keras.applications'
             layout), the same with `"_v1.5"` or `"_v1c"` for the torch layouts
-            (e.g. `"resnet101_v1.5"`, see `kseg.backbones.ResNet`), or a ResNet
-            from `kseg.backbones`.
+            (e.g. `"resnet101_v1.5"`, see `kseg.backbones.ResNet`),
+            `"resnet152"`, a keras.applications encoder name (`"mobilenetv2"`,
+            `"efficientnetb0"`, `"convnexttiny"`, ... : see
+            `kseg.backbones.Application`; its family's output strides apply and
+            `multi_grid` does not), or a backbone built by `kseg.backbones`.
         output_stride: 8 (default), 16 or 32, for a backbone given by name.
         backbone_weights: None, `"imagenet"` or a path (see `kseg.backbones`).
         atrous_rates: ASPP rates. Defaults to ASPP-L, `(6, 12, 18, 24)`.
@@ -221,8 +224,11 @@ def DeepLabV3(
             for pretrained weights); any size and channel count works.
         backbone: `"resnet50"` (default), `"resnet101"` (keras.applications'
             layout), the same with `"_v1.5"` or `"_v1c"` for the torch layouts
-            (e.g. `"resnet101_v1.5"`, see `kseg.backbones.ResNet`), or a ResNet
-            from `kseg.backbones`.
+            (e.g. `"resnet101_v1.5"`, see `kseg.backbones.ResNet`),
+            `"resnet152"`, a keras.applications encoder name (`"mobilenetv2"`,
+            `"efficientnetb0"`, `"convnexttiny"`, ... : see
+            `kseg.backbones.Application`; its family's output strides apply and
+            `multi_grid` does not), or a backbone built by `kseg.backbones`.
         output_stride: 16 (default), 8 or 32, for a backbone given by name.
         multi_grid: per-block rate multipliers of the last stage. Defaults to
             `(1, 2, 4)` (the paper's best); None for plain dilation.
@@ -255,6 +261,7 @@ def DeepLabV3(
         output_stride=output_stride,
         multi_grid=multi_grid,
         normalization=normalization,
+        roles=("high_level", "aux") if aux_head else ("high_level",),
     )
     rates = atrous_rates or default_atrous_rates(info.output_stride)
     x = ASPP(
@@ -303,8 +310,11 @@ def DeepLabV3Plus(
             for pretrained weights); any size and channel count works.
         backbone: `"resnet50"` (default), `"resnet101"` (keras.applications'
             layout), the same with `"_v1.5"` or `"_v1c"` for the torch layouts
-            (e.g. `"resnet101_v1.5"`, see `kseg.backbones.ResNet`), or a ResNet
-            from `kseg.backbones`.
+            (e.g. `"resnet101_v1.5"`, see `kseg.backbones.ResNet`),
+            `"resnet152"`, a keras.applications encoder name (`"mobilenetv2"`,
+            `"efficientnetb0"`, `"convnexttiny"`, ... : see
+            `kseg.backbones.Application`; its family's output strides apply and
+            `multi_grid` does not), or a backbone built by `kseg.backbones`.
         output_stride: 16 (default) or 8, for a backbone given by name.
         multi_grid: last-stage rate multipliers. Defaults to None.
         backbone_weights: None, `"imagenet"` or a path (see `kseg.backbones`).
@@ -339,6 +349,7 @@ def DeepLabV3Plus(
         output_stride=output_stride,
         multi_grid=multi_grid,
         normalization=normalization,
+        roles=("high_level", "low_level"),
     )
     rates = atrous_rates or default_atrous_rates(info.output_stride)
     x = ASPP(

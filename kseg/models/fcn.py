@@ -226,8 +226,11 @@ def DilatedFCN(
         input_shape: `(height, width, channels)`, values in [0, 255] (RGB
             for pretrained weights); any size and channel count works.
         backbone: a ResNet name (`"resnet50"` (default), `"resnet101"`, with
-            `"_v1.5"` or `"_v1c"` for the torch layouts) or a ResNet from
-            `kseg.backbones`.
+            `"_v1.5"` or `"_v1c"` for the torch layouts),
+            `"resnet152"`, a keras.applications encoder name (`"mobilenetv2"`,
+            `"efficientnetb0"`, `"convnexttiny"`, ... : see
+            `kseg.backbones.Application`; its family's output strides apply and
+            `multi_grid` does not), or a backbone built by `kseg.backbones`.
         output_stride: 8 (default), 16 or 32, for a backbone given by name.
         multi_grid: last-stage rate multipliers. Defaults to None.
         backbone_weights: None, `"imagenet"` or a path (see `kseg.backbones`).
@@ -253,6 +256,7 @@ def DilatedFCN(
         output_stride=output_stride,
         multi_grid=multi_grid,
         normalization=normalization,
+        roles=("high_level", "aux") if aux_head else ("high_level",),
     )
     x = ConvBNAct(head_filters, 3, name="head_conv")(feats[info.high_level])
     main = classify(x, inputs, num_classes, align_corners, dropout=dropout)

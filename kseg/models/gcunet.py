@@ -45,8 +45,11 @@ def GCUNet(
             for pretrained weights); any size and channel count works.
         backbone: `"resnet50"` (default), `"resnet101"` (keras.applications'
             layout), the same with `"_v1.5"` or `"_v1c"` for the torch layouts
-            (e.g. `"resnet101_v1.5"`, see `kseg.backbones.ResNet`), or a ResNet
-            from `kseg.backbones`.
+            (e.g. `"resnet101_v1.5"`, see `kseg.backbones.ResNet`),
+            `"resnet152"`, a keras.applications encoder name (`"mobilenetv2"`,
+            `"efficientnetb0"`, `"convnexttiny"`, ... : see
+            `kseg.backbones.Application`; its family's output strides apply and
+            `multi_grid` does not), or a backbone built by `kseg.backbones`.
         output_stride: 8 (default), 16 or 32, for a backbone given by name.
         backbone_weights: None, `"imagenet"` or a path (see `kseg.backbones`).
         num_vertices: vertex count of each unit. Defaults to (2, 4, 8, 32).
@@ -79,6 +82,7 @@ def GCUNet(
         backbone_weights=backbone_weights,
         output_stride=output_stride,
         normalization=normalization,
+        roles=("high_level", "aux") if aux_head else ("high_level",),
     )
     high = feats[info.high_level]
     units = [

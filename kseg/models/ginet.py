@@ -5,6 +5,7 @@ import os
 import keras
 import numpy as np
 
+from kseg.backbones.applications import KEYS
 from kseg.layers import ClassPresenceScore, ConvBNAct, GraphInteractionUnit, JointPyramidUpsampling
 from kseg.models._base import (
     aux_logits,
@@ -137,8 +138,11 @@ def GINet(
             for pretrained weights); any size and channel count works.
         backbone: `"resnet50"` (default), `"resnet101"` (keras.applications'
             layout), the same with `"_v1.5"` or `"_v1c"` for the torch layouts
-            (e.g. `"resnet101_v1.5"`, see `kseg.backbones.ResNet`), or a ResNet
-            from `kseg.backbones`.
+            (e.g. `"resnet101_v1.5"`, see `kseg.backbones.ResNet`),
+            `"resnet152"`, a keras.applications encoder name (`"mobilenetv2"`,
+            `"efficientnetb0"`, `"convnexttiny"`, ... : see
+            `kseg.backbones.Application`; its family's output strides apply and
+            `multi_grid` does not), or a backbone built by `kseg.backbones`.
         output_stride: 8 (default), 16 or 32, for a backbone given by name.
         backbone_weights: None, `"imagenet"` or a path (see `kseg.backbones`).
         class_embeddings: None (default: zeros, as the reference), a
@@ -171,11 +175,12 @@ def GINet(
         backbone_weights=backbone_weights,
         output_stride=output_stride,
         normalization=normalization,
+        roles=("high_level", "aux") if aux_head else ("high_level",),
     )
     if use_jpu:
-        x = JointPyramidUpsampling(width=jpu_width, name="jpu")(
-            [feats["stage2"], feats["stage3"], feats["stage4"]]
-        )
+        # The stride 8, 16 and 32 features (at output stride 32).
+        keys = ("stage2", "stage3", "stage4") if info.family == "resnet" else KEYS[2:]
+        x = JointPyramidUpsampling(width=jpu_width, name="jpu")([feats[key] for key in keys])
     else:
         x = feats[info.high_level]
     x = ConvBNAct(reduce_filters, 3, name="conv5")(x)

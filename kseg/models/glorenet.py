@@ -43,8 +43,11 @@ def GloReNet(
             for pretrained weights); any size and channel count works.
         backbone: `"resnet50"` (default), `"resnet101"` (keras.applications'
             layout), the same with `"_v1.5"` or `"_v1c"` for the torch layouts
-            (e.g. `"resnet101_v1.5"`, see `kseg.backbones.ResNet`), or a ResNet
-            from `kseg.backbones`.
+            (e.g. `"resnet101_v1.5"`, see `kseg.backbones.ResNet`),
+            `"resnet152"`, a keras.applications encoder name (`"mobilenetv2"`,
+            `"efficientnetb0"`, `"convnexttiny"`, ... : see
+            `kseg.backbones.Application`; its family's output strides apply and
+            `multi_grid` does not), or a backbone built by `kseg.backbones`.
         output_stride: 8 (default), 16 or 32, for a backbone given by name.
         backbone_weights: None, `"imagenet"` or a path (see `kseg.backbones`).
         reduce_filters: width of the reduction conv (the unit's C). Defaults to 512.
@@ -72,6 +75,7 @@ def GloReNet(
         backbone_weights=backbone_weights,
         output_stride=output_stride,
         normalization=normalization,
+        roles=("high_level", "aux") if aux_head else ("high_level",),
     )
     x = ConvBNAct(reduce_filters, 1, name="reduce")(feats[info.high_level])
     x = GloReUnit(num_state=num_state, num_node=num_node, name="glore")(x)

@@ -1,0 +1,338 @@
+"""keras.applications encoders: layer names, true strides, channels, dilation, weights, inputs.
+
+The stride tests build each encoder on a 97x131 input, where a feature taken
+from the wrong stage (a wrong layer name) has a different size or channel
+count, and compare with the tables below, written out from the papers and
+keras.applications (not read from the code under test). The built graph does
+not depend on the backend, so those tests run in the TensorFlow session only;
+the forward pass and the input normalisation run on every backend.
+"""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+import kseg
+from kseg.backbones import applications
+from tests.helpers import BACKEND, to_numpy
+
+tensorflow_only = pytest.mark.skipif(
+    BACKEND != "tensorflow", reason="the built graph does not depend on the backend"
+)
+
+H, W = 97, 131
+
+# Channels at nominal strides 2, 4, 8, 16, 32 (None: no feature at that stride).
+# MobileNetV2: Sandler et al. 2018, Table 2 (last block outputs, before the
+# 1280-channel 1x1 conv). MobileNetV3: Howard et al. 2019, Tables 1 and 2.
+# EfficientNet: Tan & Le 2019, Table 1, widths scaled by keras.applications'
+# `round_filters` (width 1.0, 1.0, 1.1, 1.2, 1.4, 1.6, 1.8, 2.0). EfficientNetV2:
+# Tan & Le 2021, Table 4 and keras.applications' block configs. Xception:
+# Chollet 2017, Figure 5. DenseNet: Huang et al. 2017, Table 1 (growth 32).
+# ConvNeXt: Liu et al. 2022, section 2 (C = 96, 96, 128, 192). ResNetV2:
+# He et al. 2016b. VGG19: Simonyan & Zisserman 2015, Table 1 (column E).
+CHANNELS = {
+    "mobilenetv2": (16, 24, 32, 96, 320),
+    "mobilenetv3small": (16, 16, 24, 48, 96),
+    "mobilenetv3large": (16, 24, 40, 112, 160),
+    "efficientnetb0": (16, 24, 40, 112, 320),
+    "efficientnetb1": (16, 24, 40, 112, 320),
+    "efficientnetb2": (16, 24, 48, 120, 352),
+    "efficientnetb3": (24, 32, 48, 136, 384),
+    "efficientnetb4": (24, 32, 56, 160, 448),
+    "efficientnetb5": (24, 40, 64, 176, 512),
+    "efficientnetb6": (32, 40, 72, 200, 576),
+    "efficientnetb7": (32, 48, 80, 224, 640),
+    "efficientnetv2b0": (16, 32, 48, 112, 192),
+    "efficientnetv2b1": (16, 32, 48, 112, 192),
+    "efficientnetv2b2": (16, 32, 56, 120, 208),
+    "efficientnetv2b3": (16, 40, 56, 136, 232),
+    "efficientnetv2s": (24, 48, 64, 160, 256),
+    "efficientnetv2m": (24, 48, 80, 176, 512),
+    "efficientnetv2l": (32, 64, 96, 224, 640),
+    "xception": (64, 128, 256, 728, 2048),
+    "densenet121": (64, 256, 512, 1024, 1024),
+    "densenet169": (64, 256, 512, 1280, 1664),
+    "densenet201": (64, 256, 512, 1792, 1920),
+    "convnexttiny": (None, 96, 192, 384, 768),
+    "convnextsmall": (None, 96, 192, 384, 768),
+    "convnextbase": (None, 128, 256, 512, 1024),
+    "convnextlarge": (None, 192, 384, 768, 1536),
+    "resnet50v2": (64, 256, 512, 1024, 2048),
+    "resnet101v2": (64, 256, 512, 1024, 2048),
+    "resnet152v2": (64, 256, 512, 1024, 2048),
+    "vgg19": (128, 256, 512, 512, 512),
+}
+
+# Family: (output strides offered, what keras.applications' `preprocess_input`
+# does, as the `ImageNormalization` mode, and that module).
+FAMILIES = {
+    "mobilenetv2": ((8, 16, 32), "tf", keras.applications.mobilenet_v2),
+    "mobilenetv3": ((8, 16, 32), None, keras.applications.mobilenet_v3),
+    "efficientnet": ((8, 16, 32), None, keras.applications.efficientnet),
+    "efficientnetv2": ((8, 16, 32), None, keras.applications.efficientnet_v2),
+    "xception": ((16, 32), "tf", keras.applications.xception),
+    "densenet": ((32,), "torch", keras.applications.densenet),
+    "convnext": ((8, 16, 32), None, keras.applications.convnext),
+    "resnetv2": ((8, 16, 32), "tf", keras.applications.resnet_v2),
+    "vgg19": ((32,), "caffe", keras.applications.vgg19),
+}
+
+SMALLEST = {
+    "mobilenetv2": "mobilenetv2",
+    "mobilenetv3": "mobilenetv3small",
+    "efficientnet": "efficientnetb0",
+    "efficientnetv2": "efficientnetv2b0",
+    "xception": "xception",
+    "densenet": "densenet121",
+    "convnext": "convnexttiny",
+    "resnetv2": "resnet50v2",
+    "vgg19": "vgg19",
+}
+
+
+_PREFIXES = (
+    ("mobilenetv3", "mobilenetv3"),
+    ("mobilenetv2", "mobilenetv2"),
+    ("efficientnetv2", "efficientnetv2"),
+    ("efficientnet", "efficientnet"),
+    ("xception", "xception"),
+    ("densenet", "densenet"),
+    ("convnext", "convnext"),
+    ("resnet", "resnetv2"),
+    ("vgg19", "vgg19"),
+)
+
+
+def _family(name):
+    return next(family for prefix, family in _PREFIXES if name.startswith(prefix))
+
+
+def _size(family, size, stride):
+    """Rows of a feature at true `stride` for `size` input rows, undilated.
+
+    MobileNet, EfficientNet and ResNetV2 pad every stride-2 step so that it
+    gives ceil(h / 2) on a static size. DenseNet: ceil to stride 4, then 2x2/2
+    average pools (floor). VGG19 (2x2/2 max-pools) and ConvNeXt (4x4/4 stem,
+    2x2/2 convs) floor. Xception: an unpadded 3x3/2 conv and an unpadded 3x3
+    conv, then "same" stride-2 pools (ceil).
+    """
+    if family in ("vgg19", "convnext"):
+        return size // stride
+    if family == "densenet":
+        return math.ceil(size / min(stride, 4)) // max(stride // 4, 1)
+    if family == "xception":
+        rows = (size - 3) // 2 + 1 - 2
+        return math.ceil(rows / (stride // 2))
+    return math.ceil(size / stride)
+
+
+def _expected(name, output_stride):
+    """`{key: (rows, cols, channels)}` of the encoder at `output_stride`."""
+    family = _family(name)
+    out = {}
+    for level, channels in enumerate(CHANNELS[name], start=1):
+        if channels is None:
+            continue
+        stride = min(2**level, output_stride)
+        out[f"level{level}"] = (_size(family, H, stride), _size(family, W, stride), channels)
+    return out
+
+
+# The families whose dilation the default suite checks: one per way the rewrite
+# works (explicit padding before a strided depthwise conv; padding before every
+# 3x3 conv and 1x1/2 pools; strided "same" max-pools; downsampling convs inside
+# nested Sequentials). EfficientNet, EfficientNetV2 and MobileNetV3 dilate like
+# MobileNetV2; with the larger members they run with `-m large`.
+DILATED_BY_DEFAULT = ("mobilenetv2", "resnet50v2", "xception", "convnexttiny")
+
+
+def _names(large):
+    smallest = set(SMALLEST.values())
+    if not large:
+        return sorted(smallest)
+    return [name for name in CHANNELS if name not in DILATED_BY_DEFAULT]
+
+
+def _check(model, name, output_stride):
+    expected = _expected(name, output_stride)
+    got = {key: tuple(tensor.shape[1:]) for key, tensor in model.output.items()}
+    assert got == expected
+    info = kseg.backbones.feature_info(model)
+    assert info.family == _family(name) and info.variant == name
+    assert info.output_stride == output_stride
+    assert info.keys() == tuple(expected)
+    for key in expected:
+        nominal = 2 ** int(key[len("level") :])
+        assert info.stride(key) == min(nominal, output_stride)
+        assert info.channels(key) == expected[key][2]
+        assert info[key].dilation == (max(nominal // output_stride, 1),)
+    # Roles: stride 4, stride 16 and the deepest feature.
+    assert (info.low_level, info.aux, info.high_level) == ("level2", "level4", "level5")
+    assert info.preprocessing == FAMILIES[_family(name)][1]
+
+
+def _assert_same_weights(model, reference):
+    """Every weight of `model` equals the reference's, in the same order."""
+    assert len(model.weights) == len(reference.weights)
+    for weight, ref in zip(model.weights, reference.weights):
+        np.testing.assert_array_equal(to_numpy(weight), to_numpy(ref), err_msg=weight.path)
+
+
+def _features_and_dilation(name, dilate=True):
+    family = _family(name)
+    strides = FAMILIES[family][0]
+    keras.utils.set_random_seed(0)
+    reference = kseg.backbones.Application(name, input_shape=(H, W, 3))
+    _check(reference, name, 32)
+    # The smallest dilated output stride (8, or 16 for Xception) dilates every
+    # stage that any output stride dilates.
+    if strides[0] < 32 and dilate:
+        keras.utils.set_random_seed(0)
+        dilated = kseg.backbones.Application(
+            name, input_shape=(H, W, 3), output_stride=strides[0]
+        )
+        _check(dilated, name, strides[0])
+        _assert_same_weights(dilated, reference)
+    for output_stride in sorted({8, 16} - set(strides)):
+        with pytest.raises(ValueError, match=rf"{family} encoders .*output stride") as error:
+            kseg.backbones.Application(name, output_stride=output_stride)
+        assert str(strides) in str(error.value)
+
+
+@tensorflow_only
+@pytest.mark.parametrize("name", _names(large=False))
+def test_features_strides_and_dilation(name):
+    _features_and_dilation(name, dilate=name in DILATED_BY_DEFAULT)
+
+
+@tensorflow_only
+@pytest.mark.large
+@pytest.mark.parametrize("name", _names(large=True))
+def test_features_strides_and_dilation_large(name):
+    _features_and_dilation(name)
+
+
+def _depthwise_reference(x, kernel, rate):
+    """NumPy depthwise 3x3 convolution, stride 1, dilation `rate`, zero padding `rate`."""
+    k = kernel.shape[0]
+    pad = rate * (k - 1) // 2
+    padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    out = np.zeros(x.shape[:3] + (kernel.shape[2] * kernel.shape[3],), "float64")
+    for i in range(k):
+        for j in range(k):
+            window = padded[:, i * rate : i * rate + x.shape[1], j * rate : j * rate + x.shape[2]]
+            out += window * kernel[i, j, :, 0]
+    return out
+
+
+def test_deeplabv3plus_mobilenetv2_forward():
+    """DeepLabV3+ on MobileNetV2 at output stride 16, and its dilated convolution.
+
+    The encoder's last depthwise conv runs at dilation 2; its output is
+    recomputed in NumPy from its input and kernel. Block 13's formerly strided
+    conv (explicit padding 1 before it) keeps the stride-16 size.
+    """
+    model = kseg.models.DeepLabV3Plus(num_classes=3, backbone="mobilenetv2", output_stride=16)
+    image = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    logits = to_numpy(model(image, training=False))
+    assert logits.shape == (2, 64, 64, 3)
+    assert np.all(np.isfinite(logits))
+    assert model.get_layer("normalize").mode == "tf"
+
+    encoder = model.get_layer("mobilenetv2")
+    info = kseg.backbones.feature_info(encoder)
+    strides = {key: info.stride(key) for key in info.keys()}
+    assert strides == {"level1": 2, "level2": 4, "level3": 8, "level4": 16, "level5": 16}
+    assert info.output_stride == 16 and info["level5"].dilation == (2,)
+    conv = encoder.get_layer("block_16_depthwise")
+    assert tuple(conv.dilation_rate) == (2, 2) and tuple(conv.strides) == (1, 1)
+    strided = encoder.get_layer("block_13_depthwise")
+    assert tuple(strided.strides) == (1, 1) and tuple(strided.dilation_rate) == (1, 1)
+    probe = keras.Model(encoder.input, [conv.input, conv.output, encoder.output["level5"]])
+    x, y, level5 = (to_numpy(t) for t in probe(image / 127.5 - 1.0))
+    assert x.shape[1:3] == (4, 4) and level5.shape[1:3] == (4, 4)
+    expected = _depthwise_reference(x.astype("float64"), to_numpy(conv.kernel), 2)
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_preprocessing_matches_keras_applications(family):
+    """The family's preset equals keras.applications' `preprocess_input`."""
+    mode, module = FAMILIES[family][1:]
+    image = np.random.default_rng(0).uniform(0, 255, (2, 5, 7, 3)).astype("float32")
+    expected = np.asarray(module.preprocess_input(image.copy()))
+    got = to_numpy(kseg.layers.ImageNormalization(mode)(image))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_tf_preset_takes_any_channel_count():
+    image = np.full((1, 2, 2, 4), 255.0, "float32")
+    out = to_numpy(kseg.layers.ImageNormalization("tf")(image))
+    np.testing.assert_allclose(out, np.ones_like(out))
+
+
+@tensorflow_only
+def test_weights_from_a_local_file(tmp_path):
+    """A weights file saved from keras.applications loads into the encoder.
+
+    That dilation keeps every weight is `test_features_strides_and_dilation`'s.
+    """
+    source = keras.applications.MobileNetV3Small(
+        include_top=False, weights=None, input_shape=(None, None, 3)
+    )
+    path = str(tmp_path / "mobilenetv3small.weights.h5")
+    source.save_weights(path)
+    by_path = {weight.path: to_numpy(weight) for weight in source.weights}
+    model = kseg.backbones.Application("mobilenetv3small", weights=path)
+    layers = [layer for layer in model.layers if layer.weights]
+    assert len(layers) > 50
+    for layer in layers:
+        for weight, ref in zip(layer.weights, source.get_layer(layer.name).weights):
+            np.testing.assert_array_equal(to_numpy(weight), by_path[ref.path])
+    with pytest.raises(ValueError, match="no such file"):
+        kseg.backbones.Application("mobilenetv3small", weights=str(tmp_path / "missing.h5"))
+
+
+def test_unknown_name_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="mobilenetv2.*convnexttiny") as error:
+        kseg.backbones.Application("mobilenet")
+    assert "Received: name='mobilenet'" in str(error.value)
+    with pytest.raises(ValueError, match="'efficientnetb0'.*Received: backbone='effnet'"):
+        kseg.models.DeepLabV3Plus(num_classes=3, backbone="effnet")
+
+
+@tensorflow_only
+def test_builder_refuses_a_backbone_without_a_role():
+    import dataclasses
+
+    backbone = kseg.backbones.Application("mobilenetv3small")
+    backbone.feature_info = dataclasses.replace(backbone.feature_info, low_level=None)
+    with pytest.raises(ValueError, match="'low_level'.*mobilenetv3 backbone 'mobilenetv3small'"):
+        kseg.models.DeepLabV3Plus(num_classes=3, backbone=backbone)
+
+
+def test_builders_refuse_output_strides_the_family_lacks():
+    with pytest.raises(ValueError, match=r"densenet encoders .*\(32,\)"):
+        kseg.models.PSPNet(num_classes=3, backbone="densenet121", output_stride=8)
+    with pytest.raises(ValueError, match=r"xception encoders .*\(16, 32\)"):
+        kseg.models.DeepLabV3(num_classes=3, backbone="xception", output_stride=8)
+
+
+def test_every_name_is_tabled_here_and_in_the_recipes():
+    import importlib
+
+    import tests.recipes  # noqa: F401  (puts recipes/ on sys.path)
+
+    common = importlib.import_module("_common")
+    assert set(applications.NAMES) == set(CHANNELS)
+    assert tuple(common.APPLICATION_BACKBONES) == applications.NAMES
+    assert set(applications.NAMES) <= set(common.BACKBONES["resnet"])
+
+
+def test_channels_first_is_refused():
+    keras.config.set_image_data_format("channels_first")
+    with pytest.raises(ValueError, match="channels_last"):
+        kseg.backbones.Application("mobilenetv2")
