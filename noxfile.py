@@ -43,8 +43,8 @@ def tests(session, backend):
     NCHW convolutions run on any x86 CPU.
     """
     session.install(TORCH_SPEC)
-    # The exporters' packages only where the export tests run (TensorFlow).
-    extras = "tensorflow,jax,data,dev" + (",export" if backend == "tensorflow" else "")
+    # The exporters' packages only where the export tests run (TensorFlow and JAX).
+    extras = "tensorflow,jax,data,dev" + (",export" if backend in ("tensorflow", "jax") else "")
     session.install("-e", f".[{extras}]")
     # The references of the checkpoint converters: torchvision's and timm's model
     # definitions, without their dependencies (which would replace the CPU torch
@@ -56,7 +56,7 @@ def tests(session, backend):
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "KSEG_REQUIRE_TORCH_REFERENCES": "1",
     }
-    if backend == "tensorflow":
+    if backend in ("tensorflow", "jax"):
         env["KSEG_REQUIRE_EXPORTERS"] = "1"  # the export tests' ONNX half must run
     # Most tests are small, single-threaded work (JAX and XLA compile on one core, tiny
     # tensors): two workers (one file each at a time, so module fixtures run once) use
