@@ -116,13 +116,15 @@ def int_range(n):
     length read from a shape is a symbolic dimension, and `lax.iota` keeps it as
     the length of the result; `jnp.arange` (which `ops.arange` calls) gives an
     array of unknown length under jax2onnx, which then no longer matches the
-    other tensors of that size. The values are the same.
+    other tensors of that size. The values are the same. (The start is given:
+    jax2onnx's `jnp.arange` reads `arange(n, None)`, as Keras calls it, as a
+    range to None.)
     """
     if is_symbolic_dim(n):
         import jax
 
         return jax.lax.iota("int32", n)
-    return ops.arange(n, dtype="int32")
+    return ops.arange(0, n, dtype="int32")
 
 
 def is_symbolic_dim(n):
