@@ -55,7 +55,6 @@ DEFAULT_EXPORTS = ("deeplabv3plus", "unet")
 # The models that do not export from JAX yet (README, `recipes/export.py`): they export
 # from TensorFlow.
 NOT_FROM_JAX = {
-    "pspnet": "adaptive pooling to the pyramid bins: jnp.arange of a symbolic size",
     "segnet": "max pooling with argmax: a comparison of symbolic sizes JAX cannot decide",
 }
 EXPORTED = [
