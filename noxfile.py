@@ -95,7 +95,7 @@ def tests(session, backend):
         "KERAS_BACKEND": backend,
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "KSEG_REQUIRE_TORCH_REFERENCES": "1",
-        # The export tests' ONNX half must run where they export (TensorFlow).
+        # The export tests' ONNX half must run where they export (TensorFlow and JAX).
         "KSEG_REQUIRE_EXPORTERS": "1",
         # As an activated virtualenv: its scripts first on the PATH.
         "VIRTUAL_ENV": os.path.abspath(TEST_VENV),

@@ -8,8 +8,10 @@ and range, the output, and the dataset's class names, palette and ignore
 index when the model carries them (`kseg.models.with_dataset`).
 
 What exports from which backend is tested in `tests/test_export.py` and
-listed in the README (`recipes/export.py`): for now, every format from the
-TensorFlow backend, which loads a `.keras` file trained on any backend.
+listed in the README (`recipes/export.py`): every format from the TensorFlow
+backend, which loads a `.keras` file trained on any backend, and SavedModel
+and ONNX from the JAX backend (jax2tf and jax2onnx trace the model with a
+symbolic height and width).
 """
 
 import json
@@ -21,6 +23,8 @@ from kseg._common import check_choice
 
 # kseg's format names and Keras' (`keras.Model.export(format=...)`).
 FORMATS = {"saved_model": "tf_saved_model", "onnx": "onnx", "litert": "litert"}
+# The formats each backend exports (tests/test_export.py checks them under their runtimes).
+BACKEND_FORMATS = {"tensorflow": ("saved_model", "onnx", "litert"), "jax": ("saved_model", "onnx")}
 
 
 def _float32_config(config):
@@ -185,8 +189,11 @@ def export_model(model, path, format="saved_model", size=None, output="main", ve
 
     The exported graph computes in float32 whatever the model's dtype policy
     (a mixed-precision model is rebuilt in float32 with its own weights).
-    Exports run on the TensorFlow backend (Keras' exporters for JAX and torch
-    do not handle every kseg model yet); ONNX needs `tf2onnx` there.
+    Exports run on the TensorFlow backend (every format; ONNX needs `tf2onnx`)
+    and on JAX (SavedModel through jax2tf, which needs TensorFlow installed,
+    and ONNX through `jax2onnx`). LiteRT from JAX and every format from torch
+    raise `NotImplementedError`: export those from `KERAS_BACKEND=tensorflow`,
+    where a `.keras` file trained on any backend loads.
 
     Example:
 
@@ -196,11 +203,15 @@ def export_model(model, path, format="saved_model", size=None, output="main", ve
     """
     check_choice("format", format, tuple(FORMATS))
     size = _check_size(size)
-    if keras.backend.backend() != "tensorflow":
+    backend = keras.backend.backend()
+    if format not in BACKEND_FORMATS.get(backend, ()):
+        names = {"tensorflow": "TensorFlow", "jax": "JAX"}
+        backends = [names[b] for b, formats in BACKEND_FORMATS.items() if format in formats]
         raise NotImplementedError(
-            "kseg exports from the TensorFlow backend only, for now: run under "
+            f"kseg exports {format!r} from the {' and '.join(backends)} "
+            f"backend{'s' if len(backends) > 1 else ''} only: run under "
             "KERAS_BACKEND=tensorflow (a .keras file trained on any backend loads there, "
-            f"with the same weights). Received: Keras backend {keras.backend.backend()!r}"
+            f"with the same weights). Received: Keras backend {backend!r}"
         )
     if format == "litert" and size is None:
         raise ValueError(
@@ -209,9 +220,88 @@ def export_model(model, path, format="saved_model", size=None, output="main", ve
         )
     exported = inference_model(model, size=size, output=output)
     spec = keras.InputSpec(shape=tuple(exported.inputs[0].shape), dtype="float32")
-    exported.export(os.fspath(path), format=FORMATS[format], verbose=verbose, input_signature=[spec])
+    options = {}
+    if backend == "jax" and format == "saved_model":
+        # jax2tf would also trace a gradient for the SavedModel, which fails on the
+        # random-seed state of dropout layers and is of no use for inference.
+        options["jax2tf_kwargs"] = {"with_gradient": False}
+    exported.export(
+        os.fspath(path), format=FORMATS[format], verbose=verbose, input_signature=[spec], **options
+    )
+    if backend == "jax" and format == "onnx":
+        _pools_over_two_axes(os.fspath(path))
     target = description_path(path)
     with open(target, "w") as f:
         json.dump(description(model, exported, format, size), f, indent=2)
         f.write("\n")
     return target
+
+
+_POOLS = ("MaxPool", "AveragePool", "LpPool")
+
+
+def _pools_over_two_axes(path):
+    """Rewrites jax2onnx's 4-D pooling nodes of an ONNX file as 2-D ones; returns their count.
+
+    jax2onnx writes a pooling of a `(batch, height, width, channels)` map
+    (`lax.reduce_window`, as Keras' `MaxPooling2D` runs on JAX) as an ONNX
+    pooling over all four axes of the map seen as `(1, 1, B, H, W, C)`, with a
+    window of 1 on the batch and channel axes. ONNX Runtime pools over at most
+    three axes ("Unsupported pooling size"). Each such node becomes the same
+    pooling over height and width of the `(B, C, H, W)` map, between a squeeze
+    and transposes that give the node's input and output their shapes: the
+    same values.
+    """
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    proto = onnx.load(path)
+    graph = proto.graph
+    nodes, rewritten = [], 0
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        kernel = list(attrs.get("kernel_shape", ()))
+        if node.op_type not in _POOLS or len(kernel) != 4 or len(node.output) != 1:
+            nodes.append(node)
+            continue
+        strides = list(attrs.get("strides", [1] * 4))
+        pads = list(attrs.get("pads", [0] * 8))
+        dilations = list(attrs.get("dilations", [1] * 4))
+
+        pooled = [
+            (kernel[a], strides[a], dilations[a], pads[a], pads[a + 4]) != (1, 1, 1, 0, 0)
+            for a in range(4)
+        ]
+        if pooled[0] or (pooled[1] and pooled[3]):
+            raise ValueError(
+                f"Cannot rewrite the ONNX {node.op_type} node {node.name!r} over four axes as "
+                f"a pooling over two: kernel {kernel}, strides {strides}, pads {pads}"
+            )
+        spatial, channels_last = ((1, 2), True) if not pooled[3] else ((2, 3), False)
+        name = f"{node.name or node.op_type}_2d"
+        axes = f"{name}_axes"
+        graph.initializer.append(numpy_helper.from_array(np.array([0, 1], np.int64), axes))
+        x, y = f"{name}_in", f"{name}_out"
+        new = [helper.make_node("Squeeze", [node.input[0], axes], [x], name=f"{name}_squeeze")]
+        if channels_last:
+            new.append(helper.make_node("Transpose", [x], [x + "_nchw"], perm=[0, 3, 1, 2]))
+            x += "_nchw"
+        pool = {k: v for k, v in attrs.items() if k not in ("kernel_shape", "strides", "pads", "dilations")}
+        pool["kernel_shape"] = [kernel[a] for a in spatial]
+        pool["strides"] = [strides[a] for a in spatial]
+        pool["pads"] = [pads[a] for a in spatial] + [pads[a + 4] for a in spatial]
+        if "dilations" in attrs:
+            pool["dilations"] = [dilations[a] for a in spatial]
+        new.append(helper.make_node(node.op_type, [x], [y], name=f"{name}_pool", **pool))
+        if channels_last:
+            new.append(helper.make_node("Transpose", [y], [y + "_nhwc"], perm=[0, 2, 3, 1]))
+            y += "_nhwc"
+        new.append(helper.make_node("Unsqueeze", [y, axes], [node.output[0]], name=f"{name}_unsqueeze"))
+        nodes.extend(new)
+        rewritten += 1
+    if rewritten:
+        del graph.node[:]
+        graph.node.extend(nodes)
+        onnx.save(proto, path)
+    return rewritten

@@ -17,9 +17,10 @@ Unless `--skip-check`, the export is loaded back with its own runtime (TensorFlo
 for a SavedModel, onnxruntime for ONNX, the LiteRT interpreter) and run on one
 random image; the largest difference from the Keras model is printed, and the
 recipe fails when it exceeds `--tolerance`. Exports run on the TensorFlow
-backend (`KERAS_BACKEND=tensorflow`), which loads a checkpoint trained on any
-backend; ONNX needs `tf2onnx` and its check `onnxruntime` (`pip install -e
-".[export]"`).
+backend (`KERAS_BACKEND=tensorflow`, every format), which loads a checkpoint
+trained on any backend, and on JAX (`saved_model` through jax2tf, `onnx`
+through jax2onnx). ONNX needs `tf2onnx` (TensorFlow) or `jax2onnx` (JAX) and
+its check `onnxruntime` (`pip install -e ".[export]"`).
 """
 
 import argparse
@@ -119,9 +120,9 @@ def main(argv=None):
 
     import kseg
 
-    if keras.backend.backend() != "tensorflow":
+    if args.format not in kseg.export.BACKEND_FORMATS.get(keras.backend.backend(), ()):
         raise SystemExit(
-            "export.py: error: exports run on the TensorFlow backend for now: run "
+            f"export.py: error: --format {args.format} does not export from this backend: run "
             f"KERAS_BACKEND=tensorflow python recipes/export.py ... (the checkpoint loads there "
             f"whatever backend trained it). Received: Keras backend {keras.backend.backend()!r}"
         )

@@ -6,6 +6,7 @@ from keras import ops
 from kseg._common import check_choice, check_int
 from kseg.layers import ConvBNAct, CropLike
 from kseg.models._base import normalization_layer
+from kseg.ops._backend import int_range, is_symbolic_dim
 
 
 def _tile_geometry(depth, padding):
@@ -59,13 +60,13 @@ class UNetInputPadding(keras.layers.Layer):
         self.mode = check_choice("mode", mode, ("reflect", "symmetric", "constant"))
 
     def _after(self, n):
-        need = n + 2 * self.margin
-        # (residue - need) mod multiple with non-negative operands only: a remainder of a
-        # negative number is floored in Python and TensorFlow but truncated in ONNX's
-        # graph as tf2onnx writes it, which padded odd sizes too little there.
-        return need + (self.residue + self.multiple - need % self.multiple) % self.multiple - (
-            n + self.margin
-        )
+        # The padded size is the smallest `multiple * q + residue` >= n + 2 * margin. Its
+        # operands are non-negative (a quotient of a negative number is floored in Python
+        # and TensorFlow but truncated in ONNX's graph as tf2onnx writes it), and written
+        # as `multiple * q + residue` it lets JAX's export tracing (symbolic sizes) see
+        # that every pooling halves it exactly, as the decoder's concatenations need.
+        q = (n + 2 * self.margin - self.residue + self.multiple - 1) // self.multiple
+        return self.multiple * q + self.residue - (n + self.margin)
 
     def call(self, x):
         shape = ops.shape(x)
@@ -82,7 +83,23 @@ class UNetInputPadding(keras.layers.Layer):
         widths.append([0, 0])
         if all(isinstance(w, int) and w == 0 for pair in widths for w in pair):
             return x  # torch's reflect padding rejects an all-zero padding
+        if self.mode != "constant" and (is_symbolic_dim(shape[1]) or is_symbolic_dim(shape[2])):
+            # Traced for export from JAX with a free height and width: `jnp.pad` mirrors
+            # only widths it can compare with the size, so gather the mirrored rows and
+            # columns instead (the same values).
+            for axis in (1, 2):
+                x = ops.take(x, self._mirror_indices(shape[axis], *widths[axis]), axis=axis)
+            return x
         return ops.pad(x, widths, mode=self.mode)
+
+    def _mirror_indices(self, n, before, after):
+        """The source row (or column) of each output row of a reflect/symmetric padding."""
+        i = int_range(before + n + after) - before
+        if self.mode == "symmetric":  # the edge is repeated: -1 -> 0, n -> n - 1
+            i = ops.where(i < 0, -1 - i, i)
+            return ops.where(i >= n, 2 * n - 1 - i, i)
+        i = ops.abs(i)  # reflect: -1 -> 1, n -> n - 2
+        return (n - 1) - ops.abs((n - 1) - i)
 
     def compute_output_shape(self, input_shape):
         b, h, w, c = input_shape

@@ -109,6 +109,37 @@ def xla_function(fn):
     return fn
 
 
+def int_range(n):
+    """`ops.arange(n, dtype="int32")`, also for a symbolic length on JAX.
+
+    Exporting from JAX traces with symbolic sizes (jax2tf, jax2onnx). There a
+    length read from a shape is a symbolic dimension, and `lax.iota` keeps it as
+    the length of the result; `jnp.arange` (which `ops.arange` calls) gives an
+    array of unknown length under jax2onnx, which then no longer matches the
+    other tensors of that size. The values are the same. (The start is given:
+    jax2onnx's `jnp.arange` reads `arange(n, None)`, as Keras calls it, as a
+    range to None.)
+    """
+    if is_symbolic_dim(n):
+        import jax
+
+        return jax.lax.iota("int32", n)
+    return ops.arange(0, n, dtype="int32")
+
+
+def is_symbolic_dim(n):
+    """Whether `n` is a symbolic size of JAX's export tracing (`jax.export`, jax2tf, jax2onnx).
+
+    There a tensor's shape holds expressions in the free input sizes instead of
+    ints; elsewhere (eager, `jax.jit`, TensorFlow, torch) this is False.
+    """
+    if keras.backend.backend() != "jax" or isinstance(n, (int, np.integer)):
+        return False
+    from jax import export
+
+    return export.is_symbolic_dim(n)
+
+
 def channel_argmax(scores, axis=-1):
     """Index of the largest entry along `axis` as int32, with `numpy.argmax` semantics.
 

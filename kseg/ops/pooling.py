@@ -10,6 +10,7 @@ from kseg._common import (
     normalize_tuple,
     standardize_data_format,
 )
+from kseg.ops._backend import int_range
 from kseg.ops._utils import (
     SymbolicOp,
     any_symbolic,
@@ -36,11 +37,11 @@ def _adaptive_matrix_numpy(n, o):
 
 
 def _adaptive_matrix_dynamic(n, o, dtype):
-    i = ops.arange(o, dtype="int32")
+    i = int_range(o)
+    j = int_range(n)  # before the cast: a symbolic length on JAX stays one
     n = ops.cast(n, "int32")
     start = (i * n) // o
     end = ((i + 1) * n + (o - 1)) // o
-    j = ops.arange(n, dtype="int32")
     mask = ops.logical_and(j[None, :] >= start[:, None], j[None, :] < end[:, None])
     return ops.cast(mask, dtype) / ops.cast(end - start, dtype)[:, None]
 

@@ -7,6 +7,7 @@ import numpy as np
 from keras import ops
 
 from kseg._common import check_choice, check_float, check_rank, standardize_data_format
+from kseg.ops._backend import int_range
 from kseg.ops._utils import (
     SymbolicOp,
     any_symbolic,
@@ -137,7 +138,7 @@ def _nearest_index_numpy(n_in, n_out, scale, exact):
 
 
 def _linear_coords_dynamic(n_in, n_out, scale, align_corners):
-    d = ops.cast(ops.arange(n_out), "float32")
+    d = ops.cast(int_range(n_out), "float32")
     fin = ops.cast(n_in, "float32")
     fout = ops.cast(n_out, "float32")
     if align_corners:
@@ -153,7 +154,7 @@ def _linear_coords_dynamic(n_in, n_out, scale, align_corners):
 
 
 def _nearest_index_dynamic(n_in, n_out, scale, exact):
-    d = ops.cast(ops.arange(n_out), "float32")
+    d = ops.cast(int_range(n_out), "float32")
     if scale is not None:
         s = float(np.float32(1.0 / scale))
     else:
@@ -166,9 +167,13 @@ def _nearest_index_dynamic(n_in, n_out, scale, exact):
 
 
 def _broadcast_weights(lam, axis, dtype):
-    shape = [1, 1, 1, 1]
-    shape[axis] = -1
-    return ops.reshape(ops.cast(lam, dtype), shape)
+    # Unit axes inserted around `lam` (not a reshape to a shape holding -1, which
+    # jax2onnx cannot resolve when the length of `lam` is symbolic).
+    lam = ops.cast(lam, dtype)
+    for a in range(4):
+        if a != axis:
+            lam = ops.expand_dims(lam, a)
+    return lam
 
 
 def _gather_axis(x, axis, n_in, n_out, scale, interpolation, align_corners):
