@@ -84,9 +84,9 @@ import keras
 import numpy as np
 from keras import ops
 
+from kseg._backend import no_gradients
 from kseg._common import normalize_tuple, standardize_data_format
 from kseg.layers.preprocessing import IMAGENET_MEAN_RGB  # the padding colour of RGB images
-from kseg.ops._backend import no_gradients
 
 #: The padding value of images whose channel count is not 3 (`pad_value=None`).
 DEFAULT_PAD_VALUE = 0.0

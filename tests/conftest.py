@@ -41,7 +41,7 @@ def pytest_runtest_setup(item):
     """The one check for tests that need channels_first convolutions."""
     if item.get_closest_marker("channels_first_conv") is None:
         return
-    from kseg.ops._backend import channels_first_conv_supported
+    from kseg._backend import channels_first_conv_supported
 
     if not channels_first_conv_supported():
         pytest.skip(

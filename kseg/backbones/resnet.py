@@ -2,10 +2,10 @@
 
 import keras
 
+from kseg._backend import check_conv_data_format
 from kseg._common import check_choice, check_float, check_int, standardize_data_format
 from kseg.backbones._info import BackboneInfo, FeatureSpec
 from kseg.backbones._weights import check_weights, load_reference_weights
-from kseg.ops._backend import check_conv_data_format
 
 _OUTPUT_STRIDES = (8, 16, 32)
 _DILATE_FIRST = ("full", "contract")

@@ -5,6 +5,7 @@ import warnings
 import keras
 import numpy as np
 
+from kseg._backend import check_conv_data_format
 from kseg._common import check_choice, check_float, standardize_data_format
 from kseg.backbones._info import BackboneInfo, FeatureSpec
 from kseg.backbones._weights import (
@@ -13,7 +14,6 @@ from kseg.backbones._weights import (
     has_top,
     load_reference_weights,
 )
-from kseg.ops._backend import check_conv_data_format
 
 _VARIANTS = ("classic", "fcn", "deeplab_v1", "bn")
 _WIDTHS = (64, 128, 256, 512, 512)

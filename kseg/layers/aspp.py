@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from kseg._backend import check_conv_data_format
 from kseg._common import (
     check_choice,
     check_float,
@@ -11,7 +12,6 @@ from kseg._common import (
 )
 from kseg.layers.conv import ConvBNAct
 from kseg.layers.resize import ResizeLike
-from kseg.ops._backend import check_conv_data_format
 
 _DEFAULT_RATES = {"v2": (6, 12, 18, 24), "v3": (6, 12, 18)}
 

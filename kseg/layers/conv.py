@@ -2,6 +2,7 @@
 
 import keras
 
+from kseg._backend import check_conv_data_format
 from kseg._common import (
     check_choice,
     check_float,
@@ -9,7 +10,6 @@ from kseg._common import (
     normalize_tuple,
     standardize_data_format,
 )
-from kseg.ops._backend import check_conv_data_format
 
 
 def _normalize_padding(padding):

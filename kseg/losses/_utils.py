@@ -3,8 +3,8 @@
 import keras
 from keras import ops
 
+from kseg._backend import num_replicas, sum_over_replicas
 from kseg._common import squeeze_labels, valid_mask
-from kseg.ops._backend import num_replicas, sum_over_replicas
 
 
 class PixelLoss(keras.losses.Loss):
@@ -22,7 +22,7 @@ class PixelLoss(keras.losses.Loss):
     On several replicas (`tf.distribute.MirroredStrategy` and
     `MultiWorkerMirroredStrategy` on TensorFlow), every loss is that of the global
     batch: `compute_loss` takes its sums over all replicas' pixels
-    (`kseg.ops._backend.sum_over_replicas`), and `__call__` divides the result by
+    (`kseg._backend.sum_over_replicas`), and `__call__` divides the result by
     the number of replicas, Keras' convention for a loss on `N` replicas (the
     trainer sums the replicas' gradients and multiplies the reported loss back by
     `N`). Training on `N` replicas then gives the loss and the gradients of one

@@ -4,9 +4,9 @@ import keras
 import numpy as np
 from keras import ops
 
+from kseg._backend import gather_over_replicas, sum_over_replicas
 from kseg._common import check_float, check_int, standardize_data_format
 from kseg.losses._utils import PixelLoss, pixel_weights, prepare_dense, safe_divide
-from kseg.ops._backend import gather_over_replicas, sum_over_replicas
 
 
 @keras.saving.register_keras_serializable(package="kseg")

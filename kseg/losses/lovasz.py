@@ -3,9 +3,9 @@
 import keras
 from keras import ops
 
+from kseg._backend import gather_over_replicas, sum_over_replicas
 from kseg._common import check_choice, check_int, standardize_data_format
 from kseg.losses._utils import PixelLoss, pixel_weights, prepare_dense, probabilities
-from kseg.ops._backend import gather_over_replicas, sum_over_replicas
 
 
 @keras.saving.register_keras_serializable(package="kseg")

@@ -6,9 +6,9 @@ The presence scores it trains come from `kseg.layers.ClassPresenceScore`.
 import keras
 from keras import ops
 
+from kseg._backend import sum_over_replicas
 from kseg._common import check_int, squeeze_labels, standardize_data_format, valid_mask
 from kseg.losses._utils import PixelLoss, safe_divide
-from kseg.ops._backend import sum_over_replicas
 
 
 def class_presence_target(y_true, num_classes, ignore_index=255, data_format=None):

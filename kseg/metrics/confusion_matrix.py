@@ -6,6 +6,12 @@ import keras
 import numpy as np
 from keras import ops
 
+from kseg._backend import (
+    channel_argmax,
+    replica_context,
+    sum_over_replicas,
+    xla_function,
+)
 from kseg._common import (
     check_float,
     check_int,
@@ -13,12 +19,6 @@ from kseg._common import (
     label_channel_axis,
     standardize_data_format,
     to_int32,
-)
-from kseg.ops._backend import (
-    channel_argmax,
-    replica_context,
-    sum_over_replicas,
-    xla_function,
 )
 
 # The count of every cell is kept in two int32 words: `total = high * 2**20 + low` with
@@ -234,7 +234,7 @@ class ConfusionMatrix(keras.metrics.Metric):
     default on a CPU) or under `jit_compile=True`; NumPy inputs are padded to a few
     pixel counts first, so that varying image sizes compile only a few times. On
     torch the argmax over the channels uses max pooling on the CPU
-    (`kseg.ops._backend.channel_argmax`). An update of an 8x256x256x21 batch takes
+    (`kseg._backend.channel_argmax`). An update of an 8x256x256x21 batch takes
     2-5 ms on a 2-core CPU on every backend (benchmarks/README.md).
 
     Args:

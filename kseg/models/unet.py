@@ -3,10 +3,10 @@
 import keras
 from keras import ops
 
+from kseg._backend import int_range, is_symbolic_dim
 from kseg._common import check_choice, check_int
 from kseg.layers import ConvBNAct, CropLike
 from kseg.models._base import normalization_layer
-from kseg.ops._backend import int_range, is_symbolic_dim
 
 
 def _tile_geometry(depth, padding):

@@ -6,8 +6,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from kseg._backend import int_range
 from kseg._common import check_choice, check_float, check_rank, standardize_data_format
-from kseg.ops._backend import int_range
 from kseg.ops._utils import (
     SymbolicOp,
     any_symbolic,

@@ -1,10 +1,10 @@
-"""Tests for kseg.ops._backend: the backend fast paths equal their NumPy meaning."""
+"""Tests for kseg._backend: the backend fast paths equal their NumPy meaning."""
 
 import keras
 import numpy as np
 import pytest
 
-from kseg.ops import _backend
+from kseg import _backend
 from tests.helpers import BACKEND, to_numpy
 
 
@@ -137,7 +137,7 @@ def test_xla_function_runs_eagerly_and_inside_a_trace():
 
 _CHANNELS_FIRST_SCRIPT = """
 import kseg
-from kseg.ops._backend import channels_first_conv_supported
+from kseg._backend import channels_first_conv_supported
 print("supported" if channels_first_conv_supported() else "unsupported")
 for build in (
     lambda: kseg.layers.ConvBNAct(4, data_format="channels_first"),

@@ -1,7 +1,8 @@
-"""All of kseg's backend-specific code, kept in this one module (DESIGN.md).
+"""All of kseg's backend-specific code, kept in this one module outside the core.
 
-The rest of the core (`kseg/ops`, `layers`, `backbones`, `models`, `losses`,
-`metrics`) imports only Keras and NumPy; tests/test_layout.py checks it. Here:
+The core (`kseg/ops`, `layers`, `backbones`, `models`, `losses`, `metrics`, and
+`kseg/inference.py`) imports only Keras and NumPy (DESIGN.md) and reaches the
+backends through this module; tests/test_layout.py checks it. Here:
 - fast paths of kseg's ops: each has a generic `keras.ops` meaning that the tests
   compare it with, and the backend branches exist only for speed, chosen by
   measurement (benchmarks/README.md, "Metrics");
