@@ -82,30 +82,11 @@ BACKENDS = KERAS_BACKENDS + ("onnxruntime", "torchvision")
 KERAS_CALLS = ("predict_on_batch", "predict")
 NUM_CLASSES = 21
 
-# torchvision's op schemas that its import registers fake kernels for; its compiled
-# ops may not load beside a CPU torch wheel (see tests/torch_refs.py). Defined when
-# missing so that the pure-Python model definitions import; no op is ever run.
-_TORCHVISION_OPS = (
-    "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-    "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-)
-_LIBRARY = []
-
-
 def import_torchvision():
-    import torch
+    """torchvision's model definitions, beside a CPU torch wheel too."""
+    from kseg.convert._torch_references import import_torch_reference
 
-    for schema in _TORCHVISION_OPS:
-        name = schema.split("(", 1)[0]
-        try:
-            torch._C._get_schema(f"torchvision::{name}", "")
-        except RuntimeError:
-            if not _LIBRARY:
-                _LIBRARY.append(torch.library.Library("torchvision", "FRAGMENT"))
-            _LIBRARY[0].define(schema)
-    import torchvision
-
-    return torchvision
+    return import_torch_reference("torchvision")
 
 
 def torchvision_peer():

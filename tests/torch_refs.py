@@ -1,29 +1,19 @@
 """torchvision and timm as references in tests, beside the CPU torch wheel.
 
-The torchvision wheel on PyPI is a CUDA build: its compiled ops (`_C.so`) do not
-load beside the CPU torch wheel, and its import then fails where it registers
-fake kernels for `torchvision::nms` and `torchvision::qnms` (ops its `_C` would
-have defined). Only the pure-Python model definitions are needed here, so the
-two op schemas (as torchvision's `csrc/ops/nms.cpp` declares them) are defined
-first when they are missing; no torchvision op is ever run. timm imports
-torchvision, so it goes through the same door.
+`kseg.convert._torch_references` explains how they import where the PyPI
+torchvision wheel (a CUDA build) cannot load its compiled ops.
 
 The test sessions install both (`noxfile.py`); set `KSEG_REQUIRE_TORCH_REFERENCES=1`
 (nox does) to make a missing reference an error instead of a skip.
 """
 
-import importlib
 import importlib.util
 import os
 
 import numpy as np
 import pytest
 
-_OPS = (
-    "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-    "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-)
-_LIBRARY = []  # keeps the op definitions alive
+from kseg.convert._torch_references import import_torch_reference
 
 
 def _missing(module):
@@ -34,20 +24,10 @@ def _missing(module):
 
 
 def import_reference(module):
-    """Imports `torchvision` or `timm`, defining torchvision's missing op schemas first."""
+    """Imports `torchvision` or `timm` (see `import_torch_reference`), or skips."""
     if importlib.util.find_spec("torch") is None or importlib.util.find_spec(module) is None:
         _missing(module)
-    import torch
-
-    for schema in _OPS:
-        name = schema.split("(", 1)[0]
-        try:
-            torch._C._get_schema(f"torchvision::{name}", "")
-        except RuntimeError:
-            if not _LIBRARY:
-                _LIBRARY.append(torch.library.Library("torchvision", "FRAGMENT"))
-            _LIBRARY[0].define(schema)
-    return importlib.import_module(module)
+    return import_torch_reference(module)
 
 
 def randomize_batchnorm(model, seed=0):
