@@ -3,9 +3,11 @@
 kseg's core (`kseg/ops`, `layers`, `backbones`, `models`, `losses`, `metrics`) and
 `kseg/inference.py` import only Keras, NumPy, the standard library and kseg itself, so
 that they run unchanged on every backend; backend-specific code lives in one module,
-`kseg/_backend.py`, behind `keras.backend.backend()`. (`kseg.data`, `training` and
-`export` are TensorFlow's by design; `kseg.convert` imports torch to read `.pth` files.) The check reads every import statement, those
-inside functions included, so a lazy `import torch` cannot slip through.
+`kseg/_backend.py`, behind `keras.backend.backend()`, which imports a framework only
+inside the function that needs it. (`kseg.data` and `training` are TensorFlow's by design,
+`export` drives Keras' exporters, and `kseg.convert` imports torch to read `.pth` files.)
+The check reads every import statement, those inside functions included, so a lazy
+`import torch` cannot slip through.
 """
 
 import ast
@@ -32,11 +34,11 @@ def core_files():
                     yield os.path.relpath(os.path.join(folder, name), KSEG)
 
 
-def imported_roots(path):
-    """(line, top-level module) of every absolute import in the file."""
+def imported_roots(path, module_level=False):
+    """(line, top-level module) of every absolute import in the file (or at its top level)."""
     with open(os.path.join(KSEG, path), encoding="utf-8") as handle:
         tree = ast.parse(handle.read(), filename=path)
-    for node in ast.walk(tree):
+    for node in tree.body if module_level else ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 yield node.lineno, alias.name.split(".")[0]
@@ -61,8 +63,17 @@ def test_core_modules_import_only_keras_and_numpy(path):
     )
 
 
+def test_the_backend_module_imports_frameworks_only_where_it_uses_them():
+    # Importing kseg under one backend must not import the other frameworks.
+    roots = {root for _, root in imported_roots(BACKEND_MODULE, module_level=True)}
+    assert roots <= ALLOWED, f"kseg/{BACKEND_MODULE} imports at its top level: {roots - ALLOWED}"
+    lazy = {root for _, root in imported_roots(BACKEND_MODULE)} - ALLOWED
+    assert lazy <= FRAMEWORKS, f"kseg/{BACKEND_MODULE} imports {lazy - FRAMEWORKS}"
+
+
 def test_the_check_sees_a_lazy_framework_import(tmp_path, monkeypatch):
     (tmp_path / "ops").mkdir()
     (tmp_path / "ops" / "bad.py").write_text("def f():\n    import torch.nn\n    from jax import lax\n")
     monkeypatch.setattr(sys.modules[__name__], "KSEG", str(tmp_path))
     assert list(imported_roots(os.path.join("ops", "bad.py"))) == [(2, "torch"), (3, "jax")]
+    assert list(imported_roots(os.path.join("ops", "bad.py"), module_level=True)) == []
