@@ -87,6 +87,20 @@ def test_demo_and_voc_entry_point_configurations(tmp_path):
     assert fcn.backbone == "vgg16" and fcn.crop_size == (512, 512)
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_compiled_model_has_its_optimizer_variables_before_fit(optimizer, tmp_path):
+    # Built in `fit` instead, on TensorFlow they are created inside the first trace of the
+    # train step, and tf.function then traces the whole step a second time.
+    args = train.parse_args(["--smoke", "--optimizer", optimizer, "--logdir", str(tmp_path)])
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(3, 1)(inputs))
+    train.compile_model(model, args, 3, 10, False, keras, kseg, 255)
+    assert model.optimizer.built
+    # Adam's two moments, SGD's momentum: one slot per trainable weight at least.
+    slots = [v for v in model.optimizer.variables if "kernel" in v.path]
+    assert len(slots) == (2 if optimizer == "adam" else 1), [v.path for v in slots]
+
+
 @pytest.mark.parametrize(
     "argv, crop",
     [(["--crop-size", "769"], (769, 769)), (["--crop-size", "256", "512"], (256, 512))],
