@@ -74,7 +74,11 @@ def _reset_keras_state():
     yield
     keras.config.set_dtype_policy("float32")
     keras.config.set_image_data_format("channels_last")
-    keras.backend.clear_session()
+    # Without Keras' full garbage collection after every test: with TensorFlow, JAX and
+    # torch loaded, one takes 0.7 s (median), a third of a session's time; Python's own
+    # collector still frees the cycles as it goes. Measured under JAX on tests/ops and
+    # tests/models/test_deeplab.py, one process: 186 s -> 125 s.
+    keras.backend.clear_session(free_memory=False)
 
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
