@@ -13,7 +13,7 @@ from kseg.metrics import (
     MeanPixelAccuracy,
     PixelAccuracy,
 )
-from tests.helpers import BACKEND, to_numpy
+from tests.helpers import BACKEND, compile_for_fit, to_numpy
 from tests.metrics.test_confusion_matrix import (
     messy_labels,
     reference_binary,
@@ -150,7 +150,8 @@ def test_metrics_in_compiled_fit_and_evaluate(jit_compile):
         FrequencyWeightedIoU(k),
         DiceScore(k),
     ]
-    model.compile(
+    compile_for_fit(
+        model,
         optimizer="sgd",
         loss=kseg.losses.SegmentationCrossEntropy(),
         metrics=metrics,
@@ -223,7 +224,8 @@ def test_binary_model_fit_and_evaluate():
     inputs = keras.Input((16, 16, 2))
     model = keras.Model(inputs, keras.layers.Conv2D(1, 1)(inputs))
     metrics = [MeanIoU(1), PixelAccuracy(1), MeanPixelAccuracy(1), FrequencyWeightedIoU(1)]
-    model.compile(
+    compile_for_fit(
+        model,
         optimizer=keras.optimizers.SGD(0.5),
         loss=keras.losses.BinaryCrossentropy(from_logits=True),
         metrics=metrics,

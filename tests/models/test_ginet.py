@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import kseg
-from tests.helpers import run_model_test, to_numpy
+from tests.helpers import compile_for_fit, run_model_test, to_numpy
 from tests.models.conftest import tiny_resnet
 
 
@@ -32,7 +32,8 @@ def test_ginet_trains_with_the_semantic_context_loss():
     y = np.zeros((2, 33, 33), "int32")
     y[0, :10] = 2
     y[1] = 255  # an all-ignored image: no class present
-    model.compile(
+    compile_for_fit(
+        model,
         optimizer=keras.optimizers.SGD(0.01),
         loss={
             "main": kseg.losses.SegmentationCrossEntropy(),

@@ -19,6 +19,7 @@ from kseg.training import (
     segmentation_callbacks,
     take_samples,
 )
+from tests.helpers import compile_for_fit
 
 NUM_CLASSES = 3
 
@@ -54,7 +55,8 @@ def _model(seed=0):
 
 
 def _compile(model, metrics=(), lr=0.1):
-    model.compile(
+    compile_for_fit(
+        model,
         optimizer=keras.optimizers.SGD(lr),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=list(metrics),
@@ -78,7 +80,8 @@ def test_writes_expected_tags(tmp_path):
     metric = kseg.metrics.MeanIoU(NUM_CLASSES)
     model = _model()
     schedule = PolyDecay(0.1, decay_steps=8, warmup_steps=2)
-    model.compile(
+    compile_for_fit(
+        model,
         optimizer=keras.optimizers.SGD(schedule),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[metric],
@@ -182,7 +185,8 @@ def test_take_samples():
 def test_epoch_learning_rate(tmp_path):
     images, masks = _data()
     model = _model()
-    model.compile(
+    compile_for_fit(
+        model,
         optimizer=keras.optimizers.SGD(PolyDecay(0.1, decay_steps=10)),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
@@ -239,7 +243,8 @@ def test_resume_continues_from_the_last_finished_epoch(tmp_path):
 
     def make():
         model = _model()
-        model.compile(
+        compile_for_fit(
+            model,
             optimizer=keras.optimizers.SGD(PolyDecay(0.1, 8), momentum=0.9),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         )
@@ -302,7 +307,8 @@ class _BatchCounter(keras.callbacks.Callback):
 
 
 def _seg_compile(model, metrics):
-    model.compile(
+    compile_for_fit(
+        model,
         optimizer=keras.optimizers.SGD(0.1),
         loss=kseg.losses.SegmentationCrossEntropy(),
         metrics=metrics,
@@ -362,7 +368,8 @@ def test_label_check_finds_metrics_per_output():
     aux = keras.layers.Conv2D(NUM_CLASSES, 1, name="aux")(inputs)
     model = keras.Model(inputs, {"main": main, "aux": aux})
     main_miou, aux_miou = kseg.metrics.MeanIoU(NUM_CLASSES), kseg.metrics.MeanIoU(NUM_CLASSES)
-    model.compile(
+    compile_for_fit(
+        model,
         optimizer="sgd",
         loss={"main": kseg.losses.SegmentationCrossEntropy(), "aux": None},
         metrics={"main": [main_miou, "accuracy"], "aux": [aux_miou]},
