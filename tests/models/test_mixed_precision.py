@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import kseg
-from tests.helpers import assert_close_to_float32, to_numpy
+from tests.helpers import assert_close_to_float32, infer, to_numpy
 from tests.models.conftest import tiny_resnet
 
 K = 3
@@ -94,7 +94,7 @@ def test_model_under_mixed_precision(name):
     reference = BUILDERS[name]()
     _randomize_zero_weights(reference)
     _calibrate_batch_norms(reference, x)
-    expected = to_numpy(reference(x, training=False))
+    expected = infer(reference, x)
     for key, value in _as_items(expected):
         assert np.max(np.abs(value)) > 0, f"{key}: float32 output is all zero"
 
@@ -102,11 +102,11 @@ def test_model_under_mixed_precision(name):
         keras.config.set_dtype_policy(policy)
         model = BUILDERS[name]()
         model.set_weights(reference.get_weights())
-        out = model(x, training=False)
+        out = infer(model, x)
         for key, logits in _as_items(_logits(out)):
             dtype = keras.backend.standardize_dtype(logits.dtype)
             assert dtype == "float32", (policy, key, dtype)
-        assert_close_to_float32(to_numpy(out), expected, policy)
+        assert_close_to_float32(out, expected, policy)
 
 
 def test_glorenet_paper_head_at_a_realistic_feature_size():
@@ -120,14 +120,14 @@ def test_glorenet_paper_head_at_a_realistic_feature_size():
     reference = build()
     _randomize_zero_weights(reference)
     _calibrate_batch_norms(reference, x)
-    expected = to_numpy(reference(x, training=False))
+    expected = infer(reference, x)
     for policy in POLICIES:
         keras.config.set_dtype_policy(policy)
         model = build()
         model.set_weights(reference.get_weights())
-        got = model(x, training=False)
+        got = infer(model, x)
         assert keras.backend.standardize_dtype(got.dtype) == "float32", policy
-        assert_close_to_float32(to_numpy(got), expected, policy)
+        assert_close_to_float32(got, expected, policy)
 
 
 def test_segnet_under_mixed_precision():
@@ -149,7 +149,7 @@ def test_segnet_under_mixed_precision():
     reference, reference_probe = build()
     _randomize_zero_weights(reference)
     _calibrate_batch_norms(reference, x)
-    expected = to_numpy(reference_probe(x, training=False))
+    expected = infer(reference_probe, x)
 
     # policy: (least fraction of equal argmax indices, largest relative L2 error of the logits)
     bounds = {"mixed_float16": (0.99, 0.1), "mixed_bfloat16": (0.95, 0.25)}
@@ -157,9 +157,8 @@ def test_segnet_under_mixed_precision():
         keras.config.set_dtype_policy(policy)
         model, probe = build()
         model.set_weights(reference.get_weights())
-        got = probe(x, training=False)
+        got = infer(probe, x)
         assert keras.backend.standardize_dtype(got[0].dtype) == "float32", policy
-        got = to_numpy(got)
         for stage in range(5):
             values, indices = 1 + 2 * stage, 2 + 2 * stage
             assert_close_to_float32(got[values], expected[values], policy)
