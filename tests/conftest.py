@@ -1,5 +1,7 @@
 """Test configuration: one backend per process, chosen by KERAS_BACKEND."""
 
+import gc
+import itertools
 import os
 import tempfile
 
@@ -74,11 +76,19 @@ def _reset_keras_state():
     yield
     keras.config.set_dtype_policy("float32")
     keras.config.set_image_data_format("channels_last")
-    # Without Keras' full garbage collection after every test: with TensorFlow, JAX and
-    # torch loaded, one takes 0.7 s (median), a third of a session's time; Python's own
-    # collector still frees the cycles as it goes. Measured under JAX on tests/ops and
-    # tests/models/test_deeplab.py, one process: 186 s -> 125 s.
+    # Keras' full garbage collection after every test cost a third of a session's time: with
+    # TensorFlow, JAX and torch loaded, one takes 0.7 s (median of a JAX session's teardowns).
+    # Python's generational collector rarely reaches the old generation where the tests'
+    # models (cycles of layers and weights) end up, so one full collection every
+    # `_COLLECT_EVERY` tests keeps a worker's memory bounded. Measured under JAX on tests/ops
+    # and tests/models/test_deeplab.py, one process: 186 s -> 125 s.
     keras.backend.clear_session(free_memory=False)
+    if next(_TESTS_RUN) % _COLLECT_EVERY == 0:
+        gc.collect()
+
+
+_COLLECT_EVERY = 25
+_TESTS_RUN = itertools.count(1)
 
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
