@@ -219,7 +219,7 @@ def compile_for_fit(model, *args, **kwargs):
 
     Left to `fit` on TensorFlow (without a distribution strategy), they are created inside
     the first trace of the train step, and tf.function then traces the whole step a second
-    time: most of a small test's `fit` is that tracing. As recipes/train.py does.
+    time; tracing is most of what a small test's `fit` costs. As recipes/train.py does.
     """
     model.compile(*args, **kwargs)
     model.optimizer.build(model.trainable_variables)
