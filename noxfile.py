@@ -30,7 +30,7 @@ DEMO_MIN_MIOU = 0.80
 
 
 # The three test sessions install the same packages, so they share one virtualenv: it is
-# filled by the first of them (about a minute and a half of pip on a 2-core machine) and
+# filled by the first of them (about 3.5 minutes of pip on a 2-core machine) and
 # reused by the others while the requirements below and pyproject.toml stay the same.
 # Delete the folder to rebuild it.
 TEST_VENV = os.path.join(".nox", "tests-shared")
