@@ -78,10 +78,11 @@ def _reset_keras_state():
     keras.config.set_image_data_format("channels_last")
     # Keras' full garbage collection after every test cost a third of a session's time: with
     # TensorFlow, JAX and torch loaded, one takes 0.7 s (median of a JAX session's teardowns).
-    # Python's generational collector rarely reaches the old generation where the tests'
-    # models (cycles of layers and weights) end up, so one full collection every
-    # `_COLLECT_EVERY` tests keeps a worker's memory bounded. Measured under JAX on tests/ops
-    # and tests/models/test_deeplab.py, one process: 186 s -> 125 s.
+    # Python's generational collector seldom reaches the old generation where the tests'
+    # models (cycles of layers and weights) end up; one full collection every
+    # `_COLLECT_EVERY` tests still frees them now and then, at a 25th of the cost (a JAX
+    # worker ended its session at 5.6 GB resident with it and without it). Measured under
+    # JAX on tests/ops and tests/models/test_deeplab.py, one process: 186 s -> 125 s.
     keras.backend.clear_session(free_memory=False)
     if next(_TESTS_RUN) % _COLLECT_EVERY == 0:
         gc.collect()
