@@ -60,8 +60,8 @@ def infer(model, x):
 
     On JAX an eager call compiles each of the model's ops as a program of its own (for
     every new shape and dtype), and a test's tensors are too small for running them to
-    matter: one compiled `predict_on_batch` is several seconds faster per model. On
-    TensorFlow and torch the eager call is the faster.
+    matter: one compiled `predict_on_batch` is faster (SegNet's mixed-precision test:
+    30.5 s -> 24.7 s). On TensorFlow and torch the eager call is the faster.
     """
     if BACKEND == "jax":
         return model.predict_on_batch(x)
