@@ -96,7 +96,7 @@ def test_compiled_model_has_its_optimizer_variables_before_fit(optimizer, tmp_pa
     model = keras.Model(inputs, keras.layers.Conv2D(3, 1)(inputs))
     train.compile_model(model, args, 3, 10, False, keras, kseg, 255)
     assert model.optimizer.built
-    # Adam's two moments, SGD's momentum: one slot per trainable weight at least.
+    # Adam's two moments, SGD's momentum: the kernel's slots exist already.
     slots = [v for v in model.optimizer.variables if "kernel" in v.path]
     assert len(slots) == (2 if optimizer == "adam" else 1), [v.path for v in slots]
 
