@@ -1,5 +1,6 @@
 """Backbones: VGG16, dilated ResNets and keras.applications encoders returning dicts of features."""
 
+from kseg.backbones._channels import with_input_channels
 from kseg.backbones._info import BackboneInfo, FeatureSpec, feature_info
 from kseg.backbones.applications import Application
 from kseg.backbones.resnet import ResNet, ResNet50, ResNet101
@@ -14,4 +15,5 @@ __all__ = [
     "BackboneInfo",
     "FeatureSpec",
     "feature_info",
+    "with_input_channels",
 ]

@@ -3,6 +3,8 @@
 import os
 import warnings
 
+from kseg.backbones._channels import adapt_kernel
+
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _URL_HINT = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
@@ -89,6 +91,16 @@ def has_top(reference):
     return any(layer.name == "predictions" for layer in reference.layers)
 
 
+def _reads_other_channels(expected, received):
+    """Whether a layer is an RGB convolution built for images of another channel count."""
+    return (
+        len(expected[0]) == 4
+        and received[0][2] == 3
+        and expected[0][:2] + expected[0][3:] == received[0][:2] + received[0][3:]
+        and expected[1:] == received[1:]
+    )
+
+
 def load_reference_weights(model, app_fn, weights, file_stem, skip=(), reference=None):
     """Copies weights from keras.applications' `app_fn` into `model` by layer name.
 
@@ -102,7 +114,10 @@ def load_reference_weights(model, app_fn, weights, file_stem, skip=(), reference
         reference: an already built keras.applications model holding
             `weights` (from `_reference`), to avoid loading the file twice.
 
-    Every weighted layer of `model` must receive weights, except those of a
+    A convolution of `model` that reads images of another channel count than
+    the reference's 3 gets the RGB kernel adapted by
+    `kseg.backbones.with_input_channels`' rule (`adapt_kernel`). Every
+    weighted layer of `model` must receive weights, except those of a
     class in `skip`; anything else raises, so a name mismatch cannot pass
     silently.
     """
@@ -121,6 +136,10 @@ def load_reference_weights(model, app_fn, weights, file_stem, skip=(), reference
         values = source.get_weights()
         expected = [tuple(w.shape) for w in layer.weights]
         received = [tuple(v.shape) for v in values]
+        if _reads_other_channels(expected, received):
+            # The RGB kernel of the first convolution, for images of another channel count.
+            values[0] = adapt_kernel(values[0], expected[0][2])
+            received[0] = expected[0]
         if expected != received:
             raise ValueError(
                 f"Weight shapes of layer {layer.name!r} differ from keras.applications' "

@@ -30,6 +30,17 @@ _MODES = {
 MODES = (*_MODES, "custom", None)
 
 
+def preset_statistics(mode):
+    """`(mean, std)` of an ImageNet preset in the order of the channels its weights read.
+
+    `"caffe"` weights read BGR, so its statistics come in that order; `"torch"`
+    in RGB order. In the units of images in [0, 255].
+    """
+    spec = _MODES[mode]
+    mean, std = np.array(spec["mean"]), np.array(spec["std"])
+    return (mean[::-1], std[::-1]) if spec["bgr"] else (mean, std)
+
+
 def _as_stats(name, value, default):
     """`value` as a 1-D float32 array (one number or one per channel)."""
     if value is None:

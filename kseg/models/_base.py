@@ -6,8 +6,10 @@ import keras
 
 from kseg import backbones as kbackbones
 from kseg._common import check_choice, check_int
-from kseg.backbones import applications, feature_info
+from kseg.backbones import applications, feature_info, with_input_channels
+from kseg.backbones._channels import adapt_statistics
 from kseg.layers import ConvBNAct, ImageNormalization, ResizeLike
+from kseg.layers.preprocessing import preset_statistics
 
 # The backbone names the ResNet-based builders accept: keras.applications' v1
 # layout by the plain name, the torch layouts with a suffix. Anything else must
@@ -59,7 +61,10 @@ def resolve_backbone(
     carries `feature_info`), be of `family` (a name or a tuple of names; and
     of `required_variant`), take the channel count of `input_shape`, and
     bring its own weights, so `backbone_weights` must then be None.
-    Pretrained weights need 3 channels. Either way the backbone must have
+    Pretrained weights for another channel count than 3 load into the RGB
+    backbone, which `kseg.backbones.with_input_channels` then adapts (the
+    first convolution's kernel summed for one channel, repeated and rescaled
+    for more). Either way the backbone must have
     every feature role in `roles` (`"low_level"`, `"aux"`, `"high_level"`).
     """
     channels = input_channels(input_shape)
@@ -69,16 +74,13 @@ def resolve_backbone(
                 f"Expected `backbone` to be one of {tuple(names)} or a backbone built by "
                 f"`kseg.backbones`. Received: backbone={backbone!r}"
             )
-        if backbone_weights is not None and channels != 3:
-            raise ValueError(
-                "Pretrained backbone weights take 3-channel RGB images. For a "
-                f"{channels}-channel input pass `backbone_weights=None` (train from "
-                f"scratch). Received: backbone_weights={backbone_weights!r}, "
-                f"input_shape={tuple(input_shape)}"
-            )
+        adapt = backbone_weights is not None and channels not in (None, 3)
+        build_shape = with_channels(input_shape, 3) if adapt else tuple(input_shape)
         model = names[backbone](
-            input_shape=tuple(input_shape), weights=backbone_weights, **backbone_kwargs
+            input_shape=build_shape, weights=backbone_weights, **backbone_kwargs
         )
+        if adapt:  # pretrained RGB weights for other images: the first conv adapted
+            model = with_input_channels(model, channels)
         return model, check_roles(feature_info(model), roles)
     if not isinstance(backbone, keras.Model):
         raise TypeError(
@@ -123,6 +125,13 @@ def check_roles(info, roles):
     return info
 
 
+def with_channels(input_shape, channels):
+    """`input_shape` with its channel count replaced by `channels`."""
+    shape = list(input_shape)
+    shape[-1 if keras.config.image_data_format() == "channels_last" else 0] = channels
+    return tuple(shape)
+
+
 def input_channels(input_shape):
     """Channel count of a builder's `input_shape` (`None` when unknown)."""
     if not isinstance(input_shape, (list, tuple)) or len(input_shape) != 3:
@@ -133,13 +142,19 @@ def input_channels(input_shape):
     return input_shape[-1 if keras.config.image_data_format() == "channels_last" else 0]
 
 
-def normalization_layer(normalization, input_shape, preprocessing="unit"):
+def normalization_layer(normalization, input_shape, preprocessing="unit", pretrained=False):
     """The `ImageNormalization` a builder's `normalization` argument asks for.
 
     `normalization` is a preset name (`"caffe"`, `"torch"`, `"tf"`, `"unit"`), None,
-    `"auto"` (the backbone weights' `preprocessing` for 3-channel input,
-    `"unit"` for any other channel count, which no ImageNet statistics fit) or
-    a dict `{"mean": ..., "std": ...}` with one value (or one per channel).
+    `"auto"` or a dict `{"mean": ..., "std": ...}` with one value (or one per
+    channel). `"auto"` is the backbone weights' `preprocessing` for 3-channel
+    input; for any other channel count it is `"unit"` when the backbone is
+    trained from scratch (no ImageNet statistics fit), and with `pretrained`
+    weights (adapted by `kseg.backbones.with_input_channels`) the same
+    preprocessing for the channels the adapted kernel reads: the channel-free
+    presets as they are, `"caffe"` / `"torch"` with their grey average for one
+    channel and, for more, input channel `i` normalised with the statistics of
+    the RGB channel `i % 3` whose kernel slice it took.
     """
     channels = input_channels(input_shape)
     if isinstance(normalization, dict):
@@ -154,7 +169,21 @@ def normalization_layer(normalization, input_shape, preprocessing="unit"):
         "normalization", normalization, ("auto", "caffe", "torch", "tf", "unit", None)
     )
     if normalization == "auto":
-        normalization = preprocessing if channels in (None, 3) else "unit"
+        if not pretrained and channels not in (None, 3):
+            normalization = "unit"
+        elif channels in (None, 1, 3) or preprocessing not in ("caffe", "torch"):
+            normalization = preprocessing
+        else:
+            # Pretrained weights adapted to 2 or more than 3 channels: each channel gets the statistics
+            # of the RGB channel whose kernel slice it took (in the kernel's order, BGR for
+            # caffe), as `kseg.backbones.with_input_channels` repeats them.
+            mean, std = preset_statistics(preprocessing)
+            return ImageNormalization(
+                "custom",
+                mean=adapt_statistics(mean, channels).tolist(),
+                std=adapt_statistics(std, channels).tolist(),
+                name="normalize",
+            )
     if normalization in ("caffe", "torch") and channels not in (None, 1, 3):
         raise ValueError(
             f"`normalization={normalization!r}` holds RGB ImageNet statistics and applies to "
@@ -166,25 +195,31 @@ def normalization_layer(normalization, input_shape, preprocessing="unit"):
     return ImageNormalization(normalization, name="normalize")
 
 
-def image_input(input_shape, normalization, info_preprocessing):
+def image_input(input_shape, normalization, info_preprocessing, pretrained=False):
     """Model input and the normalised image; `normalization="auto"` follows the backbone."""
-    layer = normalization_layer(normalization, input_shape, info_preprocessing)
+    layer = normalization_layer(normalization, input_shape, info_preprocessing, pretrained)
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     return inputs, layer(inputs)
 
 
-def backbone_features(backbone, *, input_shape, backbone_weights, normalization, **kwargs):
+def backbone_features(
+    backbone, *, input_shape, backbone_weights, normalization, pretrained=None, **kwargs
+):
     """Builds the model input and runs the (normalised) image through the backbone.
 
     `kwargs` go to `resolve_backbone` (`names`, `family`, `required_variant`
-    and the backbone builder's own arguments). Returns `(inputs, features,
-    info)`: the `keras.Input`, the backbone's dict of feature maps and its
-    `BackboneInfo`.
+    and the backbone builder's own arguments). `pretrained` says whether the
+    backbone gets pretrained weights (for `normalization="auto"`); None means
+    whether `backbone_weights` are given for a backbone name. Returns
+    `(inputs, features, info)`: the `keras.Input`, the backbone's dict of
+    feature maps and its `BackboneInfo`.
     """
     model, info = resolve_backbone(
         backbone, input_shape=input_shape, backbone_weights=backbone_weights, **kwargs
     )
-    inputs, x = image_input(input_shape, normalization, info.preprocessing)
+    if pretrained is None:
+        pretrained = isinstance(backbone, str) and backbone_weights is not None
+    inputs, x = image_input(input_shape, normalization, info.preprocessing, pretrained)
     return inputs, model(x), info
 
 

@@ -62,9 +62,11 @@ def DeepLabV1(
         align_corners: of the final upsampling. Defaults to True (as the ports
             of the Caffe model do).
         normalization: input normalisation: `"auto"` (default: what the
-            backbone's weights expect for 3 channels, `"unit"` for any other
-            channel count), `"caffe"` or `"torch"` (ImageNet statistics: 3
-            channels, or their grey average for 1), `"unit"` (divide by 255),
+            backbone's weights expect, adapted to the channel count when
+            they are pretrained, see `kseg.backbones.with_input_channels`;
+            `"unit"` for other than 3 channels without them), `"caffe"` or
+            `"torch"` (ImageNet statistics: 3 channels, or their grey average
+            for 1), `"unit"` (divide by 255),
             `{"mean": ..., "std": ...}` (one value, or one per channel) or
             None. See `kseg.layers.ImageNormalization`.
         load_fc: whether `backbone_weights` also initialise fc6 and fc7 from
@@ -104,6 +106,7 @@ def DeepLabV1(
         required_variant="deeplab_v1",
         variant="deeplab_v1",
         normalization=normalization,
+        pretrained=deferred,
     )
     x = feats[info.high_level]
     # pool5a: Caffe average pooling counts the zero padding (count_include_pad).
@@ -166,9 +169,11 @@ def DeepLabV2(
         atrous_rates: ASPP rates. Defaults to ASPP-L, `(6, 12, 18, 24)`.
         align_corners: of the final upsampling. Defaults to False.
         normalization: input normalisation: `"auto"` (default: what the
-            backbone's weights expect for 3 channels, `"unit"` for any other
-            channel count), `"caffe"` or `"torch"` (ImageNet statistics: 3
-            channels, or their grey average for 1), `"unit"` (divide by 255),
+            backbone's weights expect, adapted to the channel count when
+            they are pretrained, see `kseg.backbones.with_input_channels`;
+            `"unit"` for other than 3 channels without them), `"caffe"` or
+            `"torch"` (ImageNet statistics: 3 channels, or their grey average
+            for 1), `"unit"` (divide by 255),
             `{"mean": ..., "std": ...}` (one value, or one per channel) or
             None. See `kseg.layers.ImageNormalization`.
         name: model name.
@@ -242,9 +247,11 @@ def DeepLabV3(
             and the classifier (torchvision's `DeepLabHead` has one of 256).
         align_corners: of the upsamplings. Defaults to False.
         normalization: input normalisation: `"auto"` (default: what the
-            backbone's weights expect for 3 channels, `"unit"` for any other
-            channel count), `"caffe"` or `"torch"` (ImageNet statistics: 3
-            channels, or their grey average for 1), `"unit"` (divide by 255),
+            backbone's weights expect, adapted to the channel count when
+            they are pretrained, see `kseg.backbones.with_input_channels`;
+            `"unit"` for other than 3 channels without them), `"caffe"` or
+            `"torch"` (ImageNet statistics: 3 channels, or their grey average
+            for 1), `"unit"` (divide by 255),
             `{"mean": ..., "std": ...}` (one value, or one per channel) or
             None. See `kseg.layers.ImageNormalization`.
         name: model name.
@@ -326,9 +333,11 @@ def DeepLabV3Plus(
         dropout: after the ASPP projection. Defaults to 0.1.
         align_corners: of the resizes. Defaults to False.
         normalization: input normalisation: `"auto"` (default: what the
-            backbone's weights expect for 3 channels, `"unit"` for any other
-            channel count), `"caffe"` or `"torch"` (ImageNet statistics: 3
-            channels, or their grey average for 1), `"unit"` (divide by 255),
+            backbone's weights expect, adapted to the channel count when
+            they are pretrained, see `kseg.backbones.with_input_channels`;
+            `"unit"` for other than 3 channels without them), `"caffe"` or
+            `"torch"` (ImageNet statistics: 3 channels, or their grey average
+            for 1), `"unit"` (divide by 255),
             `{"mean": ..., "std": ...}` (one value, or one per channel) or
             None. See `kseg.layers.ImageNormalization`.
         name: model name.

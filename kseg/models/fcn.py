@@ -70,6 +70,7 @@ def _fcn(
         required_variant="fcn",
         variant="fcn",
         normalization=normalization,
+        pretrained=deferred,
     )
     x = keras.layers.Conv2D(fc_filters, 7, activation="relu", name="fc6")(feats["pool5"])
     x = keras.layers.Dropout(dropout, name="drop6")(x)

@@ -57,9 +57,11 @@ def GloReNet(
         aux_head: add the auxiliary head. Defaults to False.
         align_corners: of the final resize. Defaults to False.
         normalization: input normalisation: `"auto"` (default: what the
-            backbone's weights expect for 3 channels, `"unit"` for any other
-            channel count), `"caffe"` or `"torch"` (ImageNet statistics: 3
-            channels, or their grey average for 1), `"unit"` (divide by 255),
+            backbone's weights expect, adapted to the channel count when
+            they are pretrained, see `kseg.backbones.with_input_channels`;
+            `"unit"` for other than 3 channels without them), `"caffe"` or
+            `"torch"` (ImageNet statistics: 3 channels, or their grey average
+            for 1), `"unit"` (divide by 255),
             `{"mean": ..., "std": ...}` (one value, or one per channel) or
             None. See `kseg.layers.ImageNormalization`.
         name: model name.

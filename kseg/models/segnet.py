@@ -57,9 +57,11 @@ def SegNet(
         bn_momentum: decoder BatchNorm momentum. Defaults to 0.9 (torch 0.1).
         bn_epsilon: decoder BatchNorm epsilon. Defaults to 1e-5.
         normalization: input normalisation: `"auto"` (default: what the
-            backbone's weights expect for 3 channels, `"unit"` for any other
-            channel count), `"caffe"` or `"torch"` (ImageNet statistics: 3
-            channels, or their grey average for 1), `"unit"` (divide by 255),
+            backbone's weights expect, adapted to the channel count when
+            they are pretrained, see `kseg.backbones.with_input_channels`;
+            `"unit"` for other than 3 channels without them), `"caffe"` or
+            `"torch"` (ImageNet statistics: 3 channels, or their grey average
+            for 1), `"unit"` (divide by 255),
             `{"mean": ..., "std": ...}` (one value, or one per channel) or
             None. See `kseg.layers.ImageNormalization`.
         name: model name.

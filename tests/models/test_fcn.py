@@ -98,6 +98,21 @@ def test_load_fc_false_loads_only_the_convolutions(vgg16_top):
     assert not np.allclose(fc6[:100], values["fc1"][0][:100])
 
 
+def test_grey_images_take_the_rgb_weights_with_the_first_kernel_summed(vgg16_top):
+    """One input channel: block1_conv1 sums its RGB slices (smp's rule), the rest is copied."""
+    path, values = vgg16_top
+    model = kseg.models.FCN32s(
+        num_classes=2, input_shape=(None, None, 1), backbone_weights=path, load_fc=False
+    )
+    vgg = model.get_layer("vgg16")
+    first = to_numpy(vgg.get_layer("block1_conv1").kernel)
+    kernel = values["block1_conv1"][0]  # (3, 3, 3, 64), read in BGR order
+    np.testing.assert_allclose(first[:, :, 0], kernel.sum(axis=2), rtol=1e-6)
+    np.testing.assert_array_equal(to_numpy(vgg.get_layer("block5_conv3").kernel), values["block5_conv3"][0])
+    # The weights' caffe statistics, as their grey average.
+    assert model.get_layer("normalize").mode == "caffe"
+
+
 def test_load_fc_needs_backbone_weights_and_a_valid_value():
     with pytest.raises(ValueError, match="backbone_weights`, which is None. Received: load_fc"):
         kseg.models.FCN8s(num_classes=2, fc_filters=8, load_fc=True)
