@@ -24,10 +24,11 @@ def _normalize_rates(atrous_rates, mode):
             "Expected `atrous_rates` to be a list or tuple of positive integers. "
             f"Received: atrous_rates={atrous_rates!r}"
         )
-    if len(atrous_rates) == 0:
+    if len(atrous_rates) == 0 and mode == "v2":
         raise ValueError(
-            "Expected `atrous_rates` to hold at least one rate, for example (6, 12, 18). "
-            f"Received: atrous_rates={atrous_rates!r}"
+            "Expected `atrous_rates` to hold at least one rate in mode 'v2' (its branches are "
+            f"the atrous convolutions), for example (6, 12, 18, 24). Received: "
+            f"atrous_rates={atrous_rates!r}"
         )
     return tuple(check_int("atrous_rates", r, 1) for r in atrous_rates)
 
@@ -64,7 +65,10 @@ class ASPP(keras.layers.Layer):
         filters: int, channels of every branch and of the output (v3), or the
             number of classes (v2). Defaults to `256`.
         atrous_rates: sequence of positive ints, or None for the mode's
-            default (see above). Defaults to `None`.
+            default (see above). Defaults to `None`. In mode v3 it may be
+            empty: the 1x1 and image-pooling branches alone, the "no ASPP"
+            head of DeepLab v3 on MobileNetV2 in its mobile setting
+            (Sandler et al., CVPR 2018, section 6.3 and Table 7).
         mode: `"v3"` or `"v2"`. Defaults to `"v3"`.
         image_pooling: bool, add the image-pooling branch (v3). Defaults to
             `True`.

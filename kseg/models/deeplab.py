@@ -217,6 +217,11 @@ def DeepLabV3(
     branches at rates (6, 12, 18) at output stride 16 and doubled at 8, and
     image pooling; concatenated and projected by a 1x1 ConvBNReLU to 256,
     dropout), a 1x1 classifier, and bilinear upsampling to the input size.
+    MobileNetV2's mobile setting (Sandler et al., CVPR 2018, section 6.3 and
+    Table 7, 75.3% mIoU on VOC val): `backbone="mobilenetv2"` at output stride
+    16 with `atrous_rates=()`, an ASPP of only its 1x1 and image-pooling
+    branches on the 320-channel last block (the 1280-channel 1x1 convolution
+    is not used).
     `aux_head=True` adds torchvision's/mmseg's FCN auxiliary head on stage 3;
     the outputs then become `{"main", "aux"}` (mmseg weighs the aux loss 0.4).
     torchvision's `deeplabv3_resnet50/101` is this model on a v1.5 ResNet at
@@ -238,7 +243,8 @@ def DeepLabV3(
         multi_grid: per-block rate multipliers of the last stage. Defaults to
             `(1, 2, 4)` (the paper's best); None for plain dilation.
         backbone_weights: None, `"imagenet"` or a path (see `kseg.backbones`).
-        atrous_rates: ASPP rates. Defaults to `default_atrous_rates(os)`.
+        atrous_rates: ASPP rates. Defaults to `default_atrous_rates(os)`;
+            `()` keeps only the 1x1 and image-pooling branches.
         aspp_filters: ASPP width. Defaults to 256.
         dropout: after the ASPP projection. Defaults to 0.1 (TF DeepLab).
         aux_head: add the auxiliary FCN head. Defaults to False.
@@ -270,7 +276,7 @@ def DeepLabV3(
         normalization=normalization,
         roles=("high_level", "aux") if aux_head else ("high_level",),
     )
-    rates = atrous_rates or default_atrous_rates(info.output_stride)
+    rates = default_atrous_rates(info.output_stride) if atrous_rates is None else atrous_rates
     x = ASPP(
         filters=aspp_filters,
         atrous_rates=rates,
@@ -310,6 +316,10 @@ def DeepLabV3Plus(
     concatenated, two 3x3 ConvBNReLU to 256, a 1x1 classifier, and bilinear
     upsampling to the input size. `separable=True` makes the ASPP and decoder
     3x3 convolutions depthwise-separable (as with Xception in the paper).
+    On MobileNetV2 the mobile setting of its paper (Sandler et al. 2018,
+    section 6.3) is `backbone="mobilenetv2", atrous_rates=()`: the ASPP keeps
+    its 1x1 and image-pooling branches only, and the decoder reads the 24-channel
+    stride-4 feature (block 2's output).
 
     Args:
         num_classes: number of classes.
@@ -325,7 +335,8 @@ def DeepLabV3Plus(
         output_stride: 16 (default) or 8, for a backbone given by name.
         multi_grid: last-stage rate multipliers. Defaults to None.
         backbone_weights: None, `"imagenet"` or a path (see `kseg.backbones`).
-        atrous_rates: ASPP rates. Defaults to (6, 12, 18) at output stride 16.
+        atrous_rates: ASPP rates. Defaults to (6, 12, 18) at output stride 16
+            (doubled at 8); `()` keeps only the 1x1 and image-pooling branches.
         aspp_filters: ASPP width. Defaults to 256.
         low_level_filters: width of the low-level projection. Defaults to 48.
         decoder_filters: width of the decoder convs. Defaults to 256.
@@ -360,7 +371,7 @@ def DeepLabV3Plus(
         normalization=normalization,
         roles=("high_level", "low_level"),
     )
-    rates = atrous_rates or default_atrous_rates(info.output_stride)
+    rates = default_atrous_rates(info.output_stride) if atrous_rates is None else atrous_rates
     x = ASPP(
         filters=aspp_filters,
         atrous_rates=rates,

@@ -258,6 +258,20 @@ def test_deeplabv3plus_mobilenetv2_forward():
     np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
+def test_mobile_setting_keeps_the_1x1_and_image_pooling_branches():
+    """MobileNetV2's DeepLab head without atrous branches (Sandler et al. 2018, 6.3)."""
+    model = kseg.models.DeepLabV3Plus(num_classes=3, backbone="mobilenetv2", atrous_rates=())
+    aspp = model.get_layer("aspp")
+    assert aspp.atrous_rates == () and [b.name for b in aspp.branches] == ["aspp0"]
+    # 1x1 conv (no bias) + BN (4 x 256) for the 1x1 and pooling branches on 320 channels,
+    # and the projection of their 512 concatenated channels.
+    expected = 2 * (320 * 256 + 4 * 256) + (512 * 256 + 4 * 256)
+    assert aspp.count_params() == expected
+    image = np.random.default_rng(0).uniform(0, 255, (1, 33, 47, 3)).astype("float32")
+    logits = to_numpy(model(image, training=False))
+    assert logits.shape == (1, 33, 47, 3) and np.all(np.isfinite(logits))
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_preprocessing_matches_keras_applications(family):
     """The family's preset equals keras.applications' `preprocess_input`."""

@@ -85,17 +85,22 @@ def test_v2_init_is_small_normal_with_zero_bias():
     assert all(np.all(to_numpy(b.bias) == 0) for b in layer.branches)
 
 
-@pytest.mark.parametrize("align, pooling", [(False, True), (True, True), (False, False)])
-def test_v3_matches_numpy(align, pooling):
+@pytest.mark.parametrize(
+    "align, pooling, rates",
+    [(False, True, (2, 3)), (True, True, (2, 3)), (False, False, (2, 3)), (False, True, ())],
+)
+def test_v3_matches_numpy(align, pooling, rates):
     # Odd, non-square input; the image-pooling branch is a 1x1 map broadcast
-    # to the feature size whatever the align_corners setting.
+    # to the feature size whatever the align_corners setting. No rates: the 1x1
+    # and image-pooling branches of the mobile head (MobileNetV2 paper, 6.3).
     x = random_array((2, 13, 9, 6)).astype("float64")
-    layer = ASPP(filters=4, atrous_rates=(2, 3), pool_align_corners=align, image_pooling=pooling)
+    layer = ASPP(filters=4, atrous_rates=rates, pool_align_corners=align, image_pooling=pooling)
     layer.build(x.shape)
     _randomize_all_bn(layer)
     y = to_numpy(layer(x.astype("float32"), training=False))
 
     maps = [_np_conv_bn_relu(x, b) for b in layer.branches]
+    assert len(maps) == 1 + len(rates)
     if pooling:
         pooled = x.mean(axis=(1, 2), keepdims=True)
         pooled = _np_conv_bn_relu(pooled, layer.pool_conv)
@@ -166,7 +171,7 @@ def test_structure_names_and_bn_settings():
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        ({"atrous_rates": []}, ValueError, "at least one rate"),
+        ({"atrous_rates": [], "mode": "v2"}, ValueError, "at least one rate"),
         ({"atrous_rates": (6, 0)}, ValueError, "atrous_rates"),
         ({"atrous_rates": (6, -12)}, ValueError, "atrous_rates"),
         ({"atrous_rates": 6}, TypeError, "atrous_rates"),
