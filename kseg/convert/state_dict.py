@@ -336,3 +336,53 @@ def load_torch_resnet(backbone, state, skip=(), source="torch ResNet"):
         copy.skip(prefix)
     resnet_copy(copy, backbone)
     return copy.finish(backbone)
+
+
+# A weighted layer of kseg's Xception65: timm's module path with "_" for ".", then the part
+# ("conv" / "bn", with "_dw" / "_pw" inside a separable conv).
+_XCEPTION_LAYER = re.compile(
+    r"(stem_\d+|blocks_\d+_shortcut|blocks_\d+_stack_conv\d+)_(conv|bn)(_dw|_pw)?"
+)
+
+
+def _depthwise_copy(copy, layer, key):
+    """A Keras DepthwiseConv2D `(kh, kw, in, 1)` from torch's grouped `(in, 1, kh, kw)` kernel."""
+    name = f"{key}.weight"
+    value = copy._take(name)
+    if value is not None:
+        if value.ndim != 4 or value.shape[1] != 1:
+            copy.covered.update(id(w) for w in layer.weights)
+            copy.mismatched.append(
+                f"{layer.name} <- {name}: expected a depthwise kernel (channels, 1, kh, kw), "
+                f"received shape {tuple(value.shape)}"
+            )
+            return
+        value = np.transpose(value, (2, 3, 0, 1))
+    copy._assign(layer, [value], [name])
+
+
+def load_timm_xception(backbone, state, source="timm xception65"):
+    """Strictly loads a timm aligned-Xception state dict into `kseg.backbones.xception.Xception65`.
+
+    timm's keys are `stem.{0,1}.{conv,bn}`, `blocks.{i}.stack.conv{k}.{conv_dw,bn_dw,
+    conv_pw,bn_pw}` and `blocks.{i}.shortcut.{conv,bn}`; the kseg layer of each is its
+    module path with `_` for `.` (`blocks_3_stack_conv1_conv_dw`). The depthwise kernels
+    `(channels, 1, 3, 3)` become Keras' `(3, 3, channels, 1)`. The classifier
+    (`head.fc.*`) is skipped; any other key without a layer, or a layer without a key,
+    raises and nothing is loaded.
+    """
+    copy = StrictCopy(state, source)
+    copy.skip("head.fc.")
+    for layer in backbone.layers:
+        match = _XCEPTION_LAYER.fullmatch(layer.name)
+        if match is None:
+            continue
+        module, kind, part = match.groups()
+        key = f"{module.replace('_', '.')}.{kind}{part or ''}"
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            _depthwise_copy(copy, layer, key)
+        elif kind == "conv":
+            copy.conv(layer, key)
+        else:
+            copy.bn(layer, key)
+    return copy.finish(backbone)
