@@ -1,12 +1,12 @@
-"""U-Net, with the original overlap-tile input padding."""
+"""U-Net: the paper's network with its overlap-tile input padding, or a decoder on a backbone."""
 
 import keras
 from keras import ops
 
 from kseg._backend import int_range, is_symbolic_dim
 from kseg._common import check_choice, check_int
-from kseg.layers import ConvBNAct, CropLike
-from kseg.models._base import normalization_layer
+from kseg.layers import ConvBNAct, CropLike, Resize2D, ResizeLike
+from kseg.models._base import check_num_classes, normalization_layer, resnet_features
 
 
 def _tile_geometry(depth, padding):
@@ -116,56 +116,205 @@ class UNetInputPadding(keras.layers.Layer):
         }
 
 
+#: Decoder widths of the encoder U-Net, from the stride-32 feature up to stride 1:
+#: segmentation_models.pytorch's `decoder_channels` and segmentation_models'
+#: `decoder_filters` default.
+DECODER_FILTERS = (256, 128, 64, 32, 16)
+
+# The arguments of one kind of U-Net only, with the value each means when left at None.
+_PAPER_DEFAULTS = {
+    "base_filters": 64,
+    "depth": 4,
+    "padding": "valid",
+    "upsampling": "transpose",
+    "tile_padding": "reflect",
+}
+_ENCODER_ONLY = ("decoder_filters", "backbone_weights")
+
+
 def UNet(
     num_classes,
     input_shape=(None, None, 3),
-    base_filters=64,
-    depth=4,
-    padding="valid",
-    batch_norm=False,
-    upsampling="transpose",
-    tile_padding="reflect",
-    normalization="unit",
+    base_filters=None,
+    depth=None,
+    padding=None,
+    batch_norm=None,
+    upsampling=None,
+    tile_padding=None,
+    normalization="auto",
+    backbone=None,
+    backbone_weights=None,
+    decoder_filters=None,
     name="unet",
 ):
-    """U-Net (Ronneberger, Fischer & Brox, MICCAI 2015).
+    """U-Net (Ronneberger, Fischer & Brox, MICCAI 2015), alone or on a backbone.
 
-    The original layout by default: `depth` down steps of two 3x3 valid
-    convolutions + ReLU and a 2x2 max-pool, doubling the width from `base_filters`
-    (64 ... 1024); up steps of a 2x2 stride-2 transposed convolution that
-    halves the width, concatenation with the centre-cropped encoder map, and
-    two 3x3 valid convolutions + ReLU; a 1x1 classifier. With one input
-    channel and 2 classes that is 31,030,658 parameters.
+    Two networks share this builder. Without `backbone` it is the paper's
+    network; with one it is the U-Net of segmentation_models.pytorch (smp,
+    `smp.Unet`) and segmentation_models (Keras, `sm.Unet`): the paper's
+    decoder on a pretrained classification encoder.
 
-    Any input size works and the logits have the input size: the image is
-    first padded (mirrored, the paper's overlap-tile strategy) to the smallest
-    size the network maps onto the whole image, and the output is cropped back.
-    With `padding="same"` the image is only padded up to a multiple of
-    `2**depth`.
+    **Paper U-Net** (`backbone=None`). The original layout by default:
+    `depth` down steps of two 3x3 valid convolutions + ReLU and a 2x2
+    max-pool, doubling the width from `base_filters` (64 ... 1024); up steps
+    of a 2x2 stride-2 transposed convolution that halves the width,
+    concatenation with the centre-cropped encoder map, and two 3x3 valid
+    convolutions + ReLU; a 1x1 classifier. With one input channel and 2
+    classes that is 31,030,658 parameters. Any input size works and the
+    logits have the input size: the image is first padded (mirrored, the
+    paper's overlap-tile strategy) to the smallest size the network maps onto
+    the whole image, and the output is cropped back. With `padding="same"`
+    the image is only padded up to a multiple of `2**depth`.
+
+    **Encoder U-Net** (`backbone` given). The backbone runs at output stride
+    32. The decoder starts from its deepest (stride-32) feature and has one
+    block per entry of `decoder_filters` (5, strides 16, 8, 4, 2 and 1): each
+    block upsamples the previous map by 2 (nearest neighbour), concatenates
+    the encoder feature of that stride after it (`[x, skip]` on the channel
+    axis), and applies two 3x3 convolutions + BatchNorm + ReLU (bias only
+    without BatchNorm; He-uniform kernels, as both libraries). The skip of a
+    stride is the backbone's last feature with that true stride
+    (`kseg.backbones.feature_info`); a stride the backbone has no feature at
+    (ConvNeXt has none at stride 2) and the last block (stride 1) upsample
+    without a skip, as in smp. A 3x3 convolution to `num_classes` (bias,
+    Glorot-uniform) gives the logits, as smp's `SegmentationHead(kernel_size=3)`
+    and sm's `final_conv`. VGG19, whose deepest feature is a max-pool output,
+    first gets smp's and sm's centre block: two 3x3 ConvBNReLU of its 512
+    channels.
+
+    Choices, with their source: decoder widths (256, 128, 64, 32, 16)
+    (smp `decoder_channels`, sm `decoder_filters`); BatchNorm on (smp
+    `decoder_use_batchnorm=True`, sm the same), here with torch's epsilon
+    1e-5 and momentum 0.1 (Keras 0.9) as smp; nearest x2 upsampling (smp's
+    `F.interpolate(scale_factor=2, mode="nearest")`, sm's
+    `decoder_block_type="upsampling"`; sm's `"transpose"` block is not
+    offered); concatenation order `[upsampled, skip]` (both). Unlike both
+    libraries, which need sizes divisible by 32, any input size works: a
+    block resizes its input (nearest, PyTorch's `mode="nearest"`) to the
+    exact size of its skip, and the last block to the input size. For
+    features of `ceil(h / s)` rows (ResNets, MobileNets and EfficientNets
+    with a known input size) that is exactly "upsample by 2 and drop the last
+    row if there is one too many", so every decoder pixel stays over the
+    input pixels it stands for.
 
     Args:
         num_classes: number of classes.
         input_shape: `(height, width, channels)`, values in [0, 255]; any
-            channel count (1 for the paper's grey images).
-        base_filters: width of the first level. Defaults to 64.
-        depth: number of down-sampling steps. Defaults to 4.
-        padding: `"valid"` (original) or `"same"` convolutions.
-        batch_norm: BatchNormalization after every conv (a common modern
-            variant; the original has none). Defaults to False.
-        upsampling: `"transpose"` (original 2x2 up-convolution) or
-            `"bilinear"` (bilinear x2 then a 1x1 conv that halves the width).
-        tile_padding: how the input is padded, `"reflect"` (default),
-            `"symmetric"` or `"constant"`.
-        normalization: `"unit"` (divide by 255, any channel count; default),
-            `"torch"` or `"caffe"` (ImageNet statistics: 3 channels, or their
-            grey average for 1 channel), `{"mean": ..., "std": ...}` (one
-            value or one per channel), or None.
-        name: model name.
+            channel count (1 for the paper's grey images; pretrained backbone
+            weights need 3).
+        base_filters: paper U-Net only: width of the first level. Defaults
+            to 64.
+        depth: paper U-Net only: number of down-sampling steps. Defaults to 4.
+        padding: paper U-Net only: `"valid"` (original, default) or `"same"`
+            convolutions.
+        batch_norm: BatchNormalization after every decoder convolution.
+            Defaults (None) to False for the paper U-Net (the original has
+            none; True gives a common modern variant, with BN in the encoder
+            too) and to True for the encoder U-Net (smp and sm).
+        upsampling: paper U-Net only: `"transpose"` (original 2x2
+            up-convolution, default) or `"bilinear"` (bilinear x2 then a 1x1
+            conv that halves the width).
+        tile_padding: paper U-Net only: how the input is padded, `"reflect"`
+            (default), `"symmetric"` or `"constant"`.
+        normalization: input normalisation: `"auto"` (default: what the
+            backbone's weights expect for 3 channels and `"unit"` for any
+            other channel count; `"unit"` for the paper U-Net), `"unit"`
+            (divide by 255), `"torch"` or `"caffe"` (ImageNet statistics: 3
+            channels, or their grey average for 1 channel), `"tf"`,
+            `{"mean": ..., "std": ...}` (one value or one per channel), or None.
+        backbone: None (the paper U-Net), a name from
+            `kseg.models._base.DILATED_BACKBONES` (`"resnet50"`,
+            `"resnet101"`, their `"_v1.5"` and `"_v1c"` torch layouts,
+            `"resnet152"`, or a keras.applications encoder such as
+            `"mobilenetv2"`, `"efficientnetb0"`, `"convnexttiny"`: see
+            `kseg.backbones.Application`), built here at output stride 32, or
+            a ResNet or application backbone model built by `kseg.backbones`
+            at output stride 32.
+        backbone_weights: encoder U-Net with a backbone name only: None,
+            `"imagenet"` or a path (see `kseg.backbones`). Defaults to None.
+        decoder_filters: encoder U-Net only: the 5 decoder block widths, from
+            stride 16 to stride 1. Defaults to (256, 128, 64, 32, 16).
+        name: model name. Defaults to `"unet"` for both kinds.
 
     Returns:
         A `keras.Model` mapping images to float32 logits at the input size.
+
+    Layer names of the encoder U-Net: `normalize`, the backbone model,
+    `center_conv{1,2}` (VGG19 only), then per block `i` = 1 ... 5
+    `decoder_block{i}_upsample`, `decoder_block{i}_concat` (where it has a
+    skip), `decoder_block{i}_conv1`, `decoder_block{i}_conv2` (`ConvBNAct`:
+    sub-layers `conv` and `bn`), and `logits` (the 3x3 classifier).
+
+    Example:
+
+    >>> backbone = kseg.backbones.ResNet((1, 1, 1, 1), width=4)
+    >>> model = kseg.models.UNet(3, backbone=backbone, decoder_filters=(16, 8, 8, 4, 4))
+    >>> model(np.zeros((1, 45, 61, 3), "float32")).shape
+    (1, 45, 61, 3)
     """
-    num_classes = check_int("num_classes", num_classes, minimum=1)
+    num_classes = check_num_classes(num_classes)
+    paper_args = {
+        "base_filters": base_filters,
+        "depth": depth,
+        "padding": padding,
+        "upsampling": upsampling,
+        "tile_padding": tile_padding,
+    }
+    encoder_args = {"decoder_filters": decoder_filters, "backbone_weights": backbone_weights}
+    if backbone is None:
+        for arg, value in encoder_args.items():
+            if value is not None:
+                raise ValueError(
+                    f"`{arg}` applies only to a U-Net on a backbone; pass `backbone` (a name "
+                    f"or a `kseg.backbones` model) to use it. Received: {arg}={value!r}, "
+                    "backbone=None"
+                )
+        kwargs = {k: _PAPER_DEFAULTS[k] if v is None else v for k, v in paper_args.items()}
+        return _paper_unet(
+            num_classes,
+            input_shape,
+            batch_norm=bool(batch_norm),
+            normalization=normalization,
+            name=name,
+            **kwargs,
+        )
+    for arg, value in paper_args.items():
+        if value is not None:
+            raise ValueError(
+                f"`{arg}` applies only to the paper U-Net (`backbone=None`); the U-Net on a "
+                f"backbone takes `decoder_filters` and `batch_norm`. Received: {arg}={value!r}, "
+                f"backbone={_describe(backbone)}"
+            )
+    return _encoder_unet(
+        num_classes,
+        input_shape,
+        backbone=backbone,
+        backbone_weights=backbone_weights,
+        decoder_filters=DECODER_FILTERS if decoder_filters is None else decoder_filters,
+        batch_norm=True if batch_norm is None else bool(batch_norm),
+        normalization=normalization,
+        name=name,
+    )
+
+
+def _describe(backbone):
+    if isinstance(backbone, str):
+        return repr(backbone)
+    return f"<model {getattr(backbone, 'name', '?')!r}>"
+
+
+def _paper_unet(
+    num_classes,
+    input_shape,
+    base_filters,
+    depth,
+    padding,
+    batch_norm,
+    upsampling,
+    tile_padding,
+    normalization,
+    name,
+):
     base_filters = check_int("base_filters", base_filters, minimum=1)
     depth = check_int("depth", depth, minimum=1)
     check_choice("padding", padding, ("valid", "same"))
@@ -181,7 +330,8 @@ def UNet(
                 )(x)
         return x
 
-    normalize = normalization_layer(normalization, input_shape)
+    # "auto" has no backbone weights to follow here: it means "unit".
+    normalize = normalization_layer(normalization, input_shape, preprocessing="unit")
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = normalize(inputs)
     x = UNetInputPadding(*_tile_geometry(depth, padding), mode=tile_padding, name="tile_pad")(x)
@@ -203,4 +353,85 @@ def UNet(
         x = double_conv(x, width, f"up{level}")
     x = keras.layers.Conv2D(num_classes, 1, name="classifier")(x)
     logits = CropLike(offset=0, dtype="float32", name="logits")([x, inputs])
+    return keras.Model(inputs, logits, name=name)
+
+
+def _check_decoder_filters(decoder_filters):
+    if isinstance(decoder_filters, (str, bytes)) or not hasattr(decoder_filters, "__len__"):
+        raise TypeError(
+            "Expected `decoder_filters` to be a sequence of 5 integers (strides 16, 8, 4, 2, "
+            f"1). Received: decoder_filters={decoder_filters!r}"
+        )
+    if len(decoder_filters) != 5:
+        raise ValueError(
+            "Expected `decoder_filters` to have 5 entries, one per decoder block from the "
+            "stride-32 feature to stride 1 (strides 16, 8, 4, 2, 1). Received: "
+            f"decoder_filters={tuple(decoder_filters)!r}"
+        )
+    return tuple(check_int("decoder_filters", f, minimum=1) for f in decoder_filters)
+
+
+def _skip_features(info):
+    """The feature key the encoder U-Net concatenates at strides 16, 8, 4 and 2 (or None).
+
+    For each stride, the backbone's last feature with that true stride;
+    None where it has none.
+    """
+    return {
+        stride: next((s.key for s in reversed(info.features) if s.stride == stride), None)
+        for stride in (16, 8, 4, 2)
+    }
+
+
+def _encoder_unet(
+    num_classes,
+    input_shape,
+    backbone,
+    backbone_weights,
+    decoder_filters,
+    batch_norm,
+    normalization,
+    name,
+):
+    decoder_filters = _check_decoder_filters(decoder_filters)
+    inputs, feats, info = resnet_features(
+        backbone,
+        input_shape=input_shape,
+        backbone_weights=backbone_weights,
+        normalization=normalization,
+        output_stride=32,
+    )
+    if info.stride(info.high_level) != 32:
+        raise ValueError(
+            "The U-Net decoder upsamples from a stride-32 feature: build the backbone with "
+            f"`output_stride=32`. Received: a {info.family} backbone ({info.variant!r}) at "
+            f"output stride {info.stride(info.high_level)}"
+        )
+    channels_last = keras.config.image_data_format() == "channels_last"
+    axis = -1 if channels_last else 1
+
+    def conv(x, filters, name):
+        layer = ConvBNAct(filters, 3, use_bn=batch_norm, kernel_initializer="he_uniform", name=name)
+        return layer(x)
+
+    x = feats[info.high_level]
+    if info.family == "vgg19":  # smp's and sm's centre block after VGG's last max-pool
+        width = info.channels(info.high_level)
+        x = conv(conv(x, width, "center_conv1"), width, "center_conv2")
+    skips = _skip_features(info)
+    strides = (16, 8, 4, 2, 1)
+    for i, (stride, filters) in enumerate(zip(strides, decoder_filters), start=1):
+        prefix = f"decoder_block{i}"
+        key = skips.get(stride)
+        if key is not None:
+            skip = feats[key]
+            x = ResizeLike(interpolation="nearest", name=f"{prefix}_upsample")([x, skip])
+            x = keras.layers.Concatenate(axis=axis, name=f"{prefix}_concat")([x, skip])
+        elif stride == 1:
+            x = ResizeLike(interpolation="nearest", name=f"{prefix}_upsample")([x, inputs])
+        else:
+            x = Resize2D(scale=2, interpolation="nearest", name=f"{prefix}_upsample")(x)
+        x = conv(x, filters, f"{prefix}_conv1")
+        x = conv(x, filters, f"{prefix}_conv2")
+    logits = keras.layers.Conv2D(num_classes, 3, padding="same", dtype="float32", name="logits")(x)
     return keras.Model(inputs, logits, name=name)
