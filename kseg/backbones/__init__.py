@@ -1,14 +1,16 @@
-"""Backbones: VGG16, dilated ResNets and keras.applications encoders returning dicts of features."""
+"""Backbones returning dicts of features: VGG16, dilated ResNets, Xception-65, keras.applications."""
 
 from kseg.backbones._channels import with_input_channels
 from kseg.backbones._info import BackboneInfo, FeatureSpec, feature_info
 from kseg.backbones.applications import Application
 from kseg.backbones.resnet import ResNet, ResNet50, ResNet101
 from kseg.backbones.vgg import VGG16
+from kseg.backbones.xception import Xception65
 
 __all__ = [
     "Application",
     "VGG16",
+    "Xception65",
     "ResNet",
     "ResNet50",
     "ResNet101",

@@ -31,7 +31,7 @@ class BackboneInfo:
     """Everything a model builder needs to know about a kseg backbone.
 
     Attributes:
-        family: `"resnet"`, `"vgg16"`, or a keras.applications family
+        family: `"resnet"`, `"vgg16"`, `"xception65"`, or a keras.applications family
             (`"mobilenetv2"`, `"efficientnet"`, `"convnext"`, ...: see
             `kseg.backbones.Application`).
         variant: `"v1"` for ResNet (Caffe-style `keras.applications` layout),
@@ -85,7 +85,8 @@ def feature_info(model):
 
     Args:
         model: a `keras.Model` returned by `kseg.backbones.ResNet50`,
-            `ResNet101`, `ResNet` or `VGG16`.
+            `ResNet101`, `ResNet`, `VGG16`, `Xception65`, `Application` or
+            `with_input_channels`.
 
     Returns:
         A `BackboneInfo` (keys, channels, true strides, dilations, and the

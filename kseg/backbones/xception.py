@@ -186,7 +186,9 @@ def _check_weights(weights, input_shape):
         )
     if checked is not None and input_shape[-1] != 3:
         raise ValueError(
-            "Pretrained `weights` need 3 input channels (RGB). Received: "
+            "Pretrained `weights` need 3 input channels (RGB): build the backbone for 3 "
+            "channels and adapt it with `kseg.backbones.with_input_channels` (the builders "
+            "do so for a backbone name). Received: "
             f"input_shape={tuple(input_shape)}"
         )
     return checked
@@ -244,7 +246,7 @@ def Xception65(input_shape=None, weights=None, output_stride=16, name="xception6
 
     Example:
 
-    >>> backbone = kseg.backbones.xception.Xception65(output_stride=16)
+    >>> backbone = kseg.backbones.Xception65(output_stride=16)
     >>> features = backbone(np.zeros((1, 97, 131, 3)))
     >>> tuple(features["level5"].shape), tuple(features["level2"].shape)
     ((1, 7, 9, 2048), (1, 25, 33, 256))

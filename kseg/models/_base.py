@@ -26,11 +26,14 @@ RESNETS["resnet152"] = functools.partial(kbackbones.ResNet, (3, 8, 36, 3), name=
 APPLICATIONS = {name: functools.partial(kbackbones.Application, name) for name in applications.NAMES}
 APPLICATION_FAMILIES = tuple(dict.fromkeys(family for _, family, _ in applications.TABLE.values()))
 
+#: DeepLab v3+'s own backbone, the modified aligned Xception-65.
+XCEPTION = {"xception65": kbackbones.Xception65}
+
 #: Every backbone name the dilated builders (DeepLab v2/v3/v3+, PSPNet, the
 #: ResNet FCN, GCU, GloRe and GI nets) accept, and the families of a backbone
 #: model they accept.
-DILATED_BACKBONES = {**RESNETS, **APPLICATIONS}
-DILATED_FAMILIES = ("resnet", *APPLICATION_FAMILIES)
+DILATED_BACKBONES = {**RESNETS, **XCEPTION, **APPLICATIONS}
+DILATED_FAMILIES = ("resnet", "xception65", *APPLICATION_FAMILIES)
 
 
 def classifier_initializer():
@@ -228,10 +231,10 @@ def resnet_features(
 ):
     """`backbone_features` for the dilated builders: ResNets and keras.applications encoders.
 
-    `multi_grid` applies to the last stage of a ResNet; an application
-    encoder (by name) takes only `output_stride`.
+    `multi_grid` applies to the last stage of a ResNet; Xception-65 and an
+    application encoder (by name) take only `output_stride`.
     """
-    if isinstance(backbone, str) and backbone in APPLICATIONS:
+    if isinstance(backbone, str) and (backbone in APPLICATIONS or backbone in XCEPTION):
         kwargs.pop("multi_grid", None)
     return backbone_features(
         backbone,

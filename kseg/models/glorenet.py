@@ -44,8 +44,9 @@ def GloReNet(
         backbone: `"resnet50"` (default), `"resnet101"` (keras.applications'
             layout), the same with `"_v1.5"` or `"_v1c"` for the torch layouts
             (e.g. `"resnet101_v1.5"`, see `kseg.backbones.ResNet`),
-            `"resnet152"`, a keras.applications encoder name (`"mobilenetv2"`,
-            `"efficientnetb0"`, `"convnexttiny"`, ... : see
+            `"resnet152"`, `"xception65"` (DeepLab v3+'s aligned Xception-65,
+            `kseg.backbones.Xception65`), a keras.applications encoder name
+            (`"mobilenetv2"`, `"efficientnetb0"`, `"convnexttiny"`, ... : see
             `kseg.backbones.Application`; its family's output strides apply and
             `multi_grid` does not), or a backbone built by `kseg.backbones`.
         output_stride: 8 (default), 16 or 32, for a backbone given by name.

@@ -201,7 +201,7 @@ def UNet(
         num_classes: number of classes.
         input_shape: `(height, width, channels)`, values in [0, 255]; any
             channel count (1 for the paper's grey images; pretrained backbone
-            weights need 3).
+            weights are adapted to it, see `kseg.backbones.with_input_channels`).
         base_filters: paper U-Net only: width of the first level. Defaults
             to 64.
         depth: paper U-Net only: number of down-sampling steps. Defaults to 4.
@@ -217,18 +217,19 @@ def UNet(
         tile_padding: paper U-Net only: how the input is padded, `"reflect"`
             (default), `"symmetric"` or `"constant"`.
         normalization: input normalisation: `"auto"` (default: what the
-            backbone's weights expect for 3 channels and `"unit"` for any
-            other channel count; `"unit"` for the paper U-Net), `"unit"`
+            backbone's weights expect, adapted to the channel count when
+            they are pretrained; `"unit"` for other than 3 channels without
+            them, and for the paper U-Net), `"unit"`
             (divide by 255), `"torch"` or `"caffe"` (ImageNet statistics: 3
             channels, or their grey average for 1 channel), `"tf"`,
             `{"mean": ..., "std": ...}` (one value or one per channel), or None.
         backbone: None (the paper U-Net), a name from
             `kseg.models._base.DILATED_BACKBONES` (`"resnet50"`,
             `"resnet101"`, their `"_v1.5"` and `"_v1c"` torch layouts,
-            `"resnet152"`, or a keras.applications encoder such as
+            `"resnet152"`, `"xception65"`, or a keras.applications encoder such as
             `"mobilenetv2"`, `"efficientnetb0"`, `"convnexttiny"`: see
             `kseg.backbones.Application`), built here at output stride 32, or
-            a ResNet or application backbone model built by `kseg.backbones`
+            a backbone model built by `kseg.backbones`
             at output stride 32.
         backbone_weights: encoder U-Net with a backbone name only: None,
             `"imagenet"` or a path (see `kseg.backbones`). Defaults to None.

@@ -1,3 +1,4 @@
+import keras
 import numpy as np
 import pytest
 
@@ -60,6 +61,26 @@ def test_deeplab_v3plus_full_size_builds_by_name():
     backbone = model.get_layer("resnet50")
     assert kseg.backbones.feature_info(backbone).output_stride == 16
     assert model.output.shape == (None, None, None, 21)
+
+
+@pytest.mark.parametrize("output_stride", [16, pytest.param(8, marks=pytest.mark.large)])
+def test_deeplab_v3plus_on_the_aligned_xception65_as_the_paper_builds_it(output_stride):
+    """Chen et al. 2018: Xception-65, separable ASPP and decoder, the stride-4 low-level feature."""
+    model = kseg.models.DeepLabV3Plus(
+        num_classes=21, backbone="xception65", separable=True, output_stride=output_stride
+    )
+    xception = model.get_layer("xception65")
+    info = kseg.backbones.feature_info(xception)
+    assert (info.output_stride, info.low_level, info.high_level) == (output_stride, "level2", "level5")
+    assert model.get_layer("normalize").mode == "tf"
+    rates = (6, 12, 18) if output_stride == 16 else (12, 24, 36)
+    assert tuple(model.get_layer("aspp").atrous_rates) == rates
+    # 97x131 input: the ASPP reads 2048 channels at the output stride, the decoder the
+    # 256-channel feature at stride 4 (ceil sizes), and the logits have the input size.
+    features = xception.compute_output_spec(keras.KerasTensor((1, 97, 131, 3)))
+    assert tuple(features["level5"].shape) == (1, -(-97 // output_stride), -(-131 // output_stride), 2048)
+    assert tuple(features["level2"].shape) == (1, 25, 33, 256)
+    assert model.compute_output_spec(keras.KerasTensor((1, 97, 131, 3))).shape == (1, 97, 131, 21)
 
 
 def test_bad_backbone_arguments():
