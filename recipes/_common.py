@@ -21,7 +21,7 @@ MODELS = {
     "fcn8s": ("FCN8s", "vgg16", False),
     "fcn16s": ("FCN16s", "vgg16", False),
     "fcn32s": ("FCN32s", "vgg16", False),
-    "unet": ("UNet", None, False),
+    "unet": ("UNet", "unet", False),
     "segnet": ("SegNet", "vgg16", False),
     "pspnet": ("PSPNet", "resnet", True),
     "deeplabv1": ("DeepLabV1", "vgg16", False),
@@ -55,15 +55,20 @@ APPLICATION_BACKBONES = (
 #: Backbones the CLI accepts, by family. "compact" is a small ResNet (demo and tests);
 #: "resnet50" / "resnet101" / "resnet152" are keras.applications' layout, "_v1.5"
 #: torchvision's and timm's, "_v1c" mmseg's deep-stem ResNetV1c (see
-#: kseg.backbones.ResNet); then the keras.applications encoders
-#: (kseg.backbones.Application), each at the output strides its family offers.
+#: kseg.backbones.ResNet); DeepLab v3+'s aligned Xception-65 (kseg.backbones.Xception65,
+#: timm checkpoints); then the keras.applications encoders (kseg.backbones.Application),
+#: each at the output strides its family offers.
+#: U-Net takes "none" (the paper's U-Net, compact in the smoke and demo runs) or one of
+#: the same pretrained encoders (segmentation_models' U-Net decoder on it).
+ENCODERS = (
+    *(f"resnet{depth}{suffix}" for depth in (50, 101) for suffix in ("", "_v1.5", "_v1c")),
+    "resnet152",
+    "xception65",
+    *APPLICATION_BACKBONES,
+)
 BACKBONES = {
-    "resnet": (
-        "compact",
-        *(f"resnet{depth}{suffix}" for depth in (50, 101) for suffix in ("", "_v1.5", "_v1c")),
-        "resnet152",
-        *APPLICATION_BACKBONES,
-    ),
+    "resnet": ("compact", *ENCODERS),
+    "unet": ("none", *ENCODERS),
     "vgg16": ("vgg16",),
     None: (),
 }
@@ -77,6 +82,7 @@ PAPER_BACKBONES = {
     "gcunet": "resnet101",
     "glorenet": "resnet101",
     "ginet": "resnet101",
+    "unet": "none",
 }
 
 #: Loss weight of GINet's semantic context loss (Wu et al., ECCV 2020, section 4.1).
@@ -151,8 +157,9 @@ def build_model(
     Args:
         model_name: a key of `MODELS`.
         num_classes: number of classes.
-        backbone: "compact", a ResNet name of `BACKBONES` or "vgg16" (what
-            the model takes), or None for U-Net.
+        backbone: "compact", a name of `BACKBONES` or "vgg16" (what the
+            model takes); "none" for the paper's U-Net, an encoder name for
+            U-Net on that encoder.
         output_stride: None for the builder's default.
         backbone_weights: None, "imagenet" or a weights file.
         aux_head: add the auxiliary head (models that have one).
@@ -192,6 +199,13 @@ def build_model(
             kwargs["aux_head"] = True
     elif family == "vgg16":
         kwargs["backbone_weights"] = backbone_weights
+    elif family == "unet" and backbone != "none":
+        kwargs["backbone"] = backbone
+        kwargs["backbone_weights"] = backbone_weights
+        if compact is not None:  # the decoder shrinks with the compact width
+            w = compact["width"] * 4
+            kwargs["decoder_filters"] = tuple(max(w // 2**i, 4) for i in range(5))
+            compact = None
     if compact is not None:
         kwargs.update(_compact_head_kwargs(model_name, compact["width"]))
     if model_name == "ginet":

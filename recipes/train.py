@@ -130,8 +130,11 @@ def build_parser(prog="train.py", voc_entry=False):
         default=None,
         help="compact (a small ResNet), resnet50 or resnet101 (keras.applications' layout), "
         "resnet50_v1.5 / resnet101_v1.5 (torchvision's) or resnet50_v1c / resnet101_v1c "
-        "(mmseg's deep stem) for the ResNet models; vgg16 for fcn*/segnet/deeplabv1. "
-        "Default: compact without --data-dir, the paper's backbone with it",
+        "(mmseg's deep stem), resnet152, xception65 (DeepLab v3+'s aligned Xception-65) or a "
+        "keras.applications encoder (mobilenetv2, efficientnetb0, convnexttiny, ...) for the "
+        "ResNet models; the same encoders or none (the paper's U-Net) for unet; vgg16 for "
+        "fcn*/segnet/deeplabv1. Default: compact without --data-dir (the paper's U-Net, "
+        "compact, for unet), the paper's backbone with it",
     )
     parser.add_argument(
         "--backbone-weights",
@@ -414,19 +417,27 @@ def resolve_defaults(args, parser):
             )
         args.backbone = None
     elif args.backbone == "compact" and "compact" not in choices:
-        args.backbone = choices[0]  # VGG models: VGG-16 with compact heads
+        args.backbone = choices[0]  # VGG models: VGG-16 with compact heads; U-Net: the paper's
     elif args.backbone not in choices:
         parser.error(
             f"argument --backbone: model {args.model!r} takes one of {', '.join(choices)}. "
             f"Received: --backbone {args.backbone}"
         )
-    if args.backbone_weights == "imagenet" and (args.backbone or "").endswith("_v1c"):
+    no_download = {
+        "xception65": "timm xception65 checkpoint (model.safetensors of timm/xception65.ra3_in1k)"
+    }
+    no_download.update(
+        (name, "timm resnet50c / mmseg resnet50_v1c checkpoint")
+        for name in choices
+        if name.endswith("_v1c")
+    )
+    if args.backbone_weights == "imagenet" and args.backbone in no_download:
         parser.error(
             f"argument --backbone-weights: {args.backbone} has no ImageNet download; pass the "
-            "path of a timm resnet50c / mmseg resnet50_v1c checkpoint, or 'none'. "
+            f"path of a {no_download[args.backbone]}, or 'none'. "
             f"Received: --backbone-weights {args.backbone_weights}"
         )
-    if args.backbone_weights is not None and args.backbone in (None, "compact"):
+    if args.backbone_weights is not None and args.backbone in (None, "compact", "none"):
         args.backbone_weights = None  # nothing pretrained to load into a compact network
     args.compact = args.config in ("smoke", "demo") or args.backbone == "compact"
     if args.output_stride is not None and _common.MODELS[args.model][1] != "resnet":
@@ -461,7 +472,9 @@ def compact_note(args):
     """How the configuration shrinks the network, for the model line of the log."""
     if not args.compact:
         return ""
-    return " (compact)" if args.backbone == "compact" else " (full size, compact heads)"
+    if args.backbone in ("compact", "none"):
+        return " (compact)"
+    return " (full size, compact heads)"
 
 
 def log(message=""):

@@ -14,7 +14,8 @@ which differ from them only in the reader, run in the TensorFlow session.
 import json
 import os
 
-import evaluate  # recipes/evaluate.py (tests/recipes/__init__.py puts recipes/ on sys.path)
+import _common  # recipes/_common.py (tests/recipes/__init__.py puts recipes/ on sys.path)
+import evaluate
 import evaluate_voc
 import keras
 import numpy as np
@@ -85,6 +86,26 @@ def test_demo_and_voc_entry_point_configurations(tmp_path):
     # FCN's paper backbone is VGG-16.
     fcn = train.parse_args(["--dataset", "ade20k", "--data-dir", str(tmp_path), "--model", "fcn8s"])
     assert fcn.backbone == "vgg16" and fcn.crop_size == (512, 512)
+    # U-Net: the paper's network (compact in the demo) unless an encoder is named.
+    unet = train.parse_args(["--model", "unet"])
+    assert unet.backbone == "none" and unet.compact and unet.backbone_weights is None
+    paper = train.parse_args(["--dataset", "ade20k", "--data-dir", str(tmp_path), "--model", "unet"])
+    assert paper.backbone == "none" and not paper.compact and paper.backbone_weights is None
+    encoder = train.parse_args(["--model", "unet", "--backbone", "xception65", "--smoke"])
+    assert encoder.backbone == "xception65" and encoder.compact
+
+
+def test_named_encoders_keep_their_size_with_compact_heads():
+    """Smoke and demo runs on a named encoder: the encoder as named, the head shrunk."""
+    unet = _common.build_model("unet", 3, backbone="mobilenetv2", compact=_common.SMOKE_RESNET)
+    assert unet.get_layer("mobilenetv2").count_params() > 1_000_000
+    widths = [unet.get_layer(f"decoder_block{i}_conv1").conv.filters for i in range(1, 6)]
+    assert widths == [16, 8, 4, 4, 4]
+    deeplab = _common.build_model(
+        "deeplabv3plus", 3, backbone="mobilenetv2", compact=_common.SMOKE_RESNET
+    )
+    assert deeplab.get_layer("mobilenetv2").count_params() > 1_000_000
+    assert deeplab.get_layer("aspp").filters == 16
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
@@ -128,6 +149,11 @@ def test_crop_size_square_or_height_width(argv, crop, tmp_path):
             "argument --backbone-weights: resnet50_v1c has no ImageNet download",
         ),
         (["--backbone", "resnet50_v2"], "argument --backbone: model 'deeplabv3plus' takes one of"),
+        (
+            ["--dataset", "ade20k", "--data-dir", ".", "--backbone", "xception65"],
+            "argument --backbone-weights: xception65 has no ImageNet download",
+        ),
+        (["--model", "unet", "--backbone", "vgg19x"], "argument --backbone: model 'unet' takes"),
         (
             ["--dataset", "folder", "--data-dir", ".", "--val-dir", "/no/such"],
             "argument --val-dir: no such folder: '/no/such'",
