@@ -1,8 +1,21 @@
 """What the benchmarks record about the machine beside their figures."""
 
+import platform
 import time
 
 import numpy as np
+
+
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo (else what `platform` knows)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def matmul_gflops(n=2048, tries=3):

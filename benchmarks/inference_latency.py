@@ -67,7 +67,7 @@ import tempfile
 import time
 
 import numpy as np
-from _machine import has_avx512f, matmul_gflops
+from _machine import cpu_model, has_avx512f, matmul_gflops
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -349,17 +349,6 @@ def run_child(args, kind, backend="tensorflow", model=None, call=None, threads=0
 
 
 # ---------------------------------------------------------------- the table
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def versions():
