@@ -91,26 +91,12 @@ def _conv(x, filters, kernel_size, stride, dilation, name, depthwise=False):
         if kernel_size > 1:
             pad = (stride - 1 + dilation * (kernel_size - 1)) // 2
             x = keras.layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
+    kwargs = dict(
+        strides=stride, padding=padding, dilation_rate=dilation, use_bias=False, name=name
+    )
     if depthwise:
-        layer = keras.layers.DepthwiseConv2D(
-            kernel_size,
-            strides=stride,
-            padding=padding,
-            dilation_rate=dilation,
-            use_bias=False,
-            name=name,
-        )
-    else:
-        layer = keras.layers.Conv2D(
-            filters,
-            kernel_size,
-            strides=stride,
-            padding=padding,
-            dilation_rate=dilation,
-            use_bias=False,
-            name=name,
-        )
-    return layer(x)
+        return keras.layers.DepthwiseConv2D(kernel_size, **kwargs)(x)
+    return keras.layers.Conv2D(filters, kernel_size, **kwargs)(x)
 
 
 def _separable(x, filters, stride, dilation, activate, name):
