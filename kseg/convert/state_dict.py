@@ -252,6 +252,21 @@ class StrictCopy:
             values[0] = np.transpose(values[0], (2, 3, 1, 0))
         self._assign(layer, values, keys)
 
+    def depthwise(self, layer, key):
+        """A DepthwiseConv2D `(kh, kw, in, 1)` from torch's grouped `(in, 1, kh, kw)` `key.weight`."""
+        name = f"{key}.weight"
+        value = self._take(name)
+        if value is not None:
+            if value.ndim != 4 or value.shape[1] != 1:
+                self.covered.update(id(w) for w in layer.weights)
+                self.mismatched.append(
+                    f"{layer.name} <- {name}: expected a depthwise kernel (channels, 1, kh, kw), "
+                    f"received shape {tuple(value.shape)}"
+                )
+                return
+            value = np.transpose(value, (2, 3, 0, 1))
+        self._assign(layer, [value], [name])
+
     def bn(self, layer, key):
         """A BatchNormalization from torch `key.{weight,bias,running_mean,running_var}`."""
         keys = [f"{key}.{n}" for n in ("weight", "bias", "running_mean", "running_var")]
@@ -345,22 +360,6 @@ _XCEPTION_LAYER = re.compile(
 )
 
 
-def _depthwise_copy(copy, layer, key):
-    """A Keras DepthwiseConv2D `(kh, kw, in, 1)` from torch's grouped `(in, 1, kh, kw)` kernel."""
-    name = f"{key}.weight"
-    value = copy._take(name)
-    if value is not None:
-        if value.ndim != 4 or value.shape[1] != 1:
-            copy.covered.update(id(w) for w in layer.weights)
-            copy.mismatched.append(
-                f"{layer.name} <- {name}: expected a depthwise kernel (channels, 1, kh, kw), "
-                f"received shape {tuple(value.shape)}"
-            )
-            return
-        value = np.transpose(value, (2, 3, 0, 1))
-    copy._assign(layer, [value], [name])
-
-
 def load_timm_xception(backbone, state, source="timm xception65"):
     """Strictly loads a timm aligned-Xception state dict into `kseg.backbones.xception.Xception65`.
 
@@ -380,7 +379,7 @@ def load_timm_xception(backbone, state, source="timm xception65"):
         module, kind, part = match.groups()
         key = f"{module.replace('_', '.')}.{kind}{part or ''}"
         if isinstance(layer, keras.layers.DepthwiseConv2D):
-            _depthwise_copy(copy, layer, key)
+            copy.depthwise(layer, key)
         elif kind == "conv":
             copy.conv(layer, key)
         else:
