@@ -33,6 +33,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 from _machine import cpu_model, has_avx512f, matmul_gflops  # noqa: E402
+from train_step import time_steps  # noqa: E402
 
 NUM_CLASSES = 21
 
@@ -61,14 +62,8 @@ def _output_stride(name):
 
 
 def _median_time(call, repeats):
-    t0 = time.perf_counter()
-    call()
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
+    """(first call's seconds, median of `repeats` timed calls after it), as train_step.py times."""
+    first, times, _ = time_steps(call, 1, repeats)
     return first, statistics.median(times)
 
 
