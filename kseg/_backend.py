@@ -8,6 +8,8 @@ backends through this module; tests/test_layout.py checks it. Here:
   measurement (benchmarks/README.md, "Metrics");
 - what the backend can run (`channels_first_conv_supported`), how it compiles
   (`xla_function`) and how it runs without recording gradients (`no_gradients`);
+- the forms JAX's export tracing (symbolic sizes; jax2tf, jax2onnx) needs:
+  `int_range`, `divmod_nonnegative`, `set_at`, `is_symbolic_dim`;
 - the cross-replica sums and gathers of losses and metrics under `tf.distribute`.
 """
 
@@ -126,6 +128,34 @@ def int_range(n):
 
         return jax.lax.iota("int32", n)
     return ops.arange(0, n, dtype="int32")
+
+
+def divmod_nonnegative(x, d):
+    """`(x // d, x % d)` of a non-negative integer tensor `x` and a positive divisor `d`.
+
+    On JAX as a truncating division (`lax.div`, the same for non-negative values)
+    and a product: `//` and `%` there are `jnp.floor_divide` and `jnp.remainder`,
+    which correct the sign with `lax.rem`, and jax2onnx cannot lower that on a
+    tensor of a symbolic size (an ONNX export with a free height and width).
+    """
+    if keras.backend.backend() == "jax":
+        from jax import lax
+
+        d = ops.cast(d, x.dtype)
+        q = lax.div(x, d)
+        return q, x - q * d
+    return x // d, x % d
+
+
+def set_at(x, indices, values):
+    """`x` with `values` written where the index arrays `indices` (one per axis of `x`,
+    broadcast together and with `values`) point: `x.at[indices].set(values)` on JAX.
+
+    Used only where JAX's export tracing has symbolic sizes: `ops.scatter_update`
+    takes a flat list of positions, and flattening needs the product of the sizes,
+    which JAX cannot always show is not negative.
+    """
+    return x.at[tuple(indices)].set(values)
 
 
 def is_symbolic_dim(n):

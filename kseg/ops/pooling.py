@@ -4,7 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from kseg._backend import int_range
+from kseg._backend import divmod_nonnegative, int_range, is_symbolic_dim, set_at
 from kseg._common import (
     check_choice,
     check_rank,
@@ -128,7 +128,9 @@ def _same_padding(n, k, s):
         total = max((out - 1) * s + k - n, 0)
         return out, total // 2, total - total // 2
     out = (n + s - 1) // s
-    total = ops.maximum((out - 1) * s + k - n, 0)
+    # With k >= s the padding is never negative: plain arithmetic, which keeps JAX's
+    # symbolic sizes symbolic where `ops.maximum` would make them traced values.
+    total = (out - 1) * s + k - n if k >= s else ops.maximum((out - 1) * s + k - n, 0)
     return out, total // 2, total - total // 2
 
 
@@ -234,24 +236,41 @@ def _argmax_pool_eager(x, pool_size, strides, padding, data_format):
         xp = ops.pad(x, pads, constant_values=lowest_value(dtype)) if needs_pad else x
     best = None
     arg = None
-    for dy in range(kh):
-        for dx in range(kw):
-            window = xp[:, dy::sh, dx::sw, :][:, :out_h, :out_w, :]
-            slot = dy * kw + dx
-            if best is None:
-                best, arg = window, ops.zeros_like(window, dtype="int32")
-                continue
-            take = window > best
-            if is_float(dtype):
-                take = ops.logical_or(take, ops.isnan(window))  # torch lets NaN win.
-            best = ops.where(take, window, best)
-            arg = ops.where(take, slot, arg)
-    rows = ops.reshape(ops.arange(out_h, dtype="int32") * sh, (1, -1, 1, 1)) - top
-    cols = ops.reshape(ops.arange(out_w, dtype="int32") * sw, (1, 1, -1, 1)) - left
-    h = rows + arg // kw
-    w = cols + arg % kw
+    for slot, window in enumerate(_windows(xp, out_h, out_w, pool_size, strides)):
+        if best is None:
+            best, arg = window, ops.zeros_like(window, dtype="int32")
+            continue
+        take = window > best
+        if is_float(dtype):
+            take = ops.logical_or(take, ops.isnan(window))  # torch lets NaN win.
+        best = ops.where(take, window, best)
+        arg = ops.where(take, slot, arg)
+    rows = ops.reshape(int_range(out_h) * sh, (1, -1, 1, 1)) - top
+    cols = ops.reshape(int_range(out_w) * sw, (1, 1, -1, 1)) - left
+    dy, dx = divmod_nonnegative(arg, kw)
+    h = rows + dy
+    w = cols + dx
     indices = ops.cast(h * ops.cast(n_w, "int32") + w, "int32")
     return _from_channels_last(best, data_format), _from_channels_last(indices, data_format)
+
+
+def _windows(xp, out_h, out_w, pool_size, strides):
+    """The `(out_h, out_w)` maps of each window cell, in row-major window order.
+
+    Strided slices cut to `out`; where JAX's exporters (jax2tf, jax2onnx) trace
+    a symbolic height and width, which cannot decide the comparisons of symbolic
+    sizes those slices need, gathers of the rows and columns `dy + s * i`.
+    """
+    (kh, kw), (sh, sw) = pool_size, strides
+    symbolic = is_symbolic_dim(out_h) or is_symbolic_dim(out_w)
+    for dy in range(kh):
+        if symbolic:
+            rows = ops.take(xp, int_range(out_h) * sh + dy, axis=1)
+        for dx in range(kw):
+            if symbolic:
+                yield ops.take(rows, int_range(out_w) * sw + dx, axis=2)
+            else:
+                yield xp[:, dy::sh, dx::sw, :][:, :out_h, :out_w, :]
 
 
 def _channels_last(x, data_format):
@@ -362,6 +381,15 @@ def _unpool_eager(x, indices, output_size, data_format):
     shape = ops.shape(x)
     batch, channels = shape[0], shape[3]
     out_h, out_w = output_size
+    if any(is_symbolic_dim(n) for n in (batch, out_h, out_w)):
+        # Exporting from JAX with a free height and width: the flat scatter below needs
+        # the product of the sizes, which JAX cannot show is not negative once they
+        # come out of several poolings (SegNet); index the 4-D map instead.
+        b = ops.reshape(int_range(batch), (-1, 1, 1, 1))
+        c = ops.reshape(int_range(channels), (1, 1, 1, -1))
+        zeros = ops.zeros((batch, out_h, out_w, channels), dtype=dtype_of(x))
+        out = set_at(zeros, (b, *divmod_nonnegative(indices, out_w), c), x)
+        return _from_channels_last(out, data_format)
     plane = out_h * out_w
     # Flat position in the (B, H*W, C) output of every pooled value.
     b = ops.reshape(ops.arange(batch, dtype="int32"), (-1, 1, 1, 1))

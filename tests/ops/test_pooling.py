@@ -325,6 +325,29 @@ def test_unknown_sizes_in_tf_graph():
     np.testing.assert_allclose(avg, np_torch_pool(x, 3, 2, 1, "average", True, True), atol=1e-5)
 
 
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX's export with symbolic sizes")
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_symbolic_sizes_in_jax_export(padding):
+    """SegNet's 2x2/2 argmax pooling and unpooling trace with a symbolic height and width,
+    as `model.export` from JAX (jax2tf, jax2onnx) traces them."""
+    import jax
+    from jax import export
+
+    def f(x):
+        pooled, idx = kseg.ops.max_pool_with_argmax(x, 2, 2, padding=padding)
+        return pooled, idx, kseg.ops.max_unpool(pooled, idx, x.shape[1:3])
+
+    spec = jax.ShapeDtypeStruct(export.symbolic_shape("b, h, w, 3"), "float32")
+    exported = export.export(jax.jit(f))(spec)
+    for seed, hw in enumerate(((8, 6), (7, 9))):
+        x = random_array((2, *hw, 3), seed=17 + seed)
+        pooled, idx, up = (np.asarray(t) for t in exported.call(x))
+        ref_p, ref_i = np_argmax_pool(x, 2, 2, padding)
+        np.testing.assert_array_equal(pooled, ref_p)
+        np.testing.assert_array_equal(idx, ref_i)
+        np.testing.assert_array_equal(up, np_unpool(ref_p, ref_i, hw))
+
+
 # ----------------------------------------------------------------------------- padded pooling
 
 
