@@ -225,6 +225,14 @@ def export_model(model, path, format="saved_model", size=None, output="main", ve
         # jax2tf would also trace a gradient for the SavedModel, which fails on the
         # random-seed state of dropout layers and is of no use for inference.
         options["jax2tf_kwargs"] = {"with_gradient": False}
+        if size is None and (smallest := smallest_input_size(exported)) > 1:
+            # jax2tf traces with a symbolic height `a` and width `b` (Keras' names) and
+            # must know they are large enough for every layer (SegNet's five 2x2
+            # argmax pools need 32): the SavedModel then checks this when called.
+            options["jax2tf_kwargs"]["polymorphic_constraints"] = (
+                f"a >= {smallest}",
+                f"b >= {smallest}",
+            )
     exported.export(
         os.fspath(path), format=FORMATS[format], verbose=verbose, input_signature=[spec], **options
     )
@@ -235,6 +243,34 @@ def export_model(model, path, format="saved_model", size=None, output="main", ve
         json.dump(description(model, exported, format, size), f, indent=2)
         f.write("\n")
     return target
+
+
+def smallest_input_size(model, limit=1024):
+    """The smallest height and width (one number for both) the model builds at.
+
+    Found from symbolic passes (`compute_output_spec`, no computation): doubling
+    from 1, then bisecting. 1 for models that take any size (every kseg model but
+    SegNet, whose five 2x2 "valid" pools need 32).
+    """
+    channels = model.inputs[0].shape[-1]
+
+    def builds(n):
+        try:
+            model.compute_output_spec(keras.KerasTensor((1, n, n, channels)))
+        except ValueError:
+            return False
+        return True
+
+    high = 1
+    while not builds(high):
+        if high >= limit:
+            raise ValueError(f"The model builds at no input size up to {limit}x{limit}")
+        high *= 2
+    low = high // 2  # fails (or 0)
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if builds(mid) else (mid, high)
+    return high
 
 
 _POOLS = ("MaxPool", "AveragePool", "LpPool")

@@ -52,23 +52,8 @@ EXPORTING = pytest.mark.skipif(
 # The other models (adaptive pooling, graph units, unpooling, FCN crops, ...) are `large`;
 # all of them were checked (README, `recipes/export.py`).
 DEFAULT_EXPORTS = ("deeplabv3plus", "unet")
-# The models that do not export from JAX yet (README, `recipes/export.py`): they export
-# from TensorFlow.
-NOT_FROM_JAX = {
-    "segnet": "max pooling with argmax: a comparison of symbolic sizes JAX cannot decide",
-}
 EXPORTED = [
-    pytest.param(
-        name,
-        marks=[
-            *([] if name in DEFAULT_EXPORTS else [pytest.mark.large]),
-            *(
-                [pytest.mark.skip(reason=f"not from JAX ({NOT_FROM_JAX[name]})")]
-                if BACKEND == "jax" and name in NOT_FROM_JAX
-                else []
-            ),
-        ],
-    )
+    pytest.param(name, marks=[] if name in DEFAULT_EXPORTS else [pytest.mark.large])
     for name in sorted(BUILDERS)
 ]
 
@@ -123,6 +108,14 @@ def test_model_exports_to_saved_model_and_onnx(name, tmp_path):
         pytest.skip(
             f"SavedModel checked; {' or '.join(ONNX_PACKAGES[BACKEND])} is not installed"
         )
+
+
+def test_smallest_input_size():
+    # SegNet: five 2x2 "valid" pools need 2**5 rows; a 31-row input leaves none at the fifth.
+    segnet = kseg.export.inference_model(BUILDERS["segnet"]())
+    assert kseg.export.smallest_input_size(segnet) == 32
+    unet = kseg.export.inference_model(BUILDERS["unet"]())
+    assert kseg.export.smallest_input_size(unet) == 1
 
 
 @TF_ONLY
