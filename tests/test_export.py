@@ -46,16 +46,9 @@ TF_ONLY = pytest.mark.skipif(BACKEND != "tensorflow", reason="exported from Tens
 EXPORTING = pytest.mark.skipif(
     BACKEND not in kseg.export.BACKEND_FORMATS, reason=f"no export from {BACKEND}"
 )
-# An export costs 10-30 s of tracing and conversion on a 2-core CPU, so the default suite
-# exports two models: DeepLabV3Plus (dilated ResNet, ASPP's image pooling, the v3+ decoder,
-# resizing to a dynamic size) and UNet (input padding computed from the size, odd sizes).
-# The other models (adaptive pooling, graph units, unpooling, FCN crops, ...) are `large`;
-# all of them were checked (README, `recipes/export.py`).
-DEFAULT_EXPORTS = ("deeplabv3plus", "unet")
-EXPORTED = [
-    pytest.param(name, marks=[] if name in DEFAULT_EXPORTS else [pytest.mark.large])
-    for name in sorted(BUILDERS)
-]
+# Every model of the zoo, in the default suite: an export costs 5-30 s of tracing and
+# conversion on a 2-core CPU (about a minute of wall time per backend for the zoo with
+# two workers, measured on an AVX-512 host).
 
 
 def _images(size, seed):
@@ -84,7 +77,7 @@ def _onnx_logits(path, x):
 
 
 @EXPORTING
-@pytest.mark.parametrize("name", EXPORTED)
+@pytest.mark.parametrize("name", sorted(BUILDERS))
 def test_model_exports_to_saved_model_and_onnx(name, tmp_path):
     import tensorflow as tf
 
