@@ -236,36 +236,36 @@ class StrictCopy:
             return
         self.pending.append((layer, values))
 
+    def _kernel(self, layer, keys, fits, expected, axes):
+        """Takes `keys`, checks the kernel (the first) with `fits`, transposes it by `axes`."""
+        values = [self._take(k) for k in keys]
+        if values[0] is not None:
+            if not fits(values[0]):
+                self.covered.update(id(w) for w in layer.weights)
+                self.mismatched.append(
+                    f"{layer.name} <- {keys[0]}: expected {expected}, received shape "
+                    f"{tuple(values[0].shape)}"
+                )
+                return
+            values[0] = np.transpose(values[0], axes)
+        self._assign(layer, values, keys)
+
     def conv(self, layer, key):
         """A Conv2D from torch `key.weight` (and `key.bias` when the layer has a bias)."""
         keys = [f"{key}.weight"]
         if getattr(layer, "use_bias", False):
             keys.append(f"{key}.bias")
-        values = [self._take(k) for k in keys]
-        if values[0] is not None:
-            if values[0].ndim != 4:
-                self.mismatched.append(
-                    f"{layer.name} <- {keys[0]}: expected a 4-D conv kernel, received shape "
-                    f"{tuple(values[0].shape)}"
-                )
-                return
-            values[0] = np.transpose(values[0], (2, 3, 1, 0))
-        self._assign(layer, values, keys)
+        self._kernel(layer, keys, lambda v: v.ndim == 4, "a 4-D conv kernel", (2, 3, 1, 0))
 
     def depthwise(self, layer, key):
         """A DepthwiseConv2D `(kh, kw, in, 1)` from torch's grouped `(in, 1, kh, kw)` `key.weight`."""
-        name = f"{key}.weight"
-        value = self._take(name)
-        if value is not None:
-            if value.ndim != 4 or value.shape[1] != 1:
-                self.covered.update(id(w) for w in layer.weights)
-                self.mismatched.append(
-                    f"{layer.name} <- {name}: expected a depthwise kernel (channels, 1, kh, kw), "
-                    f"received shape {tuple(value.shape)}"
-                )
-                return
-            value = np.transpose(value, (2, 3, 0, 1))
-        self._assign(layer, [value], [name])
+        self._kernel(
+            layer,
+            [f"{key}.weight"],
+            lambda v: v.ndim == 4 and v.shape[1] == 1,
+            "a depthwise kernel (channels, 1, kh, kw)",
+            (2, 3, 0, 1),
+        )
 
     def bn(self, layer, key):
         """A BatchNormalization from torch `key.{weight,bias,running_mean,running_var}`."""

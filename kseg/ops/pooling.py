@@ -381,19 +381,17 @@ def _unpool_eager(x, indices, output_size, data_format):
     shape = ops.shape(x)
     batch, channels = shape[0], shape[3]
     out_h, out_w = output_size
+    b = ops.reshape(int_range(batch), (-1, 1, 1, 1))
+    c = ops.reshape(int_range(channels), (1, 1, 1, -1))
     if any(is_symbolic_dim(n) for n in (batch, out_h, out_w)):
         # Exporting from JAX with a free height and width: the flat scatter below needs
         # the product of the sizes, which JAX cannot show is not negative once they
         # come out of several poolings (SegNet); index the 4-D map instead.
-        b = ops.reshape(int_range(batch), (-1, 1, 1, 1))
-        c = ops.reshape(int_range(channels), (1, 1, 1, -1))
         zeros = ops.zeros((batch, out_h, out_w, channels), dtype=dtype_of(x))
         out = set_at(zeros, (b, *divmod_nonnegative(indices, out_w), c), x)
         return _from_channels_last(out, data_format)
     plane = out_h * out_w
     # Flat position in the (B, H*W, C) output of every pooled value.
-    b = ops.reshape(ops.arange(batch, dtype="int32"), (-1, 1, 1, 1))
-    c = ops.reshape(ops.arange(channels, dtype="int32"), (1, 1, 1, -1))
     flat = (b * plane + indices) * channels + c
     flat = ops.reshape(flat, (-1, 1))
     zeros = ops.zeros((batch * plane * channels,), dtype=dtype_of(x))
