@@ -191,9 +191,13 @@ def _config_unsynchronized(layer):
 
 
 def _walk(layer):
-    yield layer
-    for inner in getattr(layer, "layers", ()):
-        yield from _walk(inner)
+    """`layer` and every layer it holds, however nested.
+
+    Keras tracks the sub-layers of any layer (a kseg `ASPP`'s `ConvBNAct` branches, a
+    backbone inside a builder's model, a BatchNorm inside those); `.layers` lists
+    only a Model's own, so a walk of it misses the BatchNorm of kseg's layers.
+    """
+    return layer._flatten_layers(include_self=True, recursive=True)
 
 
 def synchronize_batch_norm(model):

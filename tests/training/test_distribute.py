@@ -23,7 +23,10 @@ import keras
 import numpy as np
 import pytest
 
+import kseg
+
 from tests.helpers import BACKEND
+from tests.models.test_mixed_precision import BUILDERS as MP_BUILDERS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -71,6 +74,8 @@ SCRIPT = textwrap.dedent(
         x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
         x = keras.layers.BatchNormalization(momentum=0.5)(x)
         x = keras.layers.Activation("relu")(x)
+        # BatchNorm inside a kseg layer (the ASPP's ConvBNAct branches), not only at the top.
+        x = kseg.layers.ASPP(filters=4, atrous_rates=(2,), dropout=0.0)(x)
         outputs = {}
         for name in LOSSES:
             if name == "presence":
@@ -81,7 +86,8 @@ SCRIPT = textwrap.dedent(
         model = keras.Model(inputs, outputs)
         model.get_layer("keras").set_weights(model.get_layer("full").get_weights())
         if sync:
-            assert kseg.training.synchronize_batch_norm(model) == 1
+            # One at the top, four in the ASPP (1x1, one atrous rate, image pooling, projection).
+            assert kseg.training.synchronize_batch_norm(model) == 5
         miou = kseg.metrics.MeanIoU(3)
         model.compile(
             optimizer=keras.optimizers.SGD(0.5), loss=dict(LOSSES), metrics={"ce": [miou]}
@@ -115,8 +121,11 @@ SCRIPT = textwrap.dedent(
     assert plan.per_replica_batch(4) == 4 // plan.num_replicas
     many = train(plan, sync=SYNC_BN)
 
+    # Losses to 1e-4: TensorFlow's synchronized BatchNorm takes the variance as
+    # E[x^2] - E[x]^2 of all-reduced sums (Keras' one device: a two-pass variance),
+    # which rounds differently (1.2e-5 relative after two steps here); weights to 1e-5.
     for key, values in one[0].items():
-        np.testing.assert_allclose(many[0][key], values, rtol=1e-5, atol=1e-6, err_msg=key)
+        np.testing.assert_allclose(many[0][key], values, rtol=1e-4, atol=1e-6, err_msg=key)
     assert many[0]["batch_iou"] == one[0]["batch_iou"], (many[0]["batch_iou"], one[0]["batch_iou"])
     for name in LOSSES:
         assert name + "_loss" in one[0], sorted(one[0])
@@ -222,6 +231,59 @@ def test_synchronized_batch_norm_saves_a_config_every_backend_loads():
     assert model.to_json().count('"synchronized": false') == 2
     clone = keras.Model.from_config(model.get_config())
     assert not clone.get_layer("head_bn").synchronized
+
+
+def _moving_means(model):
+    """Every BatchNorm's moving mean, found from the model's variables (not its layers)."""
+    return {v.path for v in model.non_trainable_variables if v.path.endswith("moving_mean")}
+
+
+WHOLE_MODELS = {
+    **{name: build for name, build in MP_BUILDERS.items()},
+    # The models where a walk of `.layers` missed the BatchNorm of kseg's own layers
+    # (the ASPP, the decoder, the PPM, the graph units): 9 of 62, 5 of 58, 15 of 68.
+    "deeplabv3plus_resnet50": lambda: kseg.models.DeepLabV3Plus(num_classes=3),
+    "pspnet_resnet50": lambda: kseg.models.PSPNet(num_classes=3),
+    "ginet_resnet50": lambda: kseg.models.GINet(num_classes=3),
+    "deeplabv3plus_xception65": lambda: kseg.models.DeepLabV3Plus(
+        num_classes=3, backbone="xception65"
+    ),
+    "deeplabv3plus_mobilenetv2": lambda: kseg.models.DeepLabV3Plus(
+        num_classes=3, backbone="mobilenetv2"
+    ),
+    "unet_efficientnetb0": lambda: kseg.models.UNet(num_classes=3, backbone="efficientnetb0"),
+}
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute only")
+@pytest.mark.parametrize("name", sorted(WHOLE_MODELS))
+def test_every_batch_norm_of_every_model_is_synchronized(name):
+    from kseg.training import synchronize_batch_norm
+
+    model = WHOLE_MODELS[name]()
+    expected = _moving_means(model)  # empty for the VGG models (no BatchNorm)
+    changed = synchronize_batch_norm(model)
+    synchronized = {
+        layer.moving_mean.path
+        for layer in _all_layers(model)
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.synchronized
+    }
+    assert synchronized == expected, sorted(expected - synchronized)[:5]
+    assert changed == len(expected)
+
+
+def _all_layers(layer, seen=None):
+    """Every layer reachable from `layer` through its attributes, however nested."""
+    seen = set() if seen is None else seen
+    if id(layer) in seen:
+        return
+    seen.add(id(layer))
+    yield layer
+    for value in vars(layer).values():
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for item in items:
+            if isinstance(item, keras.layers.Layer):
+                yield from _all_layers(item, seen)
 
 
 def test_global_batch_must_split_evenly():
