@@ -219,6 +219,23 @@ def export_model(model, path, format="saved_model", size=None, output="main", ve
             "(recipes/export.py: --size H W). Received: size=None"
         )
     exported = inference_model(model, size=size, output=output)
+    write_graph(exported, path, format, size=size, verbose=verbose)
+    target = description_path(path)
+    with open(target, "w") as f:
+        json.dump(description(model, exported, format, size), f, indent=2)
+        f.write("\n")
+    return target
+
+
+def write_graph(exported, path, format, size=None, verbose=False):
+    """Writes a float32 model with one image input as it is (every output) through Keras' exporters.
+
+    `export_model`'s last step, with the options each backend's exporter needs
+    (no gradient and the smallest input size for jax2tf; 2-D pooling nodes for
+    jax2onnx). `exported` is usually `inference_model(model)`; the tests also
+    export models with extra outputs through it.
+    """
+    backend = keras.backend.backend()
     spec = keras.InputSpec(shape=tuple(exported.inputs[0].shape), dtype="float32")
     options = {}
     if backend == "jax" and format == "saved_model":
@@ -238,11 +255,6 @@ def export_model(model, path, format="saved_model", size=None, output="main", ve
     )
     if backend == "jax" and format == "onnx":
         _pools_over_two_axes(os.fspath(path))
-    target = description_path(path)
-    with open(target, "w") as f:
-        json.dump(description(model, exported, format, size), f, indent=2)
-        f.write("\n")
-    return target
 
 
 def smallest_input_size(model, limit=1024):

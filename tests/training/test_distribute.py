@@ -24,7 +24,6 @@ import numpy as np
 import pytest
 
 import kseg
-
 from tests.helpers import BACKEND
 from tests.models.test_mixed_precision import BUILDERS as MP_BUILDERS
 
