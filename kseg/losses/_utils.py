@@ -78,6 +78,30 @@ def check_reduction(reduction, supported=REDUCTIONS, reason=""):
     return reduction
 
 
+def check_image_reduction(reduction, per_image, loss_name):
+    """`check_reduction` for a loss that has a value per image only with `per_image=True`.
+
+    With `per_image=True`: the reductions of Keras on those per-image values, less
+    `"mean_with_sample_weight"` (`sample_weight` weighs the pixels inside the loss and
+    gives no weight per image to divide by). With `per_image=False` the loss is one
+    value of the whole batch: only `"sum_over_batch_size"` and `"mean"`.
+    """
+    no_weights = (
+        "; 'mean_with_sample_weight' is not supported (`sample_weight` weighs the pixels "
+        "inside the loss, it gives no weight per image to divide by)"
+    )
+    if per_image:
+        return check_reduction(
+            reduction, ("sum_over_batch_size", "mean", "sum", "none", None), no_weights
+        )
+    return check_reduction(
+        reduction,
+        ("sum_over_batch_size", "mean"),
+        f": with per_image=False, {loss_name} is one value of the whole batch, and 'none' "
+        "and 'sum' (of the per-image values) need per_image=True" + no_weights,
+    )
+
+
 def reduce_values(values, reduction, weight=None):
     """Per-pixel `(B, H, W)` or per-image `(B,)` values reduced as `reduction` says.
 
@@ -219,14 +243,13 @@ def soft_class_sums(
     return intersection, predicted, target, binary
 
 
-def mean_class_loss(class_loss, target, binary, classes, per_image):
-    """The mean of per-class losses `(K,)` or `(B, K)` (from `soft_class_sums`), a scalar.
+def mean_class_loss(class_loss, target, binary, classes):
+    """The mean of per-class losses `(K,)` or `(B, K)` (from `soft_class_sums`) over
+    the classes: a scalar, or `(B,)` one value per image.
 
     `classes="all"` averages all `K` classes; `"present"` only the classes with a
-    labelled pixel (`target > 0`) in the group (the batch, or the image with
-    `per_image`), and a group without any gives 0. A binary prediction scores its
-    foreground alone (class 1). With `per_image` the result is the mean over the
-    images of the global batch of each image's mean over its classes.
+    labelled pixel (`target > 0`) in the group (the batch, or the image), and a group
+    without any gives 0. A binary prediction scores its foreground alone (class 1).
     """
     if binary:
         class_loss, target = class_loss[..., 1:], target[..., 1:]
@@ -234,9 +257,19 @@ def mean_class_loss(class_loss, target, binary, classes, per_image):
         present = ops.cast(target > 0, "float32")
     else:
         present = ops.ones_like(class_loss)
-    per_group = ops.sum(class_loss * present, axis=-1) / ops.maximum(ops.sum(present, axis=-1), 1.0)
-    if not per_image:
-        return per_group
+    return ops.sum(class_loss * present, axis=-1) / ops.maximum(ops.sum(present, axis=-1), 1.0)
+
+
+def reduce_images(per_image, reduction):
+    """The per-image losses `(B,)` of this replica reduced as `reduction` says.
+
+    `"none"` (or None): `per_image` itself; `"sum"`: their sum over the images of the
+    global batch; `"sum_over_batch_size"` and `"mean"`: their mean over those images.
+    """
+    if reduction is None or reduction == "none":
+        return per_image
+    if reduction == "sum":
+        return sum_over_replicas(ops.sum(per_image))
     # The mean over the images of the global batch.
-    total, count = sum_over_replicas([ops.sum(per_group), ops.sum(ops.ones_like(per_group))])
+    total, count = sum_over_replicas([ops.sum(per_image), ops.sum(ops.ones_like(per_image))])
     return total / ops.maximum(count, 1.0)

@@ -337,6 +337,8 @@ REPLICA_SCRIPT = textwrap.dedent(
         "jaccard_image": L.JaccardLoss(per_image=True, classes="present"),
         "ce_sum": L.SegmentationCrossEntropy(reduction="sum"),
         "ce_none": L.SegmentationCrossEntropy(reduction="none"),
+        "dice_image_sum": L.DiceLoss(per_image=True, reduction="sum"),
+        "dice_image_none": L.DiceLoss(per_image=True, reduction="none"),
     }
 
     def loss_and_grad(loss, y, x, w):
@@ -377,8 +379,8 @@ REPLICA_SCRIPT = textwrap.dedent(
 @pytest.mark.large
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute replicas: TensorFlow only")
 def test_two_tensorflow_replicas_give_the_loss_and_gradients_of_one_device():
-    """Focal (multi-class, binary), Jaccard (batch, per image), and the cross-entropy's
-    "sum" and "none" reductions on 2 replicas vs one device."""
+    """Focal (multi-class, binary), Jaccard (batch, per image), and the "sum" and "none"
+    reductions of the cross-entropy and the per-image Dice on 2 replicas vs one device."""
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
     env["KERAS_BACKEND"] = "tensorflow"
     result = subprocess.run(
