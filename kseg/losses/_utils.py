@@ -10,42 +10,112 @@ from kseg._common import squeeze_labels, valid_mask
 class PixelLoss(keras.losses.Loss):
     """Base of kseg's segmentation losses: `sample_weight` weighs pixels inside the loss.
 
-    A Keras loss returns per-sample values that Keras' reduction then weighs; kseg's
-    losses are already one scalar per batch (a mean over the labelled pixels of the
-    whole batch), so Keras' reduction would only rescale that scalar by the mean of
-    the weights. Here `__call__` hands `sample_weight` to `compute_loss` instead, so
-    a per-pixel weight map gives the weighted mean over the labelled pixels, as
-    torch does with a weight map (`(F.cross_entropy(..., reduction="none") * w).sum()
-    / (w * valid).sum()`). `reduction` is kept for API compatibility: the result is
-    always that one scalar.
+    A Keras loss returns per-sample values that Keras' reduction then weighs and
+    reduces; kseg's default results are not such a reduction of per-image values (a
+    weighted mean over the labelled pixels of the whole batch, an overlap of the
+    whole batch), and Keras' reduction of their scalar would only rescale it by the
+    mean of the weights. Here `__call__` hands `sample_weight` to `compute_loss`
+    instead, so a per-pixel weight map gives the weighted mean over the labelled
+    pixels, as torch does with a weight map (`(F.cross_entropy(...,
+    reduction="none") * w).sum() / (w * valid).sum()`), and `compute_loss` applies
+    `self.reduction` itself: each loss documents what every reduction it accepts
+    returns, and refuses at construction the ones it cannot honour
+    (`check_reduction`).
 
     On several replicas (`tf.distribute.MirroredStrategy` and
-    `MultiWorkerMirroredStrategy` on TensorFlow), every loss is that of the global
-    batch: `compute_loss` takes its sums over all replicas' pixels
+    `MultiWorkerMirroredStrategy` on TensorFlow), every reduced loss is that of the
+    global batch: `compute_loss` takes its sums over all replicas' pixels
     (`kseg._backend.sum_over_replicas`), and `__call__` divides the result by
     the number of replicas, Keras' convention for a loss on `N` replicas (the
     trainer sums the replicas' gradients and multiplies the reported loss back by
     `N`). Training on `N` replicas then gives the loss and the gradients of one
     device on the whole batch. Keras' own reduction would not do it: it returns a
     scalar loss as it is, unscaled. On JAX (`keras.distribution.DataParallel` runs
-    one program over the global batch) and on one device nothing changes.
+    one program over the global batch) and on one device nothing changes. The
+    unreduced values of `reduction="none"` are those of the replica's own pixels
+    (or images), returned unscaled (see `__call__`).
     """
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         with keras.name_scope(self.name):
             y_pred = ops.convert_to_tensor(y_pred)
             loss = ops.cast(self.compute_loss(y_true, y_pred, sample_weight), "float32")
-            replicas = num_replicas()
-            if replicas > 1:
-                loss = loss / float(replicas)
+            # A reduced loss is a value of the global batch, of which each replica returns
+            # its share. The unreduced values ("none") are those of this replica's own
+            # pixels or images, each the same number on one device or on `N`: they are
+            # returned as they are, not divided by `N` (which would make every value
+            # wrong), like Keras' and torch's unreduced losses; code that reduces them
+            # across replicas scales its result itself.
+            if self.reduction not in (None, "none"):
+                replicas = num_replicas()
+                if replicas > 1:
+                    loss = loss / float(replicas)
             return ops.cast(loss, self.dtype)
 
     def call(self, y_true, y_pred):
         return self.compute_loss(y_true, y_pred, None)
 
     def compute_loss(self, y_true, y_pred, sample_weight):
-        """The loss of the global batch (sums over all replicas' pixels), a scalar."""
+        """The loss reduced as `self.reduction` says: a scalar of the global batch (sums
+        over all replicas' pixels), or this replica's unreduced values for `"none"`."""
         raise NotImplementedError
+
+
+# The reductions of `keras.losses.Loss`; None is the same as "none".
+REDUCTIONS = ("sum_over_batch_size", "mean", "mean_with_sample_weight", "sum", "none", None)
+
+
+def check_reduction(reduction, supported=REDUCTIONS, reason=""):
+    """Returns `reduction`, or raises `ValueError` unless it is one of `supported`.
+
+    `reason` (a clause) says why a loss supports only those.
+    """
+    if reduction not in supported:
+        raise ValueError(
+            f"Expected `reduction` to be one of {tuple(supported)}{reason}. "
+            f"Received: reduction={reduction!r}"
+        )
+    return reduction
+
+
+def check_image_reduction(reduction, per_image, loss_name):
+    """`check_reduction` for a loss that has a value per image only with `per_image=True`.
+
+    With `per_image=True`: the reductions of Keras on those per-image values, less
+    `"mean_with_sample_weight"` (`sample_weight` weighs the pixels inside the loss and
+    gives no weight per image to divide by). With `per_image=False` the loss is one
+    value of the whole batch: only `"sum_over_batch_size"` and `"mean"`.
+    """
+    no_weights = (
+        "; 'mean_with_sample_weight' is not supported (`sample_weight` weighs the pixels "
+        "inside the loss, it gives no weight per image to divide by)"
+    )
+    if per_image:
+        return check_reduction(
+            reduction, ("sum_over_batch_size", "mean", "sum", "none", None), no_weights
+        )
+    return check_reduction(
+        reduction,
+        ("sum_over_batch_size", "mean"),
+        f": with per_image=False, {loss_name} is one value of the whole batch, and 'none' "
+        "and 'sum' (of the per-image values) need per_image=True" + no_weights,
+    )
+
+
+def reduce_values(values, reduction, weight=None):
+    """Per-pixel `(B, H, W)` or per-image `(B,)` values reduced as `reduction` says.
+
+    `values` are already weighted and 0 where not counted. `"none"` (or None): `values`
+    as they are, this replica's own. `"sum"`: their sum over the global batch.
+    Otherwise their sum divided by the sum of `weight` (the same shape: the weights of
+    the counted values) over the global batch, or 0 when that is 0.
+    """
+    if reduction is None or reduction == "none":
+        return values
+    if reduction == "sum":
+        return sum_over_replicas(ops.sum(values))
+    total, count = sum_over_replicas([ops.sum(values), ops.sum(weight)])
+    return safe_divide(total, count)
 
 
 def pixel_weights(sample_weight, labels, data_format):
@@ -173,14 +243,13 @@ def soft_class_sums(
     return intersection, predicted, target, binary
 
 
-def mean_class_loss(class_loss, target, binary, classes, per_image):
-    """The mean of per-class losses `(K,)` or `(B, K)` (from `soft_class_sums`), a scalar.
+def mean_class_loss(class_loss, target, binary, classes):
+    """The mean of per-class losses `(K,)` or `(B, K)` (from `soft_class_sums`) over
+    the classes: a scalar, or `(B,)` one value per image.
 
     `classes="all"` averages all `K` classes; `"present"` only the classes with a
-    labelled pixel (`target > 0`) in the group (the batch, or the image with
-    `per_image`), and a group without any gives 0. A binary prediction scores its
-    foreground alone (class 1). With `per_image` the result is the mean over the
-    images of the global batch of each image's mean over its classes.
+    labelled pixel (`target > 0`) in the group (the batch, or the image), and a group
+    without any gives 0. A binary prediction scores its foreground alone (class 1).
     """
     if binary:
         class_loss, target = class_loss[..., 1:], target[..., 1:]
@@ -188,9 +257,19 @@ def mean_class_loss(class_loss, target, binary, classes, per_image):
         present = ops.cast(target > 0, "float32")
     else:
         present = ops.ones_like(class_loss)
-    per_group = ops.sum(class_loss * present, axis=-1) / ops.maximum(ops.sum(present, axis=-1), 1.0)
-    if not per_image:
-        return per_group
+    return ops.sum(class_loss * present, axis=-1) / ops.maximum(ops.sum(present, axis=-1), 1.0)
+
+
+def reduce_images(per_image, reduction):
+    """The per-image losses `(B,)` of this replica reduced as `reduction` says.
+
+    `"none"` (or None): `per_image` itself; `"sum"`: their sum over the images of the
+    global batch; `"sum_over_batch_size"` and `"mean"`: their mean over those images.
+    """
+    if reduction is None or reduction == "none":
+        return per_image
+    if reduction == "sum":
+        return sum_over_replicas(ops.sum(per_image))
     # The mean over the images of the global batch.
-    total, count = sum_over_replicas([ops.sum(per_group), ops.sum(ops.ones_like(per_group))])
+    total, count = sum_over_replicas([ops.sum(per_image), ops.sum(ops.ones_like(per_image))])
     return total / ops.maximum(count, 1.0)

@@ -4,9 +4,15 @@ import keras
 import numpy as np
 from keras import ops
 
-from kseg._backend import gather_over_replicas, sum_over_replicas
+from kseg._backend import gather_over_replicas
 from kseg._common import check_float, check_int, standardize_data_format
-from kseg.losses._utils import PixelLoss, pixel_weights, prepare_dense, safe_divide
+from kseg.losses._utils import (
+    PixelLoss,
+    check_reduction,
+    pixel_weights,
+    prepare_dense,
+    reduce_values,
+)
 
 
 @keras.saving.register_keras_serializable(package="kseg")
@@ -59,6 +65,29 @@ class SegmentationCrossEntropy(PixelLoss):
     The selection is not differentiated. `k` counts pixels of the whole batch (as in
     PaddleSeg; mmseg counts `min_kept` per image).
 
+    Reduction. Let `v_i` be the weighted value of pixel `i`, `s_i * w[y_i] * l_i`
+    (with label smoothing, `s_i` times the smoothed value above, which holds the class
+    weights), and 0 on every pixel that is not kept (ignored, a label outside
+    `[0, K)`, a weight of 0, or dropped by OHEM). Then:
+    - `"sum_over_batch_size"` (the default) and its alias `"mean"`: the weighted mean
+      above, `sum_i v_i / sum_i (s_i * w[y_i])` over the kept pixels, torch's
+      `reduction="mean"` (with `ignore_index`, `weight` and `label_smoothing`). It is
+      Keras' sum over the batch divided by its size when the pixels not kept count as
+      masked elements (Keras divides by the number of unmasked elements) and nothing is
+      weighted; with class or pixel weights the divisor is the sum of the weights, not
+      the number of pixels (Keras' `"sum_over_batch_size"` would divide a weighted sum
+      by the pixel count): kseg's default has always been the weighted mean.
+    - `"mean_with_sample_weight"`: the same value, which is Keras' definition exactly
+      (the weighted sum divided by the sum of the weights, masked pixels weighing 0).
+    - `"sum"`: `sum_i v_i`, a scalar: torch's `reduction="sum"` (times the pixel weights).
+    - `"none"` or None: the `(B, H, W)` map of `v_i`, 0 on the pixels not kept: torch's
+      `reduction="none"` (times the pixel weights, as Keras weighs unreduced values).
+      The sum of the map is the `"sum"` value.
+    On several replicas a scalar is that of the global batch, of which each replica
+    returns its share (divided by the number of replicas, see `PixelLoss`); the map of
+    `"none"` is the replica's own pixels' values, not divided (OHEM still selects its
+    pixels over the global batch).
+
     Everything computes in float32, also under a mixed-precision policy.
 
     Args:
@@ -70,8 +99,8 @@ class SegmentationCrossEntropy(PixelLoss):
         ohem_min_kept: int >= 0, default 100000. Minimum number of pixels OHEM keeps.
         label_smoothing: float in [0, 1), default 0.
         data_format: layout of `y_pred`; defaults to `keras.config.image_data_format()`.
-        reduction: kept for compatibility with Keras losses; the loss is always the
-            weighted mean described above, whatever the reduction.
+        reduction: `"sum_over_batch_size"` (default), `"mean"`,
+            `"mean_with_sample_weight"`, `"sum"`, `"none"` or None; see "Reduction".
         name: default `"segmentation_cross_entropy"`.
         dtype: loss dtype, float32 by default.
 
@@ -101,7 +130,7 @@ class SegmentationCrossEntropy(PixelLoss):
         name="segmentation_cross_entropy",
         dtype=None,
     ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        super().__init__(name=name, reduction=check_reduction(reduction), dtype=dtype)
         if ignore_index is not None:
             ignore_index = check_int("ignore_index", ignore_index, minimum=-(2**31))
         self.ignore_index = ignore_index
@@ -180,8 +209,7 @@ class SegmentationCrossEntropy(PixelLoss):
             if weights is not None:
                 smooth = smooth * weights
             pixel_loss = (1.0 - eps) * pixel_loss + (eps / num_classes) * smooth
-        total, weight = sum_over_replicas([ops.sum(pixel_loss), ops.sum(pixel_weight)])
-        return safe_divide(total, weight)
+        return reduce_values(pixel_loss, self.reduction, pixel_weight)
 
     def _ohem_keep(self, true_prob, valid):
         """Boolean map of the pixels OHEM keeps (see the class docstring)."""

@@ -4,7 +4,13 @@ import keras
 from keras import ops
 
 from kseg._common import check_choice, check_float, check_int, standardize_data_format
-from kseg.losses._utils import PixelLoss, mean_class_loss, soft_class_sums
+from kseg.losses._utils import (
+    PixelLoss,
+    check_image_reduction,
+    mean_class_loss,
+    reduce_images,
+    soft_class_sums,
+)
 
 
 @keras.saving.register_keras_serializable(package="kseg")
@@ -38,6 +44,23 @@ class DiceLoss(PixelLoss):
     multiplies each pixel's `p` and `t` in all three sums (a weight of 0 is the same
     as the ignore index, a weight of 2 counts the pixel twice).
 
+    Reduction. With `per_image=True`, let `L_b` be the loss of image `b` (its mean
+    over its classes, with the pixel weights inside the sums; 0 for an image without
+    a labelled pixel when `classes="present"`). Keras' reductions apply to these
+    per-image values:
+    - `"sum_over_batch_size"` (the default) and its alias `"mean"`: `mean_b L_b` over
+      the images of the batch, the loss above;
+    - `"sum"`: `sum_b L_b`;
+    - `"none"` or None: the `(B,)` vector of `L_b`.
+    `"mean_with_sample_weight"` is refused: `sample_weight` weighs the pixels inside
+    the sums (it is not applied again to `L_b`), so there are no per-image weights to
+    divide by. With `per_image=False` the loss is one Dice of the whole batch,
+    not a sum of per-image values: only `"sum_over_batch_size"` and `"mean"` are
+    accepted, and give that value as it is (Keras returns a scalar loss unreduced
+    whatever its reduction). Other values raise a `ValueError` at construction. On
+    several replicas the scalars are those of the global batch (each replica returns
+    its share, see `PixelLoss`); `"none"` gives the replica's own images' values.
+
     Args:
         ignore_index: int or None, default 255.
         from_logits: bool, default True (softmax inside); False for probabilities.
@@ -45,7 +68,9 @@ class DiceLoss(PixelLoss):
         smooth: float >= 0, default 1.0.
         classes: `"all"` (default) or `"present"`: the classes averaged.
         data_format: layout of `y_pred`; defaults to `keras.config.image_data_format()`.
-        reduction: kept for compatibility; the loss is always the scalar above.
+        reduction: with `per_image=True`, `"sum_over_batch_size"` (default), `"mean"`,
+            `"sum"`, `"none"` or None; with `per_image=False`,
+            `"sum_over_batch_size"` or `"mean"`. See "Reduction".
         name: default `"dice_loss"`.
         dtype: loss dtype, float32 by default.
 
@@ -71,6 +96,7 @@ class DiceLoss(PixelLoss):
         name="dice_loss",
         dtype=None,
     ):
+        reduction = check_image_reduction(reduction, bool(per_image), "DiceLoss")
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         if ignore_index is not None:
             ignore_index = check_int("ignore_index", ignore_index, minimum=-(2**31))
@@ -93,7 +119,10 @@ class DiceLoss(PixelLoss):
         )
         cardinality = predicted + target
         dice = (2.0 * intersection + self.smooth) / ops.maximum(cardinality + self.smooth, 1e-7)
-        return mean_class_loss(1.0 - dice, target, binary, self.classes, self.per_image)
+        loss = mean_class_loss(1.0 - dice, target, binary, self.classes)
+        if not self.per_image:
+            return loss
+        return reduce_images(loss, self.reduction)
 
     def get_config(self):
         return {

@@ -4,9 +4,14 @@ import keras
 import numpy as np
 from keras import ops
 
-from kseg._backend import sum_over_replicas
 from kseg._common import check_float, check_int, standardize_data_format
-from kseg.losses._utils import PixelLoss, pixel_weights, prepare_dense, safe_divide
+from kseg.losses._utils import (
+    PixelLoss,
+    check_reduction,
+    pixel_weights,
+    prepare_dense,
+    reduce_values,
+)
 
 
 @keras.saving.register_keras_serializable(package="kseg")
@@ -46,6 +51,25 @@ class FocalLoss(PixelLoss):
     `(B,)` gives the weights `s_i` above (the weighted mean over the labelled
     pixels; pixels of weight 0 are not counted).
 
+    Reduction. Let `v_i = s_i * FL_i` be the value of pixel `i`, 0 on every pixel
+    that is not counted (ignored, a label outside `[0, K)`, or a weight of 0). Then:
+    - `"sum_over_batch_size"` (the default) and its alias `"mean"`: the mean above,
+      `sum_i v_i / sum_i s_i` over the labelled pixels. It is Keras' sum over the
+      batch divided by its size when the pixels not counted are masked elements
+      (Keras divides by the number of unmasked elements) and there are no pixel
+      weights; with pixel weights the divisor is their sum, not the number of pixels
+      (Keras' `"sum_over_batch_size"` would divide by the pixel count): kseg's default
+      has always been the weighted mean. `alpha` is never in the divisor.
+    - `"mean_with_sample_weight"`: the same value, which is Keras' definition exactly
+      (the weighted sum divided by the sum of the weights, masked pixels weighing 0).
+    - `"sum"`: `sum_i v_i`, a scalar.
+    - `"none"` or None: the `(B, H, W)` map of `v_i`, 0 on the pixels not counted (as
+      torch's `reduction="none"`, times the pixel weights as Keras weighs unreduced
+      values). The sum of the map is the `"sum"` value.
+    On several replicas a scalar is that of the global batch, of which each replica
+    returns its share (divided by the number of replicas, see `PixelLoss`); the map of
+    `"none"` is the replica's own pixels' values, not divided.
+
     Everything computes in float32, also under a mixed-precision policy.
 
     Args:
@@ -56,8 +80,8 @@ class FocalLoss(PixelLoss):
         from_logits: bool, default True. Whether `y_pred` holds logits; otherwise
             probabilities (renormalised over the channels, clipped at 1e-7).
         data_format: layout of `y_pred`; defaults to `keras.config.image_data_format()`.
-        reduction: kept for compatibility with Keras losses; the loss is always the
-            mean described above.
+        reduction: `"sum_over_batch_size"` (default), `"mean"`,
+            `"mean_with_sample_weight"`, `"sum"`, `"none"` or None; see "Reduction".
         name: default `"focal_loss"`.
         dtype: loss dtype, float32 by default.
 
@@ -85,7 +109,7 @@ class FocalLoss(PixelLoss):
         name="focal_loss",
         dtype=None,
     ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        super().__init__(name=name, reduction=check_reduction(reduction), dtype=dtype)
         self.alpha = _check_alpha(alpha)
         self.gamma = check_float("gamma", gamma, minimum=0.0)
         if ignore_index is not None:
@@ -126,10 +150,7 @@ class FocalLoss(PixelLoss):
             pixel_weight = pixel_weight * weights
             valid = valid & (weights > 0)
         pixel_weight = ops.where(valid, pixel_weight, 0.0)
-        total, count = sum_over_replicas(
-            [ops.sum(pixel_weight * pixel_loss), ops.sum(pixel_weight)]
-        )
-        return safe_divide(total, count)
+        return reduce_values(pixel_weight * pixel_loss, self.reduction, pixel_weight)
 
     def _alpha_table(self, num_classes):
         """`alpha` as a float32 tensor of `num_classes` class weights, or None."""

@@ -3,9 +3,16 @@
 import keras
 from keras import ops
 
-from kseg._backend import gather_over_replicas, sum_over_replicas
+from kseg._backend import gather_over_replicas
 from kseg._common import check_choice, check_int, standardize_data_format
-from kseg.losses._utils import PixelLoss, pixel_weights, prepare_dense, probabilities
+from kseg.losses._utils import (
+    PixelLoss,
+    check_image_reduction,
+    pixel_weights,
+    prepare_dense,
+    probabilities,
+    reduce_images,
+)
 
 
 @keras.saving.register_keras_serializable(package="kseg")
@@ -43,13 +50,32 @@ class LovaszSoftmaxLoss(PixelLoss):
     pixel is multiplied by its weight (0/1 weights are an exact mask; other values
     scale the pixel's error, not its place in the Jaccard term).
 
+    Reduction. With `per_image=True`, let `L_b` be the loss of image `b` (its mean
+    over its classes, or its Lovasz hinge; 0 for an image without a labelled pixel).
+    Keras' reductions apply to these per-image values:
+    - `"sum_over_batch_size"` (the default) and its alias `"mean"`: `mean_b L_b` over
+      the images of the batch, the loss above;
+    - `"sum"`: `sum_b L_b`;
+    - `"none"` or None: the `(B,)` vector of `L_b`.
+    `"mean_with_sample_weight"` is refused: `sample_weight` weighs the pixels' errors
+    (it is not applied again to `L_b`), so there are no per-image weights to divide
+    by. With `per_image=False` the loss is one Lovasz extension over the pixels of the
+    whole batch, not a sum of per-image values: only `"sum_over_batch_size"` and
+    `"mean"` are accepted, and give that value as it is (Keras returns a scalar loss
+    unreduced whatever its reduction). Other values raise a `ValueError` at
+    construction. On several replicas the scalars are those of the global batch (each
+    replica returns its share, see `PixelLoss`); `"none"` gives the replica's own
+    images' values.
+
     Args:
         ignore_index: int or None, default 255.
         from_logits: bool, default True (softmax inside); False for probabilities.
         per_image: bool, default False.
         classes: `"present"` (default) or `"all"`.
         data_format: layout of `y_pred`; defaults to `keras.config.image_data_format()`.
-        reduction: kept for compatibility; the loss is always the scalar above.
+        reduction: with `per_image=True`, `"sum_over_batch_size"` (default), `"mean"`,
+            `"sum"`, `"none"` or None; with `per_image=False`,
+            `"sum_over_batch_size"` or `"mean"`. See "Reduction".
         name: default `"lovasz_softmax_loss"`.
         dtype: loss dtype, float32 by default.
 
@@ -74,6 +100,7 @@ class LovaszSoftmaxLoss(PixelLoss):
         name="lovasz_softmax_loss",
         dtype=None,
     ):
+        reduction = check_image_reduction(reduction, bool(per_image), "LovaszSoftmaxLoss")
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         if ignore_index is not None:
             ignore_index = check_int("ignore_index", ignore_index, minimum=-(2**31))
@@ -140,9 +167,7 @@ class LovaszSoftmaxLoss(PixelLoss):
         )
         if not self.per_image:
             return per_group[0]
-        # The mean over the images of the global batch.
-        total, count = sum_over_replicas([ops.sum(per_group), ops.sum(ops.ones_like(per_group))])
-        return total / ops.maximum(count, 1.0)
+        return reduce_images(per_group, self.reduction)
 
     def get_config(self):
         return {

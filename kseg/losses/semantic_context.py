@@ -8,7 +8,7 @@ from keras import ops
 
 from kseg._backend import sum_over_replicas
 from kseg._common import check_int, squeeze_labels, standardize_data_format, valid_mask
-from kseg.losses._utils import PixelLoss, safe_divide
+from kseg.losses._utils import PixelLoss, check_reduction, reduce_values
 
 
 def class_presence_target(y_true, num_classes, ignore_index=255, data_format=None):
@@ -53,12 +53,30 @@ class SemanticContextLoss(PixelLoss):
     or `(B, 1)`: the loss is then `sum_b w_b * mean_k BCE[b, k] / sum_b w_b`. A
     per-pixel weight map has no meaning here and is refused.
 
+    Reduction. With `L_b = mean_k BCE[b, k]` the loss of image `b` and `w_b` its
+    weight (1 without `sample_weight`), Keras' reductions apply to the values
+    `w_b * L_b`:
+    - `"sum_over_batch_size"` (the default) and its alias `"mean"`: the loss above,
+      `sum_b w_b * L_b / sum_b w_b`. Without weights this is Keras' definition, the
+      sum over the batch divided by its size; with weights the divisor is their sum,
+      not `B` (Keras' `"sum_over_batch_size"` would divide by `B`): kseg's default
+      has always been the weighted mean.
+    - `"mean_with_sample_weight"`: the same value, which is Keras' definition exactly.
+    - `"sum"`: `sum_b w_b * L_b`.
+    - `"none"` or None: the `(B,)` vector of `w_b * L_b` (torch's
+      `binary_cross_entropy_with_logits(..., reduction="none").mean(-1)` times the
+      weights, as Keras weighs unreduced values).
+    On several replicas the scalars are those of the global batch (each replica
+    returns its share, see `PixelLoss`); `"none"` gives the replica's own images'
+    values.
+
     Args:
         num_classes: int >= 1, the number `K` of classes.
         ignore_index: int or None, default 255.
         from_logits: bool, default True; False when `y_pred` holds probabilities.
         data_format: layout of a `(B, 1, H, W)` label map in channels_first.
-        reduction: kept for compatibility; the loss is always the scalar above.
+        reduction: `"sum_over_batch_size"` (default), `"mean"`,
+            `"mean_with_sample_weight"`, `"sum"`, `"none"` or None; see "Reduction".
         name: default `"semantic_context_loss"`.
         dtype: loss dtype, float32 by default.
 
@@ -86,7 +104,7 @@ class SemanticContextLoss(PixelLoss):
         name="semantic_context_loss",
         dtype=None,
     ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        super().__init__(name=name, reduction=check_reduction(reduction), dtype=dtype)
         self.num_classes = check_int("num_classes", num_classes, minimum=1)
         if ignore_index is not None:
             ignore_index = check_int("ignore_index", ignore_index, minimum=-(2**31))
@@ -112,8 +130,11 @@ class SemanticContextLoss(PixelLoss):
             bce = -(target * ops.log(p) + (1.0 - target) * ops.log(1.0 - p))
         # Sums over the global batch (all replicas' images).
         if sample_weight is None:
-            total, count = sum_over_replicas([ops.sum(bce), ops.sum(ops.ones_like(bce))])
-            return total / ops.maximum(count, 1.0)
+            if self.reduction in ("sum_over_batch_size", "mean", "mean_with_sample_weight"):
+                # The mean over every (b, k), the same as the mean over b of mean_k.
+                total, count = sum_over_replicas([ops.sum(bce), ops.sum(ops.ones_like(bce))])
+                return total / ops.maximum(count, 1.0)
+            return reduce_values(ops.mean(bce, axis=-1), self.reduction)
         weights = ops.cast(ops.convert_to_tensor(sample_weight), "float32")
         if len(weights.shape) > 2 or (len(weights.shape) == 2 and weights.shape[1] != 1):
             raise ValueError(
@@ -121,10 +142,7 @@ class SemanticContextLoss(PixelLoss):
                 f"(B,) or (B, 1). Received: sample_weight.shape={tuple(weights.shape)}"
             )
         weights = ops.reshape(weights, (-1,))
-        total, weight = sum_over_replicas(
-            [ops.sum(ops.mean(bce, axis=-1) * weights), ops.sum(weights)]
-        )
-        return safe_divide(total, weight)
+        return reduce_values(ops.mean(bce, axis=-1) * weights, self.reduction, weights)
 
     def get_config(self):
         return {

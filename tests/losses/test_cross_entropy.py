@@ -315,3 +315,104 @@ def test_binary_label_two_is_not_a_class():
     keep = np.array([[[True, True], [False, True]]])
     got = SegmentationCrossEntropy()(labels, logits)
     np.testing.assert_allclose(to_numpy(got), torch_bce(np.where(keep, labels, 255), logits), rtol=1e-5)
+
+
+# ---------------------------------------------------------------- reduction
+def torch_ce(labels, logits, reduction, class_weights=None, smoothing=0.0, ignore_index=255):
+    """torch's cross-entropy of NHWC logits with `ignore_index`, `reduction` as torch names it."""
+    import torch
+    import torch.nn.functional as F
+
+    return F.cross_entropy(
+        torch.tensor(logits, dtype=torch.float64).permute(0, 3, 1, 2),
+        torch.tensor(labels, dtype=torch.int64),
+        weight=None if class_weights is None else torch.tensor(class_weights).double(),
+        ignore_index=ignore_index,
+        label_smoothing=smoothing,
+        reduction=reduction,
+    ).numpy()
+
+
+def reduction_case():
+    logits = random_array((2, 3, 4, 3), seed=20, scale=2.0)
+    labels = np.random.default_rng(21).integers(0, 3, (2, 3, 4))
+    labels[0, 0, :3] = 255
+    labels[1, 2, 1] = 255
+    return labels, logits
+
+
+@pytest.mark.parametrize("class_weights, smoothing", [(None, 0.0), ([0.5, 2.0, 1.5], 0.1)])
+def test_reduction_none_and_sum_against_torch(class_weights, smoothing):
+    pytest.importorskip("torch")
+    labels, logits = reduction_case()
+    options = {"class_weights": class_weights, "label_smoothing": smoothing}
+    want = torch_ce(labels, logits, "none", class_weights, smoothing)
+    assert want.shape == (2, 3, 4) and np.all(want[labels == 255] == 0)
+    for reduction in ("none", None):
+        got = to_numpy(SegmentationCrossEntropy(reduction=reduction, **options)(labels, logits))
+        assert got.shape == (2, 3, 4)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    got = SegmentationCrossEntropy(reduction="sum", **options)(labels, logits)
+    np.testing.assert_allclose(
+        to_numpy(got), torch_ce(labels, logits, "sum", class_weights, smoothing), rtol=1e-5
+    )
+
+
+def test_reduction_with_a_pixel_weight_map_against_torch():
+    """"none" and "sum" weigh each pixel's value; the means divide by the summed weights."""
+    pytest.importorskip("torch")
+    labels, logits = reduction_case()
+    s = np.random.default_rng(22).uniform(0, 2, labels.shape).astype("float32")
+    cw = [0.5, 2.0, 1.5]
+    per_pixel = torch_ce(labels, logits, "none", cw) * s
+    got = SegmentationCrossEntropy(class_weights=cw, reduction="none")(labels, logits, s)
+    np.testing.assert_allclose(to_numpy(got), per_pixel, rtol=1e-5, atol=1e-7)
+    got = SegmentationCrossEntropy(class_weights=cw, reduction="sum")(labels, logits, s)
+    np.testing.assert_allclose(to_numpy(got), per_pixel.sum(), rtol=1e-5)
+    valid = labels != 255
+    divisor = (s * np.asarray(cw)[np.where(valid, labels, 0)] * valid).sum()
+    for reduction in ("sum_over_batch_size", "mean", "mean_with_sample_weight"):
+        got = SegmentationCrossEntropy(class_weights=cw, reduction=reduction)(labels, logits, s)
+        np.testing.assert_allclose(to_numpy(got), per_pixel.sum() / divisor, rtol=1e-5)
+
+
+@pytest.mark.parametrize("reduction", ["sum_over_batch_size", "mean", "mean_with_sample_weight"])
+def test_mean_reductions_are_torchs_mean_over_labelled_pixels(reduction):
+    pytest.importorskip("torch")
+    labels, logits = reduction_case()
+    loss = SegmentationCrossEntropy(class_weights=[0.5, 2.0, 1.5], reduction=reduction)
+    want = torch_ce(labels, logits, "mean", [0.5, 2.0, 1.5])
+    np.testing.assert_allclose(loss_value(loss, labels, logits), want, rtol=1e-5)
+
+
+def test_reduction_none_is_zero_where_ohem_drops_a_pixel():
+    pytest.importorskip("torch")
+    labels, logits = reduction_case()
+    keep = ohem_reference_keep(labels, logits, 0.5, 4).reshape(labels.shape)
+    loss = SegmentationCrossEntropy(ohem_threshold=0.5, ohem_min_kept=4, reduction="none")
+    want = torch_ce(labels, logits, "none") * keep
+    np.testing.assert_allclose(to_numpy(loss(labels, logits)), want, rtol=1e-5, atol=1e-7)
+
+
+def test_binary_reduction_none_and_sum_against_torch():
+    torch = pytest.importorskip("torch")
+    logits = random_array((2, 3, 4, 1), seed=23, scale=3.0)
+    labels = np.random.default_rng(24).integers(0, 2, (2, 3, 4))
+    labels[1, 0] = 255
+    x = torch.tensor(logits[..., 0], dtype=torch.float64)
+    t = torch.tensor(labels == 1, dtype=torch.float64)
+    want = torch.nn.functional.binary_cross_entropy_with_logits(x, t, reduction="none").numpy()
+    want = want * (labels != 255)
+    got = SegmentationCrossEntropy(reduction="none")(labels, logits)
+    np.testing.assert_allclose(to_numpy(got), want, rtol=1e-5, atol=1e-7)
+    got = SegmentationCrossEntropy(reduction="sum")(labels, logits)
+    np.testing.assert_allclose(to_numpy(got), want.sum(), rtol=1e-5)
+
+
+def test_unknown_reduction_is_refused():
+    with pytest.raises(ValueError, match=r"`reduction`.*Received: reduction='avg'"):
+        SegmentationCrossEntropy(reduction="avg")
+    # The reduction is part of the config.
+    loss = SegmentationCrossEntropy(reduction="none")
+    revived = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert revived.get_config()["reduction"] == "none"

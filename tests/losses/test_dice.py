@@ -96,3 +96,34 @@ def test_binary_dice_is_the_foreground_dice_of_the_sigmoid():
     t = np.array([1.0, 0.0, 1.0])
     want = 1 - (2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1)
     np.testing.assert_allclose(to_numpy(DiceLoss()(labels, logits)), want, rtol=1e-5)
+
+
+def test_per_image_reductions_reduce_the_images_dice_losses():
+    logits = random_array((3, 3, 4, 3), seed=7, scale=2.0)
+    labels = np.random.default_rng(8).integers(0, 3, (3, 3, 4))
+    labels[0, 0] = 255
+    labels[2] = 255  # an image without any labelled pixel
+    per_image = np.array(
+        [reference_dice(labels[b : b + 1], logits[b : b + 1], False) for b in range(3)]
+    )
+    for reduction in ("none", None):
+        got = to_numpy(DiceLoss(per_image=True, reduction=reduction)(labels, logits))
+        assert got.shape == (3,)
+        np.testing.assert_allclose(got, per_image, rtol=1e-5)
+    got = DiceLoss(per_image=True, reduction="sum")(labels, logits)
+    np.testing.assert_allclose(to_numpy(got), per_image.sum(), rtol=1e-5)
+    for reduction in ("sum_over_batch_size", "mean"):
+        got = DiceLoss(per_image=True, reduction=reduction)(labels, logits)
+        np.testing.assert_allclose(to_numpy(got), per_image.mean(), rtol=1e-5)
+
+
+def test_reductions_without_a_per_image_value_are_refused():
+    for reduction in ("none", None, "sum"):
+        with pytest.raises(ValueError, match=r"`reduction`.*per_image=True.*Received: reduction="):
+            DiceLoss(reduction=reduction)
+    for per_image in (False, True):
+        with pytest.raises(ValueError, match="Received: reduction='mean_with_sample_weight'"):
+            DiceLoss(per_image=per_image, reduction="mean_with_sample_weight")
+        with pytest.raises(ValueError, match=r"`reduction`.*Received: reduction='avg'"):
+            DiceLoss(per_image=per_image, reduction="avg")
+    assert DiceLoss(reduction="mean").get_config()["reduction"] == "mean"

@@ -248,6 +248,69 @@ def test_fit_and_evaluate_report_the_loss():
     assert np.isfinite(history.history["loss"][-1])
 
 
+# ---------------------------------------------------------------- reduction
+def focal_map(labels, logits, gamma, alpha=None, weights=None, ignore_index=255):
+    """The focal loss of every pixel (torch, as `reduction="none"`): 0 where not labelled."""
+    x = torch.tensor(logits, dtype=torch.float64).permute(0, 3, 1, 2)
+    y = torch.tensor(labels, dtype=torch.int64)
+    valid = (y != ignore_index) & (y >= 0) & (y < x.shape[1])
+    y = torch.where(valid, y, 0)
+    log_pt = F.log_softmax(x, dim=1).gather(1, y[:, None])[:, 0]
+    loss = -((1 - log_pt.exp()) ** gamma) * log_pt
+    if alpha is not None:
+        loss = loss * torch.tensor(alpha, dtype=torch.float64)[y]
+    if weights is not None:
+        loss = loss * torch.tensor(weights, dtype=torch.float64)
+    return (loss * valid).numpy()
+
+
+@pytest.mark.parametrize("alpha, weighted", [(None, False), ([0.5, 2.0, 1.0], True)])
+def test_reductions_against_torch(alpha, weighted):
+    logits = random_array((2, 3, 4, 3), seed=14, scale=2.0)
+    labels = np.random.default_rng(15).integers(0, 3, (2, 3, 4))
+    labels[0, 1, :3] = 255
+    labels[1, 0, 0] = 7  # not a class
+    s = (
+        np.random.default_rng(16).uniform(0, 2, labels.shape).astype("float32")
+        if weighted
+        else None
+    )
+    per_pixel = focal_map(labels, logits, 1.5, alpha, s)
+    assert np.all(per_pixel[labels >= 3] == 0)
+    for reduction in ("none", None):
+        got = to_numpy(FocalLoss(gamma=1.5, alpha=alpha, reduction=reduction)(labels, logits, s))
+        assert got.shape == (2, 3, 4)
+        np.testing.assert_allclose(got, per_pixel, rtol=1e-5, atol=1e-7)
+    got = value(FocalLoss(gamma=1.5, alpha=alpha, reduction="sum"), labels, logits, s)
+    np.testing.assert_allclose(got, per_pixel.sum(), rtol=1e-5)
+    valid = labels < 3
+    divisor = (valid if s is None else s * valid).sum()
+    for reduction in ("sum_over_batch_size", "mean", "mean_with_sample_weight"):
+        got = value(FocalLoss(gamma=1.5, alpha=alpha, reduction=reduction), labels, logits, s)
+        np.testing.assert_allclose(got, per_pixel.sum() / divisor, rtol=1e-5)
+
+
+def test_binary_reduction_none_is_the_sigmoid_focal_loss_of_each_pixel():
+    logits = random_array((2, 3, 4, 1), seed=17, scale=3.0)
+    labels = np.random.default_rng(18).integers(0, 2, (2, 3, 4))
+    labels[1, 2] = 255
+    x = torch.tensor(logits[..., 0], dtype=torch.float64)
+    t = torch.tensor(labels == 1, dtype=torch.float64)
+    p = torch.sigmoid(x)
+    p_t = p * t + (1 - p) * (1 - t)
+    ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+    want = (ce * (1 - p_t) ** 2 * (0.25 * t + 0.75 * (1 - t))).numpy() * (labels != 255)
+    got = FocalLoss(alpha=0.25, reduction="none")(labels, logits)
+    np.testing.assert_allclose(to_numpy(got), want, rtol=1e-5, atol=1e-7)
+    got = FocalLoss(alpha=0.25, reduction="sum")(labels, logits)
+    np.testing.assert_allclose(to_numpy(got), want.sum(), rtol=1e-5)
+
+
+def test_unknown_reduction_is_refused():
+    with pytest.raises(ValueError, match=r"`reduction`.*Received: reduction='avg'"):
+        FocalLoss(reduction="avg")
+
+
 # ---------------------------------------------------------------- TensorFlow replicas
 REPLICA_SCRIPT = textwrap.dedent(
     """
@@ -272,6 +335,10 @@ REPLICA_SCRIPT = textwrap.dedent(
         "focal_binary": L.FocalLoss(alpha=0.25),
         "jaccard": L.JaccardLoss(classes="present"),
         "jaccard_image": L.JaccardLoss(per_image=True, classes="present"),
+        "ce_sum": L.SegmentationCrossEntropy(reduction="sum"),
+        "ce_none": L.SegmentationCrossEntropy(reduction="none"),
+        "dice_image_sum": L.DiceLoss(per_image=True, reduction="sum"),
+        "dice_image_none": L.DiceLoss(per_image=True, reduction="none"),
     }
 
     def loss_and_grad(loss, y, x, w):
@@ -293,11 +360,15 @@ REPLICA_SCRIPT = textwrap.dedent(
         )
         # Keras' convention: each replica returns its share (the loss / 2); the
         # gradients of the replicas' slices are those of one device on the whole batch.
-        total = sum(float(v) for v in strategy.experimental_local_results(values))
+        # Unreduced values ("none") are each replica's own, unscaled.
+        local = [v.numpy() for v in strategy.experimental_local_results(values)]
+        if name.endswith("none"):
+            np.testing.assert_allclose(np.concatenate(local), one, rtol=1e-5, err_msg=name)
+        else:
+            np.testing.assert_allclose(sum(local), float(one), rtol=1e-5, err_msg=name)
         grad = np.concatenate([g.numpy() for g in strategy.experimental_local_results(grads)])
-        np.testing.assert_allclose(total, float(one), rtol=1e-5, err_msg=name)
         np.testing.assert_allclose(grad, one_grad.numpy(), rtol=1e-4, atol=1e-7, err_msg=name)
-        assert float(one) > 0.05, name
+        assert float(np.sum(one)) > 0.05, name
     print("replicas OK")
     """
 )
@@ -308,7 +379,8 @@ REPLICA_SCRIPT = textwrap.dedent(
 @pytest.mark.large
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute replicas: TensorFlow only")
 def test_two_tensorflow_replicas_give_the_loss_and_gradients_of_one_device():
-    """Focal (multi-class, binary) and Jaccard (batch, per image) on 2 replicas vs one device."""
+    """Focal (multi-class, binary), Jaccard (batch, per image), and the "sum" and "none"
+    reductions of the cross-entropy and the per-image Dice on 2 replicas vs one device."""
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
     env["KERAS_BACKEND"] = "tensorflow"
     result = subprocess.run(

@@ -189,3 +189,48 @@ def test_serialization_and_bad_arguments():
         DiceLoss(classes="some")
     with pytest.raises(ValueError, match="spatial size of `y_true`"):
         JaccardLoss()(np.zeros((1, 4, 4)), np.zeros((1, 2, 2, 3)))
+
+
+def test_per_image_reductions_reduce_the_images_jaccard_losses():
+    logits = random_array((3, 3, 4, 3), seed=14, scale=2.0)
+    labels = np.random.default_rng(15).integers(0, 2, (3, 3, 4))
+    labels[0, 0] = 255
+    labels[2] = 255  # an image without any labelled pixel
+    w = np.random.default_rng(16).uniform(0, 2, labels.shape).astype("float32")
+    probs = softmax(logits)
+    per_image = np.array(
+        [
+            reference_overlap(
+                labels[b : b + 1],
+                probs[b : b + 1],
+                "jaccard",
+                classes="present",
+                weights=w[b : b + 1],
+            )
+            for b in range(3)
+        ]
+    )
+    for reduction in ("none", None):
+        loss = JaccardLoss(per_image=True, classes="present", reduction=reduction)
+        got = to_numpy(loss(labels, logits, sample_weight=w))
+        assert got.shape == (3,)
+        np.testing.assert_allclose(got, per_image, rtol=1e-5)
+    loss = JaccardLoss(per_image=True, classes="present", reduction="sum")
+    np.testing.assert_allclose(
+        value(loss, labels, logits, sample_weight=w), per_image.sum(), rtol=1e-5
+    )
+    for reduction in ("sum_over_batch_size", "mean"):
+        loss = JaccardLoss(per_image=True, classes="present", reduction=reduction)
+        got = value(loss, labels, logits, sample_weight=w)
+        np.testing.assert_allclose(got, per_image.mean(), rtol=1e-5)
+
+
+def test_reductions_without_a_per_image_value_are_refused():
+    for reduction in ("none", None, "sum"):
+        with pytest.raises(ValueError, match=r"`reduction`.*per_image=True.*Received: reduction="):
+            JaccardLoss(reduction=reduction)
+    for per_image in (False, True):
+        with pytest.raises(ValueError, match="Received: reduction='mean_with_sample_weight'"):
+            JaccardLoss(per_image=per_image, reduction="mean_with_sample_weight")
+        with pytest.raises(ValueError, match=r"`reduction`.*Received: reduction='avg'"):
+            JaccardLoss(per_image=per_image, reduction="avg")

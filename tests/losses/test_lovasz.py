@@ -141,3 +141,48 @@ def test_zero_one_pixel_weights_are_a_mask():
         to_numpy(loss(np.where(mask > 0, labels, 255), logits)),
         rtol=1e-6,
     )
+
+
+def test_per_image_reductions_reduce_the_images_lovasz_losses():
+    logits = random_array((3, 3, 4, 3), seed=12, scale=2.0)
+    labels = np.random.default_rng(13).integers(0, 3, (3, 3, 4))
+    labels[0, 0] = 255
+    labels[2] = 255  # an image without any labelled pixel: 0
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    probs = e / e.sum(-1, keepdims=True)
+    per_image = np.array(
+        [reference_lovasz(labels[b : b + 1], probs[b : b + 1], False, "present") for b in range(3)]
+    )
+    for reduction in ("none", None):
+        got = to_numpy(LovaszSoftmaxLoss(per_image=True, reduction=reduction)(labels, logits))
+        assert got.shape == (3,)
+        np.testing.assert_allclose(got, per_image, rtol=1e-5, atol=1e-7)
+    got = LovaszSoftmaxLoss(per_image=True, reduction="sum")(labels, logits)
+    np.testing.assert_allclose(to_numpy(got), per_image.sum(), rtol=1e-5)
+    for reduction in ("sum_over_batch_size", "mean"):
+        got = LovaszSoftmaxLoss(per_image=True, reduction=reduction)(labels, logits)
+        np.testing.assert_allclose(to_numpy(got), per_image.mean(), rtol=1e-5)
+
+
+def test_binary_per_image_reduction_none_is_each_images_lovasz_hinge():
+    logits = random_array((2, 3, 4, 1), seed=14, scale=2.0)
+    labels = np.random.default_rng(15).integers(0, 2, (2, 3, 4))
+    labels[0, 1, :2] = 255
+    want = []
+    for b in range(2):
+        lab, x = labels[b].reshape(-1), logits[b, ..., 0].reshape(-1).astype(np.float64)
+        keep = lab != 255
+        want.append(reference_lovasz_hinge_flat(x[keep], lab[keep]))
+    got = LovaszSoftmaxLoss(per_image=True, reduction="none")(labels, logits)
+    np.testing.assert_allclose(to_numpy(got), want, rtol=1e-5)
+
+
+def test_reductions_without_a_per_image_value_are_refused():
+    for reduction in ("none", None, "sum"):
+        with pytest.raises(ValueError, match=r"`reduction`.*per_image=True.*Received: reduction="):
+            LovaszSoftmaxLoss(reduction=reduction)
+    for per_image in (False, True):
+        with pytest.raises(ValueError, match="Received: reduction='mean_with_sample_weight'"):
+            LovaszSoftmaxLoss(per_image=per_image, reduction="mean_with_sample_weight")
+        with pytest.raises(ValueError, match=r"`reduction`.*Received: reduction='avg'"):
+            LovaszSoftmaxLoss(per_image=per_image, reduction="avg")

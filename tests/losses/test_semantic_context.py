@@ -105,3 +105,28 @@ def test_per_image_weights_and_pixel_maps_refused():
     np.testing.assert_allclose(to_numpy(loss(labels, scores, sample_weight=w)), want, rtol=1e-5)
     with pytest.raises(ValueError, match="one weight per image"):
         loss(labels, scores, sample_weight=np.ones((2, 2, 2), "float32"))
+
+
+def test_reductions_against_torch():
+    torch = pytest.importorskip("torch")
+    labels = np.array([[[0, 1], [1, 1]], [[2, 2], [255, 0]], [[255, 255], [255, 255]]])
+    scores = random_array((3, 3), seed=5, scale=2.0)
+    target = torch.tensor([[1, 1, 0], [1, 0, 1], [0, 0, 0]], dtype=torch.float64)
+    x = torch.tensor(scores, dtype=torch.float64)
+    per_image = torch.nn.functional.binary_cross_entropy_with_logits(x, target, reduction="none")
+    per_image = per_image.mean(-1).numpy()
+    w = np.array([0.5, 2.0, 1.0], "float32")
+    for sample_weight, s in ((None, np.ones(3)), (w, w)):
+        for reduction in ("none", None):
+            got = to_numpy(
+                SemanticContextLoss(3, reduction=reduction)(labels, scores, sample_weight)
+            )
+            assert got.shape == (3,)
+            np.testing.assert_allclose(got, per_image * s, rtol=1e-5)
+        got = SemanticContextLoss(3, reduction="sum")(labels, scores, sample_weight)
+        np.testing.assert_allclose(to_numpy(got), (per_image * s).sum(), rtol=1e-5)
+        for reduction in ("sum_over_batch_size", "mean", "mean_with_sample_weight"):
+            got = SemanticContextLoss(3, reduction=reduction)(labels, scores, sample_weight)
+            np.testing.assert_allclose(to_numpy(got), (per_image * s).sum() / s.sum(), rtol=1e-5)
+    with pytest.raises(ValueError, match=r"`reduction`.*Received: reduction='avg'"):
+        SemanticContextLoss(3, reduction="avg")
