@@ -270,15 +270,58 @@ def steps_for(total_steps, steps_per_epoch):
     return epochs, math.ceil(total_steps / epochs)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that is not a whole `.keras` archive."""
+
+
 def load_model(path):
-    """Loads a `.keras` checkpoint written by the training recipe (without its compile state)."""
+    """Loads a `.keras` checkpoint written by the training recipe (without its compile state).
+
+    Raises:
+        FileNotFoundError: no file at `path`.
+        CheckpointError: the file is not a whole `.keras` archive (truncated, corrupt, or
+            another kind of file), naming it; Keras' own message for that case
+            says the file was not found.
+    """
+    import zipfile
+
     import keras
 
     import kseg  # noqa: F401  (registers kseg's layers, losses and metrics)
 
     if not os.path.isfile(path):
         raise FileNotFoundError(path)
+    problem = None
+    if not zipfile.is_zipfile(path):
+        problem = "it is not a zip archive"
+    else:
+        try:
+            with zipfile.ZipFile(path) as archive:
+                damaged = archive.testzip()  # the first member whose CRC does not match
+                names = set(archive.namelist())
+        except (zipfile.BadZipFile, OSError, EOFError) as error:
+            damaged, names, problem = None, set(), f"its archive cannot be read ({error})"
+        if damaged is not None:
+            problem = f"its member {damaged!r} is damaged"
+        elif problem is None and "config.json" not in names:
+            problem = "it holds no config.json"
+    if problem is not None:
+        size = os.path.getsize(path)
+        raise CheckpointError(
+            f"{path} is not a valid .keras file (truncated or corrupt: {problem}; {size:,} "
+            "bytes). Use another checkpoint, e.g. the run's best.keras or a copy of it."
+        )
     return keras.saving.load_model(path, compile=False)
+
+
+def load_checkpoint(prog, path):
+    """`load_model(path)` for a recipe: a missing or damaged file ends it with one error line."""
+    try:
+        return load_model(path)
+    except FileNotFoundError:
+        raise SystemExit(f"{prog}: error: no such checkpoint: {path!r}") from None
+    except CheckpointError as error:
+        raise SystemExit(f"{prog}: error: {error}") from None
 
 
 def quiet_tensorflow():

@@ -178,7 +178,7 @@ def main(argv=None, prog="evaluate.py", voc_entry=False):
     import kseg.data as kdata
     import kseg.inference
 
-    model = _common.load_model(args.checkpoint)
+    model = _common.load_checkpoint(args.prog, args.checkpoint)
     num_classes = _common.num_classes_of(model, args.output_key)
     description = _common.dataset_of(model, num_classes)
     choose_dataset(args, description.get("name"))

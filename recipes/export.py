@@ -128,7 +128,7 @@ def main(argv=None):
         )
     if not os.path.isfile(args.checkpoint):
         raise SystemExit(f"export.py: error: argument --checkpoint: no file {args.checkpoint}")
-    model = _common.load_model(args.checkpoint)
+    model = _common.load_checkpoint("export.py", args.checkpoint)
     parent = os.path.dirname(os.path.abspath(args.output))
     os.makedirs(parent, exist_ok=True)
     size = None if args.size is None else tuple(args.size)

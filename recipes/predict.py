@@ -116,7 +116,7 @@ def main(argv=None):
     from kseg.data.palette import overlay
     from kseg.data.voc import read_image
 
-    model = _common.load_model(args.checkpoint)
+    model = _common.load_checkpoint("predict.py", args.checkpoint)
     num_classes = _common.num_classes_of(model, args.output_key)
     binary = num_classes == 1
     dataset = _common.dataset_of(model, num_classes)

@@ -768,6 +768,8 @@ def main(argv=None, prog="train.py", voc_entry=False):
         checkpoint_path, monitor=monitor, verbose=1, state_path=state_path
     )
     callbacks = [
+        # Stops at the first non-finite training loss, before any callback saves that state.
+        kseg.training.DivergenceCheck(),
         # Stops at the first batch whose labels are neither classes nor the ignore index.
         kseg.training.LabelCheck(),
         # Resumes at the saved training step; kept after the run, so that --resume can
@@ -782,16 +784,21 @@ def main(argv=None, prog="train.py", voc_entry=False):
         checkpoint,
     ]
     log(f"Setup took {time.time() - wall_start:.1f} s; training.")
-    model.fit(
-        train_ds,
-        epochs=epochs,
-        steps_per_epoch=steps_per_epoch,
-        validation_data=val_fit,
-        validation_steps=val_steps,
-        callbacks=callbacks,
-        shuffle=False,  # the pipeline shuffles
-        verbose=1 if sys.stdout.isatty() else 2,
-    )
+    try:
+        model.fit(
+            train_ds,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            validation_data=val_fit,
+            validation_steps=val_steps,
+            callbacks=callbacks,
+            shuffle=False,  # the pipeline shuffles
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
+    except kseg.training.DivergenceError as e:
+        raise SystemExit(_stopped(args, e, backup_dir, checkpoint_path, diverged=True)) from None
+    except kseg.training.DiskFullError as e:
+        raise SystemExit(_stopped(args, e, backup_dir, checkpoint_path)) from None
 
     eval_kwargs = {}
     if data["sliding"]:
@@ -822,6 +829,30 @@ def main(argv=None, prog="train.py", voc_entry=False):
     log(f"Validation mIoU: {results['mean_iou']:.4f}")
     log(f"Open TensorBoard with: tensorboard --logdir {args.logdir}")
     return results
+
+
+def _stopped(args, error, backup_dir, checkpoint_path, diverged=False):
+    """The message a run ends with when training stops on a fault: what is kept, how to go on."""
+    lines = [f"{args.prog}: error: {error}"]
+    metadata = os.path.join(backup_dir, "training_metadata.json")
+    if os.path.isfile(metadata):
+        with open(metadata) as f:
+            step = json.load(f).get("step")
+        lines.append(f"The last backup, after training step {step}, is kept in {backup_dir}.")
+    else:
+        lines.append(f"No backup had been written yet ({backup_dir}).")
+    if os.path.isfile(checkpoint_path):
+        lines.append(f"The best checkpoint so far is kept: {checkpoint_path}.")
+    hint = (
+        " with a lower --lr (or --mixed-precision off)"
+        if diverged
+        else " once the device has space"
+    )
+    lines.append(
+        f"To continue from the backup{hint}: python recipes/{args.prog} --resume "
+        f"--logdir {args.logdir}"
+    )
+    return "\n".join(lines)
 
 
 def _write_json(path, value):

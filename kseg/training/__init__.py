@@ -9,6 +9,7 @@ write images and scalars next to `keras.callbacks.TensorBoard`'s logs.
 from kseg.training.callbacks import (
     BackupAndRestore,
     BestCheckpoint,
+    DiskFullError,
     LabelCheck,
     LearningRateLogger,
     PerClassIoULogger,
@@ -20,6 +21,7 @@ from kseg.training.callbacks import (
     take_samples,
 )
 from kseg.training.distribute import DistributionPlan, plan_distribution, synchronize_batch_norm
+from kseg.training.divergence import DivergenceCheck, DivergenceError
 from kseg.training.optimizers import SGD
 from kseg.training.schedules import PolyDecay, PolyLearningRateSchedule
 
@@ -31,6 +33,9 @@ __all__ = [
     "PerClassIoULogger",
     "LearningRateLogger",
     "LabelCheck",
+    "DivergenceCheck",
+    "DivergenceError",
+    "DiskFullError",
     "BackupAndRestore",
     "BestCheckpoint",
     "best_checkpoint",

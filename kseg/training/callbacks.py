@@ -19,12 +19,15 @@ same way, so that the best score so far survives a resume. kseg's tests check
 both on the TensorFlow, JAX and PyTorch backends.
 """
 
+import errno
+import gc
 import glob
 import json
 import math
 import os
 import secrets
 import shutil
+import sys
 import warnings
 
 import keras
@@ -33,6 +36,12 @@ import tensorflow as tf
 
 from kseg.data.palette import colorize, voc_palette
 from kseg.inference import predict
+from kseg.training.divergence import (
+    DivergenceCheck,
+    DivergenceError,
+    check_finite_state,
+    count_nonfinite,
+)
 
 
 class _SummaryCallback(keras.callbacks.Callback):
@@ -434,7 +443,7 @@ def remove_stale_temporaries(path):
     return removed
 
 
-def save_atomically(path, save):
+def save_atomically(path, save, size=None):
     """Writes a file through a temporary name in its folder, then moves it into place.
 
     `save(temporary_path)` writes the file (e.g. `model.save`, `model.save_weights`
@@ -445,9 +454,17 @@ def save_atomically(path, save):
     during the save leaves the previous `path` whole and usable; an exception in
     `save` also deletes the temporary file and propagates.
 
+    A full device raises `DiskFullError` (an `OSError` with `errno.ENOSPC` that
+    names the file, its folder and whether the previous file is intact), before
+    anything is written when `size` says the file cannot fit: h5py, which
+    writes Keras' `.weights.h5` and `.keras` files, does not recover from a
+    write that fails for space (it crashed the process at exit).
+
     Args:
         path: the final path (a local file; its folder must exist).
         save: a function of one argument, the temporary path, that writes the file.
+        size: the bytes the file will take at least (`saved_size(model)`), checked
+            against the device's free space first; None skips the check.
 
     Returns:
         `path`.
@@ -460,8 +477,10 @@ def save_atomically(path, save):
         )
     # The process id and a random part: processes on several hosts may share the folder.
     temporary = _temporary_path(path, f"{os.getpid()}-{secrets.token_hex(4)}")
+    if size is not None and shutil.disk_usage(folder or ".").free < size:
+        raise DiskFullError(path, os.path.isfile(path), size, shutil.disk_usage(folder or ".").free)
     try:
-        save(temporary)
+        _save_reporting_disk_full(save, temporary, path)
         if not os.path.isfile(temporary):
             raise RuntimeError(
                 f"Expected `save` to write the file it was given. Received: save={save!r}, "
@@ -475,6 +494,87 @@ def save_atomically(path, save):
         raise
     _fsync(folder)
     return path
+
+
+class DiskFullError(OSError):
+    """`save_atomically` found no space left on the device; the previous file is intact.
+
+    An `OSError` with `errno.ENOSPC`, whose message names the file, its folder and
+    whether an earlier version of it is still there.
+    """
+
+    def __init__(self, path, kept, needed=None, free=None):
+        folder = os.path.dirname(os.path.abspath(path))
+        room = (
+            ""
+            if needed is None
+            else f" (it needs about {needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free)"
+        )
+        state = (
+            f"the previous {os.path.basename(path)} is intact"
+            if kept
+            else f"no earlier {os.path.basename(path)} existed"
+        )
+        super().__init__(
+            errno.ENOSPC,
+            f"No space left on device: could not write {path}{room} in the folder {folder}; "
+            f"nothing was left half-written and {state}. Free space on that device or write "
+            "elsewhere.",
+        )
+        self.path = path
+
+
+def saved_size(model, optimizer=False):
+    """A lower bound on the bytes of `model`'s saved weights (and optimizer state)."""
+    variables = list(model.weights)
+    if optimizer and getattr(model, "optimizer", None) is not None:
+        variables += list(model.optimizer.variables)
+    data = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
+    # HDF5 adds a few KiB per dataset and group; a .keras zip stores the same bytes.
+    return data + 4096 * (len(variables) + 16)
+
+
+def _save_reporting_disk_full(save, temporary, path):
+    """`save(temporary)`, where a full device ends in one `DiskFullError` and nothing else.
+
+    h5py (Keras' `.weights.h5` and `.keras` writer) that runs out of space keeps
+    its file open and flushes it again each time one of its objects is freed,
+    failing and printing "Exception ignored" each time; a file still open at
+    interpreter exit crashed the process (exit 139). On a full device, the
+    temporary file is emptied (its blocks freed, so h5py's last flush finds room),
+    h5py's objects are freed now, and their reports of the failure are dropped.
+    Other reports made during the save are passed on.
+    """
+    hook = sys.unraisablehook
+    reports = []
+    sys.unraisablehook = reports.append
+    disk_full = False
+    try:
+        save(temporary)
+    except OSError as error:
+        if not _is_disk_full(error):
+            raise
+        disk_full = True
+    finally:
+        try:
+            if disk_full:
+                if os.path.isfile(temporary):
+                    os.truncate(temporary, 0)
+                gc.collect()
+                reports = [r for r in reports if not _is_disk_full(r.exc_value)]
+        finally:
+            sys.unraisablehook = hook
+            for report in reports:
+                hook(report)
+    if disk_full:
+        raise DiskFullError(path, os.path.isfile(path))
+
+
+def _is_disk_full(error):
+    """An error for a full device, also when a library (h5py) drops its errno."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    return "No space left on device" in str(error) or "errno = 28," in str(error)
 
 
 def _write_json(path, value):
@@ -573,6 +673,19 @@ class BestCheckpoint(keras.callbacks.Callback):
             )
             return
         value = float(np.asarray(logs[self.monitor]))
+        nonfinite = sorted(
+            key
+            for key, v in logs.items()
+            if key.startswith("val_") and key.endswith("loss") and not np.all(np.isfinite(v))
+        )
+        if nonfinite:
+            # A diverged model can still score (its argmax is some class): never the best.
+            if self.verbose:
+                print(
+                    f"\nEpoch {epoch + 1}: {', '.join(nonfinite)} not finite; {self.monitor} "
+                    f"{value:.5f} is not counted, {self.filepath} is kept"
+                )
+            return
         if not self._improves(value):
             if self.verbose:
                 print(f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}")
@@ -583,13 +696,17 @@ class BestCheckpoint(keras.callbacks.Callback):
                 f"{value:.5f}, saving model to {self.filepath}"
             )
         model = self.model
+        check_finite_state(model, self.filepath)
         folder = os.path.dirname(self.filepath)
         if folder:
             os.makedirs(folder, exist_ok=True)
+        size = saved_size(model, optimizer=not self.save_weights_only)
         if self.save_weights_only:
-            save_atomically(self.filepath, lambda path: model.save_weights(path, overwrite=True))
+            save_atomically(
+                self.filepath, lambda path: model.save_weights(path, overwrite=True), size
+            )
         else:
-            save_atomically(self.filepath, lambda path: model.save(path, overwrite=True))
+            save_atomically(self.filepath, lambda path: model.save(path, overwrite=True), size)
         self.best = value
         if self.state_path is not None:
             save_atomically(self.state_path, lambda path: _write_json(path, {self.monitor: value}))
@@ -747,7 +864,22 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
                 remove_stale_temporaries(path)
         # Keras restores the weights (and the `.bkp` copies when the latest is unreadable)
         # and sets the initial epoch from the metadata.
-        super().on_train_begin(logs)
+        try:
+            super().on_train_begin(logs)
+        except OSError as error:  # h5py: "Unable to open file (truncated file ...)"
+            raise ValueError(
+                f"The backup {self._weights_path} is not a valid weights file (truncated or "
+                f"corrupt: {error}). Delete the folder {self.backup_dir} to start again."
+            ) from None
+        if os.path.isfile(self._weights_path):
+            # A backup written before kseg refused non-finite states may hold them.
+            bad = count_nonfinite(self.model.weights)
+            if bad:
+                raise DivergenceError(
+                    f"The backup {self._weights_path} holds {bad:,} NaN or infinite weight "
+                    "values: a diverged run saved it. Start again in a new --logdir (or "
+                    "delete that folder)."
+                )
         if not (
             os.path.isfile(self._weights_path) and os.path.isfile(self._training_metadata_path)
         ):
@@ -808,7 +940,8 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         super().on_train_end(logs)
 
     def _save_model(self):
-        """Writes the weights, then the metadata, each atomically."""
+        """Writes the weights, then the metadata, each atomically, once they are finite."""
+        check_finite_state(self.model, f"the backup in {self.backup_dir}")
         os.makedirs(self.backup_dir, exist_ok=True)
         if self.double_checkpoint:
             for latest, previous in (
@@ -824,7 +957,11 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
             "step": self._step,
             "iterations": self._iterations(),
         }
-        save_atomically(self._weights_path, lambda path: model.save_weights(path, overwrite=True))
+        save_atomically(
+            self._weights_path,
+            lambda path: model.save_weights(path, overwrite=True),
+            saved_size(model, optimizer=True),
+        )
         save_atomically(self._training_metadata_path, lambda path: _write_json(path, metadata))
         self._saved_step = self._step
         if self.verbose:
@@ -859,12 +996,14 @@ def segmentation_callbacks(
             the model sees labels that are not classes). Defaults to True.
 
     Returns:
-        A list: `BackupAndRestore` (first, so that the others see the
-        restored state), `LabelCheck` (before anything logs a figure),
+        A list: `DivergenceCheck` (a non-finite loss stops the run before
+        anything is saved from it), `BackupAndRestore` (before the others, so
+        that they see the restored state), `LabelCheck` (before anything logs a figure),
         `TensorBoard(log_dir)`, `LearningRateLogger`, and the optional image,
         per-class IoU and checkpoint callbacks.
     """
-    callbacks = []
+    # DivergenceCheck first: it stops the run at a non-finite loss before any callback saves.
+    callbacks = [DivergenceCheck()]
     if backup_dir is not None:
         callbacks.append(BackupAndRestore(backup_dir))
     if label_check:

@@ -452,3 +452,25 @@ def test_missing_voc_folder_inside_data_dir(env, tmp_path):
     result = run_recipe(env, "train_voc.py", "--smoke", "--data-dir", tmp_path, check=False)
     assert result.returncode != 0
     assert "argument --data-dir" in result.stderr and "VOCdevkit" in result.stderr
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped"])
+def test_a_damaged_checkpoint_is_named_not_reported_missing(env, tmp_path, damage):
+    checkpoint = tmp_path / "best.keras"
+    _save_pointwise_model(checkpoint, channels=3, num_outputs=2, seed=0)
+    data = bytearray(checkpoint.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]  # a copy or a save cut short: no zip directory
+    else:
+        data[len(data) // 3] ^= 0xFF  # one damaged byte inside a member
+    checkpoint.write_bytes(bytes(data))
+    image = tmp_path / "a.png"
+    Image.fromarray(_random_pixels((8, 8, 3), 0), "RGB").save(image)
+    for script, args in (
+        ("predict.py", [image, "--checkpoint", checkpoint, "--output-dir", tmp_path / "out"]),
+        ("evaluate.py", [checkpoint]),
+    ):
+        result = run_recipe(env, script, *args, check=False)
+        assert result.returncode != 0
+        assert "Traceback" not in result.stderr, result.stderr[-3000:]
+        assert f"{checkpoint} is not a valid .keras file (truncated or corrupt" in result.stderr
