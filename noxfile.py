@@ -114,7 +114,7 @@ def tests(session, backend):
             session.run(
                 *pytest, "-m", "channels_first_conv",
                 "tests/ops/test_backend.py", "tests/layers", "tests/backbones",
-                "tests/test_inference.py",
+                "tests/inference/test_tta.py",
                 env={**env, "TF_ENABLE_ONEDNN_OPTS": onednn},
                 external=True,
             )

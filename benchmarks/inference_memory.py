@@ -8,7 +8,7 @@ The model is `kseg.models.DeepLabV3Plus(21)` (ResNet-50, output stride 16, rando
 weights: `backbone_weights=None`). Each measurement runs in its own subprocess
 (`KERAS_BACKEND=...`): it builds the model, reads its resident set size (RSS,
 `/proc/self/statm`), then runs `--warmup` + `--repeats` forwards of one random
-`(B, H, W, 3)` batch through `kseg.inference._run_model`, the function that every
+`(B, H, W, 3)` batch through `kseg.inference.forward._run_model`, the function that every
 kseg inference call (`predict`, `predict_probabilities`, `sliding_window_logits`,
 `evaluate`) runs each batch through. *RSS before* is that RSS (framework, model
 weights, input); *peak above it* is the process's peak RSS
@@ -61,18 +61,18 @@ def measure(batch, height, width, runner, warmup, repeats):
     import keras
 
     import kseg
-    from kseg import inference
+    from kseg.inference import forward
 
     if runner == "off":
-        inference._runs_lean = lambda model: False
+        forward._runs_lean = lambda model: False
     model = kseg.models.DeepLabV3Plus(21)
     x = np.random.default_rng(0).uniform(0, 255, (batch, height, width, 3)).astype(np.float32)
-    lean = inference._runs_lean(model)
+    lean = forward._runs_lean(model)
     before = current_rss_bytes()
     times = []
     for _ in range(warmup + repeats):
         start = time.perf_counter()
-        logits = inference._run_model(model, x, "main", "channels_last")
+        logits = forward._run_model(model, x, "main", "channels_last")
         times.append(time.perf_counter() - start)
         del logits
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux

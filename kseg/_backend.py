@@ -1,13 +1,15 @@
 """All of kseg's backend-specific code, kept in this one module outside the core.
 
 The core (`kseg/ops`, `layers`, `backbones`, `models`, `losses`, `metrics`, and
-`kseg/inference.py`) imports only Keras and NumPy (DESIGN.md) and reaches the
+`kseg/inference`) imports only Keras and NumPy (DESIGN.md) and reaches the
 backends through this module; tests/test_layout.py checks it. Here:
 - fast paths of kseg's ops: each has a generic `keras.ops` meaning that the tests
   compare it with, and the backend branches exist only for speed, chosen by
   measurement (benchmarks/README.md, "Metrics");
 - what the backend can run (`channels_first_conv_supported`), how it compiles
-  (`xla_function`) and how it runs without recording gradients (`no_gradients`);
+  (`xla_function`), how it runs without recording gradients (`no_gradients`) and
+  whether Keras' eager functional call holds every intermediate tensor
+  (`predict_keeps_intermediates`, for `kseg.inference`'s lean runner);
 - the forms JAX's export tracing (symbolic sizes; jax2tf, jax2onnx) needs:
   `int_range`, `divmod_nonnegative`, `set_at`, `is_symbolic_dim`;
 - the cross-replica sums and gathers of losses and metrics under `tf.distribute`.
@@ -85,6 +87,22 @@ def no_gradients():
 
         return torch.no_grad()
     return contextlib.nullcontext()
+
+
+def predict_keeps_intermediates():
+    """Whether a functional model's `predict_on_batch` holds all its intermediate tensors at once.
+
+    True on torch: Keras runs the functional call eagerly and keeps every
+    intermediate tensor until it returns, so `kseg.inference` runs functional
+    models there with `lean_call`, which frees each one after its last reader.
+    TensorFlow and JAX run a compiled program whose compiler owns the buffers,
+    and keep `predict_on_batch`. Measured (benchmarks/README.md, "Inference
+    memory": DeepLabV3+ ResNet-50, 4 x 512x1024, CPU, peak RSS above the built
+    model): torch 7572 MB through `predict_on_batch`, 889 MB through `lean_call`;
+    TensorFlow 676 MB. (JAX's compiled program peaked at 7297 MB; that row was
+    not investigated and `lean_call` was not measured on JAX.)
+    """
+    return keras.backend.backend() == "torch"
 
 
 def _is_jax_tracer(x):

@@ -1,7 +1,7 @@
 """The house rules of DESIGN.md that a reader can check in the source.
 
 kseg's core (`kseg/ops`, `layers`, `backbones`, `models`, `losses`, `metrics`) and
-`kseg/inference.py` import only Keras, NumPy, the standard library and kseg itself, so
+`kseg/inference` import only Keras, NumPy, the standard library and kseg itself, so
 that they run unchanged on every backend; backend-specific code lives in one module,
 `kseg/_backend.py`, behind `keras.backend.backend()`, which imports a framework only
 inside the function that needs it. (`kseg.data` and `training` are TensorFlow's by design,
@@ -17,7 +17,7 @@ import sys
 import pytest
 
 KSEG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kseg")
-CORE = ("ops", "layers", "backbones", "models", "losses", "metrics", "inference.py")
+CORE = ("ops", "layers", "backbones", "models", "losses", "metrics", "inference")
 BACKEND_MODULE = "_backend.py"  # kseg/_backend.py, outside the core
 ALLOWED = {"keras", "numpy", "kseg"} | set(sys.stdlib_module_names)
 FRAMEWORKS = {"tensorflow", "jax", "jaxlib", "torch"}
@@ -50,7 +50,7 @@ def test_the_core_is_found():
     files = list(core_files())
     assert BACKEND_MODULE not in files
     assert os.path.join("models", "deeplab.py") in files
-    assert "inference.py" in files
+    assert os.path.join("inference", "lean.py") in files
     assert len(files) > 40
 
 

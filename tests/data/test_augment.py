@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 
 from kseg.data import augment, voc
-from kseg.data.synthetic import write_fake_voc
+from kseg.data.fixtures import write_fake_voc
 
 MEAN = (123.675, 116.28, 103.53)
 

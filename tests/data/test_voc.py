@@ -11,8 +11,8 @@ import tensorflow as tf
 from PIL import Image
 
 from kseg.data import DataError, voc
+from kseg.data.fixtures import write_fake_voc
 from kseg.data.palette import voc_palette
-from kseg.data.synthetic import write_fake_voc
 
 
 @pytest.fixture(scope="module")

@@ -268,7 +268,7 @@ def _val_dir(train_argv):
 
 # The readers are tf.data whatever the Keras backend, so a reader's run is the same on every
 # backend: it runs in the TensorFlow session. The synthetic run covers the recipes on each
-# backend, and tests/test_inference.py test-time augmentation (windows, scales, flips).
+# backend, and tests/inference/ test-time augmentation (windows, scales, flips).
 READER_RUN = pytest.mark.skipif(
     BACKEND != "tensorflow",
     reason="a reader's run (tf.data on every backend); the synthetic run covers the backend",

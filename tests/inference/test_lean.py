@@ -15,6 +15,7 @@ from keras import ops
 import kseg
 from kseg import inference
 from tests.helpers import to_numpy
+from tests.inference.helpers import random_images
 from tests.models.conftest import tiny_resnet
 
 K = 3
@@ -50,10 +51,6 @@ def _randomize(model, seed=0):
             w.assign(rng.normal(0.0, 0.1, value.shape).astype(value.dtype))
 
 
-def _images(shape, seed=0):
-    return np.random.default_rng(seed).uniform(0, 255, shape).astype(np.float32)
-
-
 def _assert_same_outputs(got, expected):
     """Same structure, same dtypes, equal bit for bit."""
     keras.tree.assert_same_structure(got, expected)
@@ -67,7 +64,7 @@ def _assert_same_outputs(got, expected):
 def test_lean_call_equals_model_call(name):
     model = BUILDERS[name]()
     _randomize(model)
-    x = _images((2, 40, 48, 3))
+    x = random_images((2, 40, 48, 3))
     got = inference.lean_call(model, x)
     expected = model(x, training=False)
     _assert_same_outputs(got, expected)
@@ -80,7 +77,7 @@ def test_lean_call_under_mixed_precision():
     keras.config.set_dtype_policy("mixed_bfloat16")
     model = _tiny_deeplabv3plus()
     _randomize(model)
-    x = _images((1, 32, 32, 3))
+    x = random_images((1, 32, 32, 3))
     got = inference.lean_call(model, x)
     assert keras.backend.standardize_dtype(got.dtype) == "float32"
     _assert_same_outputs(got, model(x, training=False))
@@ -150,7 +147,7 @@ def _hand_made_model():
 def test_lean_call_on_a_hand_made_graph():
     model = _hand_made_model()
     _randomize(model)
-    x = _images((2, 10, 12, 3))
+    x = random_images((2, 10, 12, 3))
     got = inference.lean_call(model, x)
     _assert_same_outputs(got, model(x, training=False))
     # Inputs by name, and the model wrapped in a SegmentationModel.
@@ -172,7 +169,7 @@ def test_lean_call_falls_back_for_subclassed_models():
             return self.drop(self.conv(x), training=training)
 
     model = Subclassed()
-    x = _images((1, 8, 8, 3))
+    x = random_images((1, 8, 8, 3))
     _assert_same_outputs(inference.lean_call(model, x), model(x, training=False))
 
 
@@ -240,7 +237,7 @@ def _probe_chain(live, length, nested_length=0):
 def test_lean_call_frees_intermediate_tensors(nested_length):
     live = _LiveTensors()
     model = _probe_chain(live, 32, nested_length)
-    x = _images((1, 8, 8, K))
+    x = random_images((1, 8, 8, K))
     live.reset()
     expected = to_numpy(model(x, training=False))
     # Keras' functional call holds every earlier output of the chain (of the
@@ -266,7 +263,7 @@ def test_lean_call_frees_the_arguments_of_layers_called_on_lists():
     for _ in range(24):
         x = keras.layers.Add()([_Probe(live)(x), x])
     model = keras.Model(inputs, x)
-    x = _images((1, 8, 8, K))
+    x = random_images((1, 8, 8, K))
     live.reset()
     expected = to_numpy(model(x, training=False))
     live.reset()
@@ -280,7 +277,7 @@ def test_inference_runs_lean_on_torch():
 
     live = _LiveTensors()
     model = _probe_chain(live, 32)
-    x = _images((2, 8, 8, K))
+    x = random_images((2, 8, 8, K))
     live.reset()
     probs = inference.predict_probabilities(model, x)
     assert probs.shape == (2, 8, 8, K)
@@ -289,7 +286,7 @@ def test_inference_runs_lean_on_torch():
     # The same logits as Keras' `predict_on_batch`.
     dlv3p = _tiny_deeplabv3plus()
     _randomize(dlv3p)
-    images = _images((2, 40, 48, 3))
+    images = random_images((2, 40, 48, 3))
     window = inference.sliding_window_logits(dlv3p, images, crop_size=(40, 48), batch_size=2)
     np.testing.assert_array_equal(window, dlv3p.predict_on_batch(images))
     # No autograd graph, even where gradients are on.

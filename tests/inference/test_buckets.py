@@ -8,8 +8,7 @@ import pytest
 
 import kseg
 from kseg import inference
-
-K = 4
+from tests.inference.helpers import K, pointwise_model, pointwise_numpy, random_images, softmax
 
 
 class _Recorder:
@@ -30,31 +29,9 @@ class _Recorder:
         return self.model(x)
 
 
-def _pointwise_model(seed=0):
-    """A 1x1-conv model: every output pixel depends only on its input pixel."""
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((None, None, 3))
-    x = keras.layers.Rescaling(1 / 64.0, offset=-2.0)(inputs)
-    return keras.Model(inputs, keras.layers.Conv2D(K, 1, name="main_conv")(x))
-
-
-def _pointwise_numpy(model, images):
-    kernel, bias = (keras.ops.convert_to_numpy(w) for w in model.get_layer("main_conv").weights)
-    return np.einsum("bhwc,ck->bhwk", images / 64.0 - 2.0, kernel[0, 0]) + bias
-
-
-def _softmax(z):
-    e = np.exp(z - z.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
 def _numpy_model(x):
     """A pointwise NumPy model (no compilation): logits from the channel values."""
     return np.asarray(x)[..., :1].repeat(K, axis=-1) * np.arange(1, K + 1, dtype=np.float32) / 255
-
-
-def _images(shape, seed=0):
-    return np.random.default_rng(seed).uniform(0, 255, shape).astype(np.float32)
 
 
 def test_bucket_length_ladder():
@@ -75,7 +52,7 @@ def test_bucket_length_ladder():
 
 
 def test_bad_size_buckets():
-    images = _images((1, 5, 6, 3))
+    images = random_images((1, 5, 6, 3))
     for bad in [(0, 4), (32, 3), (32,), "yes", (32.0, 4), 7]:
         with pytest.raises(ValueError, match="Received: size_buckets="):
             inference.predict(_numpy_model, images, size_buckets=bad)
@@ -90,11 +67,11 @@ def test_bad_size_buckets():
 
 
 def test_whole_image_buckets_are_exact_for_a_pointwise_model():
-    model = _pointwise_model(seed=1)
+    model = pointwise_model(seed=1)
     recorder = _Recorder(model)
-    images = _images((3, 13, 37, 3), seed=2)
+    images = random_images((3, 13, 37, 3), seed=2)
     got = inference.predict_probabilities(recorder, images, size_buckets=True)
-    np.testing.assert_allclose(got, _softmax(_pointwise_numpy(model, images)), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got, softmax(pointwise_numpy(model, images)), rtol=1e-4, atol=1e-5)
     # Height 13 -> 32, width 37 -> 64, batch 3 -> 4, padded with the ImageNet mean.
     (batch,) = recorder.batches
     assert batch.shape == (4, 32, 64, 3)
@@ -115,7 +92,7 @@ def test_sliding_window_buckets_give_the_same_result():
     x = keras.layers.Rescaling(1 / 255.0)(inputs)
     x = keras.layers.Conv2D(6, 3, padding="same", activation="relu")(x)
     model = keras.Model(inputs, keras.layers.Conv2D(K, 3, padding="same")(x))
-    images = _images((1, 8, 14, 3), seed=4)  # 3 windows of 8 x 8 (columns 0, 4, 6)
+    images = random_images((1, 8, 14, 3), seed=4)  # 3 windows of 8 x 8 (columns 0, 4, 6)
     plain, bucketed = _Recorder(model), _Recorder(model)
     a = inference.sliding_window_logits(
         plain, images, 8, stride=4, batch_size=8, size_buckets=False
@@ -135,14 +112,14 @@ def test_sliding_window_buckets_give_the_same_result():
 
 def _twenty_sizes():
     """20 images of 20 different sizes between 20 and 80 px."""
-    return [_images((1, 20 + 3 * i, 80 - 2 * i, 1), seed=i) for i in range(20)]
+    return [random_images((1, 20 + 3 * i, 80 - 2 * i, 1), seed=i) for i in range(20)]
 
 
 def test_twenty_sizes_reach_the_model_in_a_bounded_number_of_shapes():
     images = _twenty_sizes()
     plain, whole, slide = (_Recorder(_numpy_model) for _ in range(3))
     for x in images:
-        expected = _softmax(_numpy_model(x))
+        expected = softmax(_numpy_model(x))
         np.testing.assert_allclose(inference.predict_probabilities(plain, x), expected, rtol=1e-5)
         got = inference.predict_probabilities(whole, x, size_buckets=True)
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
@@ -170,9 +147,9 @@ def test_scales_do_not_multiply_the_shapes():
 def test_whole_image_batch_is_padded_to_a_power_of_two():
     recorder = _Recorder(_numpy_model)
     for n in range(1, 9):
-        x = _images((n, 32, 32, 1), seed=n)
+        x = random_images((n, 32, 32, 1), seed=n)
         got = inference.predict_probabilities(recorder, x, size_buckets=True)
-        np.testing.assert_allclose(got, _softmax(_numpy_model(x)), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got, softmax(_numpy_model(x)), rtol=1e-5, atol=1e-6)
     assert [b.shape[0] for b in recorder.batches] == [1, 2, 4, 4, 8, 8, 8, 8]
     np.testing.assert_array_equal(recorder.batches[2][3], np.zeros((32, 32, 1)))  # pad value 0
 
@@ -185,7 +162,7 @@ def test_evaluate_and_lower_resolution_outputs_with_buckets():
         return out
 
     recorder = _Recorder(half)
-    images = _images((2, 21, 10, 3), seed=5)
+    images = random_images((2, 21, 10, 3), seed=5)
     masks = np.zeros((2, 21, 10), np.int32)
     counter = _Counter()
     inference.evaluate(recorder, [(images, masks)], counter, size_buckets=True)
@@ -194,7 +171,7 @@ def test_evaluate_and_lower_resolution_outputs_with_buckets():
     assert probs.shape == (2, 21, 10, 3)
     # Every pixel of image b has the softmax of (images[b, 0, 0, 0] / 10, 0, 0).
     for b in range(2):
-        expected = _softmax(np.array([images[b, 0, 0, 0] / 10.0, 0.0, 0.0]))
+        expected = softmax(np.array([images[b, 0, 0, 0] / 10.0, 0.0, 0.0]))
         np.testing.assert_allclose(probs[b], np.broadcast_to(expected, (21, 10, 3)), rtol=1e-5)
 
 
@@ -228,7 +205,7 @@ def test_whole_image_buckets_change_a_zoo_model():
     model = kseg.models.DeepLabV3Plus(
         num_classes=K, backbone=backbone, aspp_filters=8, low_level_filters=4, decoder_filters=8
     )
-    images = _images((1, 37, 45, 3), seed=6)
+    images = random_images((1, 37, 45, 3), seed=6)
     plain = inference.predict_probabilities(model, images)
     bucketed = inference.predict_probabilities(model, images, size_buckets=True)
     assert bucketed.shape == plain.shape == (1, 37, 45, K)
@@ -237,10 +214,10 @@ def test_whole_image_buckets_change_a_zoo_model():
     padded = np.empty((1, 64, 64, 3), np.float32)
     padded[...] = inference.IMAGENET_MEAN_RGB
     padded[:, :37, :45] = images
-    by_hand = _softmax(keras.ops.convert_to_numpy(model.predict_on_batch(padded))[:, :37, :45])
+    by_hand = softmax(keras.ops.convert_to_numpy(model.predict_on_batch(padded))[:, :37, :45])
     np.testing.assert_allclose(bucketed, by_hand, rtol=1e-4, atol=1e-5)
     # Sides already on the ladder: nothing is padded, the result is the same.
-    images = _images((1, 64, 64, 3), seed=7)
+    images = random_images((1, 64, 64, 3), seed=7)
     plain = inference.predict_probabilities(model, images)
     bucketed = inference.predict_probabilities(model, images, size_buckets=True)
     np.testing.assert_allclose(bucketed, plain, rtol=1e-5, atol=1e-6)
