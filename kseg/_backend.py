@@ -431,3 +431,58 @@ def gather_over_replicas(values):
     padded = [tf.pad(v, [[start, after]] + [[0, 0]] * (len(v.shape) - 1)) for v in values]
     gathered = context.all_reduce(tf.distribute.ReduceOp.SUM, padded)
     return gathered[0] if single else list(gathered)
+
+
+# ----------------------------------------------------------------------------- kernel choices
+
+
+def has_native_bilinear_resize():
+    """Whether `keras.ops.image.resize` calls a native kernel that `kseg.ops.resize` may use.
+
+    On TensorFlow and torch it is `tf.image.resize` / `F.interpolate` (exact for
+    bilinear, align_corners=False, SPEC 4.9); on JAX `jax.image.resize` is another
+    program of gathers, and kseg's own gather path is used there.
+    """
+    return keras.backend.backend() in ("tensorflow", "torch")
+
+
+def prefers_matrix_resize():
+    """Whether a static-size bilinear resize should be two matrix products (torch).
+
+    torch's `index_select` and element-wise ops on large maps are slow on CPU: a
+    4x64x64x256 map resized to 128x128 took 3406 ms through the gather path and
+    451 ms as two matrix products (7.5x; align_corners=True: 4928 vs 730 ms), torch
+    2.13 CPU, 2-core AMD EPYC without AVX-512. Both are exact (tests/ops/test_resize.py).
+    """
+    return keras.backend.backend() == "torch"
+
+
+def count_bins(index, num_bins, weights=None):
+    """Histogram of the int32 vector `index` (values in `[0, num_bins)`) as int32.
+
+    `ops.segment_sum` with a static `num_segments` is a scatter-add that traces under
+    `jax.jit` and XLA (`ops.bincount` on JAX needs the data-dependent length and does
+    not trace). On torch `torch.bincount` (via `ops.bincount`) is the fastest kernel
+    (0.2 ms, benchmarks/README.md "Metrics"), and it is exact with weights too (it sums
+    weights in float64), while torch's `segment_sum` rounds int32 sums through float32.
+    """
+    if keras.backend.backend() == "torch":
+        if weights is not None:
+            weights = ops.cast(weights, "int32")
+        return ops.cast(ops.bincount(index, weights=weights, minlength=num_bins), "int32")
+    if weights is None:
+        weights = ops.ones_like(index)
+    return ops.segment_sum(ops.cast(weights, "int32"), index, num_segments=num_bins)
+
+
+def as_backend_input(x):
+    """Backend tensors and NumPy arrays as they are, other inputs as NumPy arrays.
+
+    On torch everything becomes a tensor: the fast argmax (`channel_argmax`) works on
+    tensors, and the metrics' update runs eagerly there.
+    """
+    if keras.backend.backend() == "torch":
+        return ops.convert_to_tensor(x)
+    if isinstance(x, np.ndarray) or ops.is_tensor(x):
+        return x
+    return np.asarray(x)

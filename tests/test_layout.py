@@ -77,3 +77,22 @@ def test_the_check_sees_a_lazy_framework_import(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "KSEG", str(tmp_path))
     assert list(imported_roots(os.path.join("ops", "bad.py"))) == [(2, "torch"), (3, "jax")]
     assert list(imported_roots(os.path.join("ops", "bad.py"), module_level=True)) == []
+
+
+@pytest.mark.parametrize("path", list(core_files()))
+def test_core_modules_branch_on_the_backend_only_through_the_backend_module(path):
+    with open(os.path.join(KSEG, path), encoding="utf-8") as handle:
+        tree = ast.parse(handle.read(), filename=path)
+    calls = [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "backend"
+        and isinstance(node.func.value, ast.Attribute)
+        and node.func.value.attr == "backend"
+    ]
+    assert not calls, (
+        f"kseg/{path} asks keras.backend.backend() on lines {calls}: a backend-specific choice "
+        f"belongs in kseg/{BACKEND_MODULE}, with the figure that justifies it"
+    )

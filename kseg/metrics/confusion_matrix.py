@@ -7,7 +7,9 @@ import numpy as np
 from keras import ops
 
 from kseg._backend import (
+    as_backend_input,
     channel_argmax,
+    count_bins,
     replica_context,
     sum_over_replicas,
     xla_function,
@@ -43,24 +45,6 @@ def _accumulate_words(high, low, counts):
     new_low = ops.bitwise_and(low_sum, _LOW_MASK)
     carry = ops.right_shift(low_sum, _LOW_BITS)
     return high + count_high + carry, new_low
-
-
-def _count_bins(index, num_bins, weights=None):
-    """Histogram of the int32 vector `index` (values in `[0, num_bins)`) as int32.
-
-    `ops.segment_sum` with a static `num_segments` is a scatter-add that traces under
-    `jax.jit` and XLA (`ops.bincount` on JAX needs the data-dependent length and does
-    not trace). On torch `torch.bincount` (via `ops.bincount`) is the fastest kernel,
-    and it is exact with weights too (it sums weights in float64), while torch's
-    `segment_sum` rounds int32 sums through float32. See benchmarks/README.md.
-    """
-    if keras.backend.backend() == "torch":
-        if weights is not None:
-            weights = ops.cast(weights, "int32")
-        return ops.cast(ops.bincount(index, weights=weights, minlength=num_bins), "int32")
-    if weights is None:
-        weights = ops.ones_like(index)
-    return ops.segment_sum(ops.cast(weights, "int32"), index, num_segments=num_bins)
 
 
 def _bucket_size(pixels):
@@ -134,7 +118,7 @@ def _plain_update_function(
             other = k * k + 2
         index = ops.where(valid, labels * k + preds, ops.where(bad_label, k * k, other))
         weights = extra[0] if weighted else None
-        bins = _count_bins(index, k * k + 3, weights)
+        bins = count_bins(index, k * k + 3, weights)
         high, low = _accumulate_words(high, low, ops.reshape(bins[: k * k], (k, k)))
         bad_high, bad_low = _accumulate_words(bad_high, bad_low, bins[k * k : k * k + 2])
         seen = bad_label if weights is None else bad_label & (weights > 0)
@@ -149,18 +133,6 @@ def _drop_label_channel(static_shape, data_format, shape=None):
     shape = tuple(static_shape if shape is None else shape)
     axis = label_channel_axis(static_shape, data_format)
     return shape if axis is None else shape[:axis] + shape[axis + 1 :]
-
-
-def _as_array(x):
-    """Backend tensors and NumPy arrays as they are, other inputs as NumPy arrays.
-
-    On torch everything becomes a tensor (its fast argmax works on tensors).
-    """
-    if keras.backend.backend() == "torch":
-        return ops.convert_to_tensor(x)
-    if isinstance(x, np.ndarray) or ops.is_tensor(x):
-        return x
-    return np.asarray(x)
 
 
 def _pad_to(x, length, value):
@@ -404,7 +376,7 @@ class ConfusionMatrix(keras.metrics.Metric):
         values can be seen (NumPy arrays, eager tensors).
         """
         check_integer_valued(y_true, "y_true")
-        y_true, y_pred = _as_array(y_true), _as_array(y_pred)
+        y_true, y_pred = as_backend_input(y_true), as_backend_input(y_pred)
         mode, scores_axis = self._check_inputs(y_true, y_pred)
         counts = [] if sample_weight is None else [self._pixel_counts(sample_weight, y_true)]
         padded = isinstance(y_true, np.ndarray) and isinstance(y_pred, np.ndarray)

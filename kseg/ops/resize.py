@@ -6,7 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from kseg._backend import int_range
+from kseg._backend import has_native_bilinear_resize, int_range, prefers_matrix_resize
 from kseg._common import check_choice, check_float, check_rank, standardize_data_format
 from kseg.ops._utils import (
     SymbolicOp,
@@ -243,7 +243,7 @@ def _use_keras_resize(in_hw, out_hw, scale, interpolation, align_corners, dtype)
     (SPEC 4.9). On TensorFlow and torch it calls the native kernels
     (`tf.image.resize`, `F.interpolate`); on JAX the generic gather path is faster.
     """
-    if keras.backend.backend() not in ("tensorflow", "torch"):
+    if not has_native_bilinear_resize():
         return False
     if interpolation != "bilinear" or align_corners or not is_float(dtype):
         return False
@@ -273,13 +273,7 @@ def _resize_eager(x, size, scale, interpolation, align_corners, data_format):
             x, tuple(out_hw), interpolation="bilinear", antialias=False, data_format=data_format
         )
         return ops.cast(y, dtype)
-    if (
-        keras.backend.backend() == "torch"
-        and interpolation == "bilinear"
-        and is_static(*in_hw, *out_hw)
-    ):
-        # torch index_select and element-wise ops on large maps are slow on CPU; two
-        # small matrix products are exact and much faster there.
+    if prefers_matrix_resize() and interpolation == "bilinear" and is_static(*in_hw, *out_hw):
         return _resize_matrix(x, in_hw, out_hw, scale, align_corners, data_format)
     return _resize_gather(x, in_hw, out_hw, scale, interpolation, align_corners, data_format)
 
