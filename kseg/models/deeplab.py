@@ -17,6 +17,7 @@ from kseg.models._base import (
     resnet_features,
     upsample_logits,
 )
+from kseg.models.segmentation_model import builder
 
 
 def default_atrous_rates(output_stride):
@@ -24,6 +25,7 @@ def default_atrous_rates(output_stride):
     return tuple(r * 16 // output_stride for r in (6, 12, 18))
 
 
+@builder
 def DeepLabV1(
     num_classes,
     input_shape=(None, None, 3),
@@ -135,6 +137,7 @@ def DeepLabV1(
     return model
 
 
+@builder
 def DeepLabV2(
     num_classes,
     input_shape=(None, None, 3),
@@ -195,6 +198,7 @@ def DeepLabV2(
     return keras.Model(inputs, upsample_logits(x, inputs, align_corners), name=name)
 
 
+@builder
 def DeepLabV3(
     num_classes,
     input_shape=(None, None, 3),
@@ -293,6 +297,7 @@ def DeepLabV3(
     return keras.Model(inputs, outputs_dict(main, aux), name=name)
 
 
+@builder
 def DeepLabV3Plus(
     num_classes,
     input_shape=(None, None, 3),

@@ -16,6 +16,7 @@ from kseg.models._base import (
     outputs_dict,
     resnet_features,
 )
+from kseg.models.segmentation_model import builder
 
 # Crop offsets of the official voc-fcn{32,16,8}s nets (shelhamer/fcn.berkeleyvision.org),
 # which follow from conv1_1's padding of 100.
@@ -146,7 +147,7 @@ _DOC = """FCN-{stride}s on VGG-16 (Long, Shelhamer & Darrell, CVPR 2015).
 
 
 def _builder(stride, params, skips, kernel):
-    def builder(
+    def build(
         num_classes,
         input_shape=(None, None, 3),
         backbone="vgg16",
@@ -174,11 +175,11 @@ def _builder(stride, params, skips, kernel):
             name,
         )
 
-    builder.__name__ = builder.__qualname__ = f"FCN{stride}s"
-    builder.__doc__ = _DOC.format(
+    build.__name__ = build.__qualname__ = f"FCN{stride}s"
+    build.__doc__ = _DOC.format(
         stride=stride, params=params, skips=skips, kernel=kernel, offset=_OFFSETS[stride]
     )
-    return builder
+    return builder(build)
 
 
 FCN32s = _builder(32, "136,152,917", "", 64)
@@ -197,6 +198,7 @@ FCN8s = _builder(
 )
 
 
+@builder
 def DilatedFCN(
     num_classes,
     input_shape=(None, None, 3),

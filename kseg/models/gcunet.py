@@ -10,8 +10,10 @@ from kseg.models._base import (
     outputs_dict,
     resnet_features,
 )
+from kseg.models.segmentation_model import builder
 
 
+@builder
 def GCUNet(
     num_classes,
     input_shape=(None, None, 3),

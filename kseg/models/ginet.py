@@ -14,6 +14,7 @@ from kseg.models._base import (
     outputs_dict,
     resnet_features,
 )
+from kseg.models.segmentation_model import builder
 
 _EMBEDDINGS_FILE = os.path.join(os.path.dirname(__file__), "class_embeddings.npz")
 
@@ -81,6 +82,7 @@ def _resolve_embeddings(value, num_classes):
     return value
 
 
+@builder
 def GINet(
     num_classes,
     input_shape=(None, None, 3),

@@ -1,9 +1,12 @@
-"""A functional segmentation model that carries the description of its dataset."""
+"""The functional segmentation model every builder returns: it remembers what it is."""
 
+import functools
+import inspect
 import json
 import numbers
 
 import keras
+import numpy as np
 
 _KEYS = ("name", "class_names", "palette", "ignore_index")
 
@@ -97,20 +100,54 @@ def _logit_channels(outputs):
     return shape[axis]
 
 
+def describe_argument(value):
+    """A builder argument as JSON: itself when it is plain data, else a short description.
+
+    Numbers, strings, None, and lists, tuples and dicts of them are kept as they
+    are (tuples as lists); a model passed as `backbone` becomes `"<keras.Model
+    'name'>"`, an array `"<array shape (..)>"`, anything else its type name.
+    """
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [describe_argument(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): describe_argument(v) for k, v in value.items()}
+    if isinstance(value, keras.Model):
+        return f"<keras.Model {value.name!r}>"
+    if isinstance(value, np.ndarray):
+        return f"<array shape {tuple(value.shape)}>"
+    return f"<{type(value).__name__}>"
+
+
 @keras.saving.register_keras_serializable(package="kseg")
 class SegmentationModel(keras.Model):
-    """A functional segmentation model with the description of its dataset.
+    """The functional model every kseg builder returns: it remembers what it is.
 
     It behaves like the `keras.Model(inputs, outputs)` it is built from, and
-    adds `dataset`: the dataset's name, class names (in label order), palette
-    (one colour per class) and ignore index. The description is part of the
-    model's config, so it survives `model.save(...)` and
-    `keras.saving.load_model(..., safe_mode=True)` on every backend, and the
-    recipes read it instead of guessing the classes from their number.
+    carries, in its config (so through `model.save(...)`,
+    `keras.saving.load_model(..., safe_mode=True)` and `from_config`, on every
+    backend):
 
-    Build one with `kseg.models.with_dataset(model, dataset)`, which wraps a
-    built model's inputs and outputs (sharing its layers and weights), or
-    directly as `SegmentationModel(inputs, outputs, dataset=...)`.
+    - `builder` and `arguments`: the builder that made it (`"DeepLabV3Plus"`)
+      and every argument of that call, defaults included (`num_classes`,
+      `backbone`, `output_stride`, widths, ...; a backbone passed as a model
+      is recorded by name). The architecture itself is restored from the
+      functional config, layer by layer, never by calling the builder again.
+    - `dataset`: the dataset's name, class names (in label order), palette
+      (one colour per class) and ignore index, which the recipes read instead
+      of guessing the classes from their number (`kseg.models.with_dataset`).
+
+    `model.export(path, format=...)` with Keras' formats `"tf_saved_model"`,
+    `"onnx"` and `"litert"` goes through `kseg.export.export_model` where kseg
+    exports from the backend (TensorFlow, JAX): the logits (`"main"` output)
+    in float32 with a free height and width (LiteRT: the model's own fixed
+    size), and a description file beside. Other formats and backends go to
+    Keras' `Model.export` as they are.
 
     Args:
         inputs, outputs: as for `keras.Model`.
@@ -118,6 +155,8 @@ class SegmentationModel(keras.Model):
             class names must equal the channels of the logits (the `"main"`
             output of a dict-output model), or be 2 for a single-logit binary
             model.
+        builder: None or the name of the builder that made the model.
+        arguments: None or the builder's arguments (a JSON-friendly dict).
         **kwargs: other `keras.Model` arguments, such as `name`.
 
     Example:
@@ -129,8 +168,17 @@ class SegmentationModel(keras.Model):
     ['bg', 'a', 'b']
     """
 
-    def __init__(self, *args, dataset=None, **kwargs):
+    def __init__(self, *args, dataset=None, builder=None, arguments=None, **kwargs):
         super().__init__(*args, **kwargs)
+        if builder is not None and not isinstance(builder, str):
+            raise TypeError(f"Expected `builder` to be None or a name. Received: builder={builder!r}")
+        if arguments is not None and not isinstance(arguments, dict):
+            raise TypeError(
+                f"Expected `arguments` to be None or a dict. Received: arguments={arguments!r}"
+            )
+        self._builder = builder
+        # JSON strings, so that Keras does not track them as state.
+        self._arguments_json = None if arguments is None else json.dumps(describe_argument(arguments))
         description = None if dataset is None else normalize_dataset(dataset)
         if description is not None:
             channels = _logit_channels(self.output)
@@ -151,8 +199,81 @@ class SegmentationModel(keras.Model):
             return None
         return json.loads(self._dataset_json)
 
+    @property
+    def builder(self):
+        """The name of the builder that made the model (e.g. `"DeepLabV3Plus"`), or None."""
+        return self._builder
+
+    @property
+    def arguments(self):
+        """The builder's arguments, defaults included (a new dict), or None."""
+        return None if self._arguments_json is None else json.loads(self._arguments_json)
+
     def get_config(self):
-        return {**super().get_config(), "dataset": self.dataset}
+        return {
+            **super().get_config(),
+            "dataset": self.dataset,
+            "builder": self.builder,
+            "arguments": self.arguments,
+        }
+
+    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None, **kwargs):
+        """Keras' `Model.export`; kseg's own exporter for the formats it handles.
+
+        See the class docstring. With `input_signature` or exporter options, or a
+        format or backend kseg does not export, this is Keras' own `export`.
+        """
+        from kseg import export as kexport
+
+        kseg_format = {v: k for k, v in kexport.FORMATS.items()}.get(format)
+        backend = keras.backend.backend()
+        if (
+            kseg_format is None
+            or kseg_format not in kexport.BACKEND_FORMATS.get(backend, ())
+            or input_signature is not None
+            or kwargs
+        ):
+            return super().export(
+                filepath, format=format, verbose=verbose, input_signature=input_signature, **kwargs
+            )
+        size = None
+        if kseg_format == "litert":
+            shape = self.inputs[0].shape
+            axes = (2, 3) if keras.config.image_data_format() == "channels_first" else (1, 2)
+            hw = tuple(shape[a] for a in axes)
+            size = hw if all(isinstance(n, int) for n in hw) else None
+        kexport.export_model(self, filepath, format=kseg_format, size=size, verbose=bool(verbose))
+
+
+def builder(function, name=None):
+    """Makes a builder function return a `SegmentationModel` that records the call.
+
+    The decorated function builds a functional model as usual; its result is
+    wrapped (same layers and weights) with `builder=name` and every argument of
+    the call, defaults included.
+    """
+    name = name or function.__name__
+    signature = inspect.signature(function)
+
+    @functools.wraps(function)
+    def build(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        for parameter in signature.parameters.values():
+            if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+                arguments.update(arguments.pop(parameter.name, {}))
+        model = function(*args, **kwargs)
+        return SegmentationModel(
+            model.input,
+            model.output,
+            name=model.name,
+            builder=name,
+            arguments=arguments,
+            dataset=getattr(model, "dataset", None),
+        )
+
+    return build
 
 
 def with_dataset(model, dataset):
@@ -160,7 +281,7 @@ def with_dataset(model, dataset):
 
     The new model wraps the inputs and outputs of `model`: it shares its
     layers and weights and gives the same outputs; only the saved config
-    gains the description. Builders return plain functional models; the
+    gains the description (the builder and its arguments are kept). The
     recipes attach the description of the data they train on.
 
     Args:
@@ -181,4 +302,11 @@ def with_dataset(model, dataset):
             "Expected a functional keras.Model (with symbolic inputs and outputs), such as "
             f"the result of a kseg.models builder. Received: model={model.name!r}"
         ) from None
-    return SegmentationModel(inputs, outputs, dataset=dataset, name=model.name)
+    return SegmentationModel(
+        inputs,
+        outputs,
+        dataset=dataset,
+        name=model.name,
+        builder=getattr(model, "builder", None),
+        arguments=getattr(model, "arguments", None),
+    )

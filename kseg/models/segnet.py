@@ -8,6 +8,7 @@ from kseg.models._base import (
     backbone_features,
     check_num_classes,
 )
+from kseg.models.segmentation_model import builder
 
 # Decoder widths per stage, from the deepest (mirrors VGG-16's 13 convolutions).
 _DECODER = ((512, 512, 512), (512, 512, 256), (256, 256, 128), (128, 64), (64,))
@@ -22,6 +23,7 @@ def _conv_bn_relu(x, filters, name, bn_momentum, bn_epsilon):
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
+@builder
 def SegNet(
     num_classes,
     input_shape=(None, None, 3),

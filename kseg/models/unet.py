@@ -7,6 +7,7 @@ from kseg._backend import int_range, is_symbolic_dim
 from kseg._common import check_choice, check_int
 from kseg.layers import ConvBNAct, CropLike, Resize2D, ResizeLike
 from kseg.models._base import check_num_classes, normalization_layer, resnet_features
+from kseg.models.segmentation_model import builder
 
 
 def _tile_geometry(depth, padding):
@@ -132,6 +133,7 @@ _PAPER_DEFAULTS = {
 _ENCODER_ONLY = ("decoder_filters", "backbone_weights")
 
 
+@builder
 def UNet(
     num_classes,
     input_shape=(None, None, 3),
