@@ -23,6 +23,8 @@ import os
 
 import keras
 
+from kseg.training import _keras_internals
+
 #: Values of `choice` (the recipes' `--distribute`).
 CHOICES = ("auto", "none", "local", "multihost")
 _SCALING_BACKENDS = "JAX (keras.distribution.DataParallel) and TensorFlow (tf.distribute)"
@@ -197,7 +199,7 @@ def _walk(layer):
     backbone inside a builder's model, a BatchNorm inside those); `.layers` lists
     only a Model's own, so a walk of it misses the BatchNorm of kseg's layers.
     """
-    return layer._flatten_layers(include_self=True, recursive=True)
+    return _keras_internals.nested_layers(layer)
 
 
 def synchronize_batch_norm(model):
