@@ -96,6 +96,22 @@ def _accelerators(backend):
     return []
 
 
+def device_kind(backend=None):
+    """ "gpu" when the Keras backend sees a local GPU, otherwise "cpu".
+
+    What the recipes choose `jit_compile` and mixed precision by. On TensorFlow it
+    lists the logical devices, so call it after `plan_distribution`.
+
+    Args:
+        backend: a Keras backend name; defaults to `keras.backend.backend()`.
+    """
+    backend = backend or keras.backend.backend()
+    accelerators = _accelerators(backend)
+    if backend == "jax":
+        return "gpu" if any(d.platform == "gpu" for d in accelerators) else "cpu"
+    return "gpu" if accelerators else "cpu"
+
+
 def plan_distribution(choice="auto"):
     """Sets up the distribution named by `choice` and returns its `DistributionPlan`.
 

@@ -70,6 +70,10 @@ def segmentation_callbacks(
     monitor="val_mean_iou",
     lr_update_freq="epoch",
     label_check=True,
+    backup_save_freq="epoch",
+    delete_backup=True,
+    state_path=None,
+    verbose=0,
 ):
     """The standard set of callbacks of the training recipe.
 
@@ -85,18 +89,34 @@ def segmentation_callbacks(
         lr_update_freq: `update_freq` of `LearningRateLogger`.
         label_check: add `LabelCheck()` (stop with an error when a metric of
             the model sees labels that are not classes). Defaults to True.
+        backup_save_freq: `save_freq` of `BackupAndRestore`: "epoch" or a
+            number of training steps. Defaults to "epoch".
+        delete_backup: `delete_checkpoint` of `BackupAndRestore`: delete the
+            backup when `fit` ends. Defaults to True; False keeps it, so that a
+            finished run can be extended.
+        state_path: JSON file in which the checkpoint keeps its best score
+            across a resume (`BestCheckpoint`), or None.
+        verbose: `verbose` of `BackupAndRestore` and the checkpoint (1 prints
+            a line at every save). Defaults to 0.
 
     Returns:
         A list: `DivergenceCheck` (a non-finite loss stops the run before
         anything is saved from it), `BackupAndRestore` (before the others, so
         that they see the restored state), `LabelCheck` (before anything logs a figure),
-        `TensorBoard(log_dir)`, `LearningRateLogger`, and the optional image,
-        per-class IoU and checkpoint callbacks.
+        `TensorBoard(log_dir)`, `LearningRateLogger`, and the optional
+        per-class IoU, image and checkpoint callbacks.
     """
     # DivergenceCheck first: it stops the run at a non-finite loss before any callback saves.
     callbacks = [DivergenceCheck()]
     if backup_dir is not None:
-        callbacks.append(BackupAndRestore(backup_dir))
+        callbacks.append(
+            BackupAndRestore(
+                backup_dir,
+                save_freq=backup_save_freq,
+                delete_checkpoint=delete_backup,
+                verbose=verbose,
+            )
+        )
     if label_check:
         callbacks.append(LabelCheck())
     callbacks.append(keras.callbacks.TensorBoard(os.fspath(log_dir)))
@@ -106,5 +126,9 @@ def segmentation_callbacks(
     if samples is not None:
         callbacks.append(SegmentationImageLogger(log_dir, *samples))
     if checkpoint_path is not None:
-        callbacks.append(best_checkpoint(checkpoint_path, monitor=monitor))
+        callbacks.append(
+            best_checkpoint(
+                checkpoint_path, monitor=monitor, state_path=state_path, verbose=verbose
+            )
+        )
     return callbacks

@@ -17,8 +17,6 @@ from kseg.training import (
 from tests.helpers import compile_for_fit
 
 STEPS_PER_EPOCH = 6
-
-
 EPOCHS = 3
 
 
@@ -356,3 +354,23 @@ def test_resume_continues_from_the_last_finished_epoch(tmp_path):
     for restored, saved in zip(resumed.start_weights, after_two_epochs):
         np.testing.assert_allclose(restored, saved, rtol=1e-6, atol=1e-7)
     assert int(keras.ops.convert_to_numpy(second.optimizer.iterations)) == 8
+
+
+def test_standard_set_takes_the_recipe_options_in_the_documented_order(tmp_path):
+    from kseg.training import DivergenceCheck, LabelCheck
+
+    callbacks = segmentation_callbacks(
+        str(tmp_path),
+        checkpoint_path=tmp_path / "best.keras",
+        backup_dir=tmp_path / "backup",
+        backup_save_freq=7,
+        delete_backup=False,
+        state_path=tmp_path / "best.json",
+        verbose=1,
+    )
+    kinds = [DivergenceCheck, BackupAndRestore, LabelCheck, keras.callbacks.TensorBoard]
+    assert [type(c) for c in callbacks[:4]] == kinds
+    backup, checkpoint = callbacks[1], callbacks[-1]
+    assert (backup.save_freq, backup.delete_checkpoint, backup.verbose) == (7, False, 1)
+    assert isinstance(checkpoint, BestCheckpoint)
+    assert checkpoint.state_path == str(tmp_path / "best.json") and checkpoint.verbose == 1
