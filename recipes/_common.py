@@ -1,4 +1,4 @@
-"""Shared pieces of the recipes: the model zoo by name, device and compile choices, checkpoints.
+"""Shared pieces of the recipes: the model zoo by name, compile choices, checkpoints.
 
 Everything heavy (Keras, TensorFlow, kseg) is imported inside the functions, so
 that a recipe can parse and check its command line before paying for imports.
@@ -97,24 +97,6 @@ def has_aux_head(model_name):
     return MODELS[model_name][2]
 
 
-def accelerator():
-    """ "gpu" when the Keras backend sees a GPU, otherwise "cpu"."""
-    import keras
-
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        return "gpu" if jax.default_backend() == "gpu" else "cpu"
-    if backend == "torch":
-        import torch
-
-        return "gpu" if torch.cuda.is_available() else "cpu"
-    import tensorflow as tf
-
-    return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
-
-
 def default_jit_compile(backend, device):
     """The `jit_compile` measured fastest for a backend and device.
 
@@ -175,11 +157,8 @@ def build_model(
     Returns:
         The `keras.Model` (a `kseg.models.SegmentationModel` when `dataset`
         is given). GINet's `"presence"` output (class-presence logits for the
-        semantic context loss) is kept; a GINet returning raw `"class_nodes"`
-        gets a `kseg.layers.ClassPresenceScore` on them.
+        semantic context loss) is kept.
     """
-    import keras
-
     import kseg
 
     builder_name, family, _ = MODELS[model_name]
@@ -211,13 +190,6 @@ def build_model(
     if model_name == "ginet":
         kwargs["class_embeddings"] = ginet_embeddings(dataset)
     model = builder(num_classes, **kwargs)
-    if isinstance(model.output, dict) and "class_nodes" in model.output:
-        # A GINet that returns its class nodes: score them for the semantic context loss.
-        inputs = keras.Input((None, None, 3), name="image")
-        outputs = dict(model(inputs))
-        nodes = outputs.pop("class_nodes")
-        outputs["presence"] = kseg.layers.ClassPresenceScore(name="presence")(nodes)
-        model = keras.Model(inputs, outputs, name=f"{model.name}_with_presence")
     if dataset is not None:
         model = kseg.models.with_dataset(model, dataset)
     return model
@@ -249,7 +221,11 @@ def _compact_head_kwargs(model_name, width):
         "deeplabv1": {"fc_filters": 4 * w},
         "deeplabv2": {},
         "deeplabv3": {"aspp_filters": w},
-        "deeplabv3plus": {"aspp_filters": w, "low_level_filters": max(w // 4, 4), "decoder_filters": w},
+        "deeplabv3plus": {
+            "aspp_filters": w,
+            "low_level_filters": max(w // 4, 4),
+            "decoder_filters": w,
+        },
         "gcunet": {"unit_filters": 2 * w, "fusion_filters": 2 * w},
         "glorenet": {"reduce_filters": 2 * w, "num_state": w // 2, "num_node": w // 4},
         "ginet": {"jpu_width": 2 * w, "reduce_filters": 2 * w, "num_state": w, "num_node": w // 3},

@@ -1,9 +1,9 @@
-"""The datasets of the recipes: one table of readers, descriptions, splits and paper configurations.
+"""The datasets of the recipes: one table of readers, descriptions, splits and validation.
 
 Each entry of `DATASETS` says how to read a split (`read`), how to describe
 the classes the trained model carries (`describe`), which splits train and
-validate by default, the training configuration of its papers (used with
-`--data-dir`), and how validation runs:
+validate by default, and how validation runs (the training configuration of
+its papers, used with `--data-dir`, is in `_configs.PAPER_CONFIGS`):
 
 - `fit_val`: what the per-epoch validation inside `model.fit` sees. It needs
   batches of one size: "pad" pads every image to `--val-size` (exact, for
@@ -21,76 +21,6 @@ Everything heavy is imported inside the functions (`kdata` is `kseg.data`).
 """
 
 import os
-
-#: Training steps between two saves of the training state (`--save-every`) with `--data-dir`.
-#: An estimate, not a measurement: a ResNet-101 model at 512 px crops and batch 8-16 takes
-#: roughly 0.5-1 s per step on one current GPU, so 500 steps are a few minutes of work, the
-#: most a preempted run loses (a preemptible cloud GPU is reclaimed with about 30 s of
-#: warning); a save (about 0.5 GB of weights and SGD momenta) costs a second or two.
-SAVE_EVERY = 500
-
-#: Training configuration of the papers (or mmsegmentation) per dataset, used with `--data-dir`.
-#: `steps` are iterations of `batch_size` crops; SGD is momentum 0.9 with poly decay (power 0.9).
-PAPER_CONFIGS = {
-    # DeepLab v3+ (Chen et al., ECCV 2018), section 4; PSPNet (Zhao et al., CVPR 2017),
-    # section 5.1: 512 crops (513 in DeepLab), batch 16, lr 0.01, weight decay 1e-4, 30k steps.
-    "voc": {
-        "crop_size": (512, 512),
-        "batch_size": 16,
-        "steps": 30000,
-        "optimizer": "sgd",
-        "lr": 0.01,
-        "weight_decay": 1e-4,
-        "scale_range": (0.5, 2.0),
-        "backbone_weights": "imagenet",
-        "save_every": SAVE_EVERY,
-    },
-    # mmsegmentation `configs/_base_/datasets/cityscapes.py` (512 x 1024 crops of images
-    # rescaled by 0.5-2.0) and `schedules/schedule_80k.py` (SGD lr 0.01, momentum 0.9,
-    # weight decay 5e-4, poly power 0.9, 80k iterations), `*_4xb2-80k_*`: 4 GPUs x 2 = batch 8.
-    # PSPNet (section 5.3) trains Cityscapes with batch 8, lr 0.01 and weight decay 1e-4 on
-    # 713 crops for 90k iterations; we follow mmsegmentation, whose tables use this schedule.
-    "cityscapes": {
-        "crop_size": (512, 1024),
-        "batch_size": 8,
-        "steps": 80000,
-        "optimizer": "sgd",
-        "lr": 0.01,
-        "weight_decay": 5e-4,
-        "scale_range": (0.5, 2.0),
-        "backbone_weights": "imagenet",
-        "save_every": SAVE_EVERY,
-    },
-    # mmsegmentation `configs/_base_/datasets/ade20k.py` (512 x 512 crops, rescale 0.5-2.0)
-    # and `schedules/schedule_160k.py` (SGD lr 0.01, momentum 0.9, weight decay 5e-4, 160k
-    # iterations), `*_4xb4-160k_*`: 4 GPUs x 4 = batch 16. PSPNet (section 5.2): batch 16,
-    # 150k iterations on 473 crops.
-    "ade20k": {
-        "crop_size": (512, 512),
-        "batch_size": 16,
-        "steps": 160000,
-        "optimizer": "sgd",
-        "lr": 0.01,
-        "weight_decay": 5e-4,
-        "scale_range": (0.5, 2.0),
-        "backbone_weights": "imagenet",
-        "save_every": SAVE_EVERY,
-    },
-    # A user's folder: the ADE20K-style schedule of mmsegmentation shortened to 20k iterations
-    # (`schedules/schedule_20k.py`, used there for small sets such as VOC without SBD), batch 8
-    # so that a single GPU holds it, 512 crops.
-    "folder": {
-        "crop_size": (512, 512),
-        "batch_size": 8,
-        "steps": 20000,
-        "optimizer": "sgd",
-        "lr": 0.01,
-        "weight_decay": 5e-4,
-        "scale_range": (0.5, 2.0),
-        "backbone_weights": "imagenet",
-        "save_every": SAVE_EVERY,
-    },
-}
 
 
 def _reader(kdata, name):
@@ -233,24 +163,25 @@ def split_names(name, kind):
     return [o for o in DATASETS[name][f"{kind}_splits"] if isinstance(o, str)]
 
 
-def resolve_split(name, args, kind, kdata):
-    """The `--train-split` ("train") or `--val-split` ("val") of dataset `name`, checked.
-
-    Raises:
-        ValueError: a split the dataset does not have (the message names the argument).
-    """
-    entry = DATASETS[name]
-    options = entry[f"{kind}_splits"]
-    value = getattr(args, f"{kind}_split")
+def check_split(parser, name, kind, value):
+    """`--train-split` ("train") or `--val-split` ("val") is "auto" or a split of dataset `name`."""
     names = split_names(name, kind)
-    if value in (None, "auto"):
-        first = options[0]
-        return first(kdata, args) if callable(first) else first
-    if value not in names:
-        raise ValueError(
-            f"argument --{kind}-split: dataset {name!r} has the splits {', '.join(names)}. "
-            f"Received: --{kind}-split {value}"
+    if value not in (None, "auto") and value not in names:
+        parser.error(
+            f"argument --{kind}-split: dataset {name!r} has the splits "
+            f"auto, {', '.join(names)}. Received: --{kind}-split {value}"
         )
+
+
+def resolve_split(name, args, kind, kdata):
+    """The `--train-split` ("train") or `--val-split` ("val") of dataset `name`.
+
+    "auto" becomes the dataset's default; any other value was checked by `check_split`.
+    """
+    value = getattr(args, f"{kind}_split")
+    if value in (None, "auto"):
+        first = DATASETS[name][f"{kind}_splits"][0]
+        return first(kdata, args) if callable(first) else first
     return value
 
 
@@ -321,10 +252,15 @@ def check_folder_args(parser, args):
             "argument --val-dir: --dataset folder needs a validation set: pass --val-dir "
             "FOLDER (same layout as --data-dir) or --val-list-file FILE"
         )
-    if args.val_dir is not None and not os.path.isdir(args.val_dir):
-        parser.error(f"argument --val-dir: no such folder: {args.val_dir!r}")
+    check_val_dir(parser, args.val_dir)
     if args.num_classes is not None and args.num_classes < 1:
         parser.error(f"argument --num-classes: must be >= 1, got {args.num_classes}")
+
+
+def check_val_dir(parser, val_dir):
+    """`--val-dir`, when given, is a folder."""
+    if val_dir is not None and not os.path.isdir(val_dir):
+        parser.error(f"argument --val-dir: no such folder: {val_dir!r}")
 
 
 def size_pair(value):

@@ -108,9 +108,8 @@ def parse_args(argv=None, prog="evaluate.py", voc_entry=False):
         args.dataset = "synthetic" if args.data_dir is None else "voc"
     elif args.dataset is not None:
         _datasets.check_data_dir(parser, args.dataset, args.data_dir)
-        if args.dataset == "folder" and args.val_dir is not None:
-            if not os.path.isdir(args.val_dir):
-                parser.error(f"argument --val-dir: no such folder: {args.val_dir!r}")
+        if args.dataset == "folder":
+            _datasets.check_val_dir(parser, args.val_dir)
     args.parser = parser
     return args
 

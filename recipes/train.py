@@ -19,7 +19,7 @@ a few minutes on every backend and reaches a validation mean IoU above 0.8
 (README, "Results of the demo run").
 
 With `--data-dir` the defaults become the dataset's configuration from its
-papers and mmsegmentation (`_datasets.PAPER_CONFIGS`, where each value is
+papers and mmsegmentation (`_configs.PAPER_CONFIGS`, where each value is
 cited): the paper's backbone (ResNet-101, or VGG-16 for FCN, SegNet and
 DeepLab v1) with ImageNet weights, SGD with momentum 0.9 and poly decay, and
 
@@ -66,38 +66,8 @@ import sys
 import time
 
 import _common
+import _configs
 import _datasets
-
-# Defaults of the demo and smoke configurations; None in the parser means "from here".
-# The configurations with --data-dir are _datasets.PAPER_CONFIGS.
-DEMO = {
-    "backbone": "compact",
-    "crop_size": (96, 96),
-    "batch_size": 8,
-    "epochs": 1,
-    "optimizer": "adam",
-    "lr": 3e-3,
-    "weight_decay": 0.0,
-    "scale_range": (0.75, 1.25),
-    "backbone_weights": None,
-    # 125 steps per epoch: two saves inside the one-epoch demo run besides the one at its end.
-    "save_every": 50,
-}
-SMOKE = {
-    "backbone": "compact",
-    "crop_size": (32, 32),
-    "batch_size": 2,
-    "epochs": 1,
-    "optimizer": "adam",
-    "lr": 1e-3,
-    "weight_decay": 0.0,
-    "scale_range": (0.75, 1.25),
-    "backbone_weights": None,
-    "save_every": 1,  # smoke epochs have 2 steps: every step saves, as a long run does
-}
-#: Smoke crops of the datasets whose crops are not square (Cityscapes' 1 : 2).
-SMOKE_CROPS = {"cityscapes": (32, 64)}
-SMOKE_STEPS_PER_EPOCH = 2
 
 
 def build_parser(prog="train.py", voc_entry=False):
@@ -284,6 +254,10 @@ def build_parser(prog="train.py", voc_entry=False):
 def parse_args(argv=None, prog="train.py", voc_entry=False):
     """Parses and checks the command line; with --resume, the saved arguments are the defaults.
 
+    Every check of the arguments is made here, before any data or model is built:
+    also those that need the backend (`--sync-bn` on torch) and the devices
+    (`--distribute` and a `--batch-size` that must split across them).
+
     Args:
         argv: the arguments (default `sys.argv[1:]`).
         prog: the script name in messages.
@@ -292,26 +266,13 @@ def parse_args(argv=None, prog="train.py", voc_entry=False):
 
     Returns:
         The `argparse.Namespace` with every default resolved (`config` names the
-        configuration: "smoke", "demo" or the dataset's).
+        configuration: "smoke", "demo" or the dataset's; `plan` is the
+        `kseg.training.DistributionPlan`).
     """
     parser = build_parser(prog, voc_entry)
     args = parser.parse_args(argv)
     if args.resume:
-        if args.logdir is None:
-            parser.error("argument --resume: needs --logdir, the folder of the run to continue")
-        saved_path = os.path.join(args.logdir, "args.json")
-        if not os.path.isfile(saved_path):
-            parser.error(
-                f"argument --resume: {saved_path} not found; --logdir must be the folder of "
-                "an earlier run of this recipe"
-            )
-        with open(saved_path) as f:
-            saved = json.load(f)
-        saved = {k: v for k, v in saved.items() if k not in ("resume", "logdir")}
-        if "epochs" in _given(argv) or "steps" in _given(argv):
-            saved.pop("epochs", None)
-            saved.pop("steps", None)
-        parser.set_defaults(**saved)
+        parser.set_defaults(**_saved_args(parser, args.logdir, argv))
         args = parser.parse_args(argv)
     elif args.logdir is not None and os.path.isdir(os.path.join(args.logdir, "backup")):
         parser.error(
@@ -320,15 +281,40 @@ def parse_args(argv=None, prog="train.py", voc_entry=False):
         )
     if voc_entry:
         args.dataset = "synthetic" if args.data_dir is None else "voc"
+        for name, value in _folder_defaults().items():
+            setattr(args, name, value)
+    _check_values(parser, args)
+    _datasets.check_folder_args(parser, args)
+    resolve_defaults(args, parser)
+    args.prog = prog
+    _check_devices(args)
+    return args
+
+
+def _saved_args(parser, logdir, argv):
+    """The arguments saved by the run in `logdir` (--resume), less those given again."""
+    if logdir is None:
+        parser.error("argument --resume: needs --logdir, the folder of the run to continue")
+    saved_path = os.path.join(logdir, "args.json")
+    if not os.path.isfile(saved_path):
+        parser.error(
+            f"argument --resume: {saved_path} not found; --logdir must be the folder of "
+            "an earlier run of this recipe"
+        )
+    with open(saved_path) as f:
+        saved = json.load(f)
+    saved = {k: v for k, v in saved.items() if k not in ("resume", "logdir")}
+    if "epochs" in _given(argv) or "steps" in _given(argv):
+        saved.pop("epochs", None)
+        saved.pop("steps", None)
+    return saved
+
+
+def _check_values(parser, args):
+    """The data folder, the splits, the sizes and the numbers of the command line."""
     _datasets.check_data_dir(parser, args.dataset, args.data_dir)
     for kind in ("train", "val"):
-        value = getattr(args, f"{kind}_split")
-        names = _datasets.split_names(args.dataset, kind)
-        if value != "auto" and value not in names:
-            parser.error(
-                f"argument --{kind}-split: dataset {args.dataset!r} has the splits "
-                f"auto, {', '.join(names)}. Received: --{kind}-split {value}"
-            )
+        _datasets.check_split(parser, args.dataset, kind, getattr(args, f"{kind}_split"))
     for name in ("crop_size", "val_size"):
         value = getattr(args, name)
         flag = f"--{name.replace('_', '-')}"
@@ -338,23 +324,33 @@ def parse_args(argv=None, prog="train.py", voc_entry=False):
             setattr(args, name, _datasets.size_pair(value))
             if min(getattr(args, name)) < 1:
                 parser.error(f"argument {flag}: must be >= 1, got {value}")
-    if args.save_every is not None and args.save_every < 0:
-        parser.error(f"argument --save-every: must be >= 0, got {args.save_every}")
-    for name in ("batch_size", "epochs", "steps"):
+    minimum = {"save_every": 0, "batch_size": 1, "epochs": 1, "steps": 1}
+    minimum.update(dict.fromkeys(("lr", "weight_decay", "aux_weight", "sc_weight"), 0))
+    for name, least in minimum.items():
         value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"argument --{name.replace('_', '-')}: must be >= 1, got {value}")
-    for name in ("lr", "weight_decay", "aux_weight", "sc_weight"):
-        value = getattr(args, name)
-        if value is not None and value < 0:
-            parser.error(f"argument --{name.replace('_', '-')}: must be >= 0, got {value}")
-    if voc_entry:
-        for name, value in _folder_defaults().items():
-            setattr(args, name, value)
-    _datasets.check_folder_args(parser, args)
-    resolve_defaults(args, parser)
-    args.prog = prog
-    return args
+        if value is not None and value < least:
+            parser.error(f"argument --{name.replace('_', '-')}: must be >= {least}, got {value}")
+
+
+def _check_devices(args):
+    """Plans the devices (`args.plan`); refuses a --distribute, --batch-size or --sync-bn
+    that they cannot run. Before anything touches the devices (TensorFlow's strategies
+    need that)."""
+    _common.quiet_tensorflow()
+    import keras
+
+    import kseg.training
+
+    try:
+        args.plan = kseg.training.plan_distribution(args.distribute)
+        args.plan.per_replica_batch(args.batch_size)
+    except ValueError as e:
+        raise SystemExit(f"{args.prog}: error: argument --distribute: {e}") from None
+    if args.sync_bn and keras.backend.backend() == "torch":
+        raise SystemExit(
+            f"{args.prog}: error: argument --sync-bn: the torch backend trains on one "
+            "device (Keras 3.15 has no distribution for it). Received: --sync-bn on torch"
+        )
 
 
 def _folder_defaults():
@@ -370,24 +366,9 @@ def _given(argv):
     return {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
 
 
-def paper_config(dataset, model):
-    """The configuration of `dataset` with --data-dir, with the paper backbone of `model`."""
-    preset = dict(_datasets.PAPER_CONFIGS[dataset])
-    paper = _common.PAPER_BACKBONES.get(model)
-    preset["backbone"] = paper or ("vgg16" if _common.backbone_choices(model) else None)
-    return preset
-
-
 def resolve_defaults(args, parser):
     """Fills the None defaults from the demo, smoke or the dataset's paper configuration."""
-    if args.smoke:
-        preset = dict(SMOKE)
-        preset["crop_size"] = SMOKE_CROPS.get(args.dataset, SMOKE["crop_size"])
-        args.config = "smoke"
-    elif args.data_dir is None:
-        preset, args.config = DEMO, "demo"
-    else:
-        preset, args.config = paper_config(args.dataset, args.model), args.dataset
+    preset, args.config = _configs.preset(args)
     for key in ("backbone", "crop_size", "batch_size", "optimizer", "lr", "weight_decay"):
         if getattr(args, key) is None:
             setattr(args, key, preset[key])
@@ -485,7 +466,7 @@ def _size_text(size):
     return f"{size[0]} x {size[1]}"
 
 
-def make_data(args, tf, kdata):
+def make_data(args):
     """Reads the dataset of `args` and builds its pipelines.
 
     Returns:
@@ -497,6 +478,8 @@ def make_data(args, tf, kdata):
         training crop) and `dataset` (the description the trained model
         carries: name, class names, palette, ignore index).
     """
+    import kseg.data as kdata
+
     entry = _datasets.DATASETS[args.dataset]
     try:
         dataset = entry["describe"](kdata, args)
@@ -532,8 +515,7 @@ def make_data(args, tf, kdata):
             f"{entry['title']} from {root}: '{train_split}' ({num_train} images) for "
             f"training, '{val_split}'."
         )
-    # The label that is not a class (255 but in a folder that says otherwise).
-    ignore = {"ignore_index": int(dataset.get("ignore_index", 255))}
+    ignore = {"ignore_index": _ignore_index(dataset)}
     if args.smoke:
         val_ds = kdata.eval_pipeline(
             val, batch_size=args.batch_size, size=args.crop_size, policy="resize", **ignore
@@ -552,8 +534,8 @@ def make_data(args, tf, kdata):
     steps_per_epoch = num_train // args.batch_size
     val_steps = None
     if args.smoke:
-        steps_per_epoch = min(steps_per_epoch, SMOKE_STEPS_PER_EPOCH)
-        val_steps = SMOKE_STEPS_PER_EPOCH
+        steps_per_epoch = min(steps_per_epoch, _configs.SMOKE_STEPS_PER_EPOCH)
+        val_steps = _configs.SMOKE_STEPS_PER_EPOCH
     train_ds = kdata.train_pipeline(
         train,
         batch_size=args.batch_size,
@@ -565,7 +547,7 @@ def make_data(args, tf, kdata):
     )
     if entry["sliding"]:
         eval_ds = kdata.eval_pipeline(val, batch_size=1, **ignore)
-        eval_steps = SMOKE_STEPS_PER_EPOCH if args.smoke else None
+        eval_steps = _configs.SMOKE_STEPS_PER_EPOCH if args.smoke else None
     else:
         eval_ds, eval_steps = val_ds, val_steps
     return {
@@ -635,29 +617,32 @@ def main(argv=None, prog="train.py", voc_entry=False):
         prog, voc_entry: see `parse_args` (train_voc.py passes its own).
     """
     args = parse_args(argv, prog, voc_entry)
-    _common.quiet_tensorflow()
     wall_start = time.time()
+    setup = set_up(args)
+    data = make_data(args)
+    epochs, steps_per_epoch = _schedule(args, data["steps_per_epoch"])
+    model, miou, monitor, outputs = make_model(args, setup, data, epochs * steps_per_epoch)
+    save_args(args)
+    log_run(args, setup, data, model, outputs, epochs, steps_per_epoch)
+    callbacks = make_callbacks(args, data, miou, monitor)
+    log(f"Setup took {time.time() - wall_start:.1f} s; training.")
+    fit(args, model, data, outputs, epochs, steps_per_epoch, callbacks)
+    return final_evaluation(args, model, data, callbacks[-1], wall_start)
 
+
+def set_up(args):
+    """The backend's choices for this run (the devices were planned by `parse_args`).
+
+    Returns:
+        A dict: `backend`, `device` ("gpu" or "cpu"), `jit_compile` and the
+        mixed-precision `policy` (None when off), which is set globally.
+    """
     import keras
-    import tensorflow as tf
 
-    import kseg
-    import kseg.data as kdata
-    import kseg.training
+    from kseg.training.distribute import device_kind
 
     backend = keras.backend.backend()
-    # Before anything touches the devices (TensorFlow's strategies need that).
-    try:
-        plan = kseg.training.plan_distribution(args.distribute)
-        per_device_batch = plan.per_replica_batch(args.batch_size)
-    except ValueError as e:
-        raise SystemExit(f"{args.prog}: error: argument --distribute: {e}") from None
-    if args.sync_bn and backend == "torch":
-        raise SystemExit(
-            f"{args.prog}: error: argument --sync-bn: the torch backend trains on one "
-            "device (Keras 3.15 has no distribution for it). Received: --sync-bn on torch"
-        )
-    device = _common.accelerator()
+    device = device_kind(backend)
     if args.jit_compile == "auto":
         jit_compile = _common.default_jit_compile(backend, device)
     else:
@@ -667,25 +652,35 @@ def main(argv=None, prog="train.py", voc_entry=False):
         keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(args.seed)
     os.makedirs(args.logdir, exist_ok=True)
+    return {"backend": backend, "device": device, "jit_compile": jit_compile, "policy": policy}
 
-    data = make_data(args, tf, kdata)
-    train_ds, steps_per_epoch = data["train_ds"], data["steps_per_epoch"]
-    val_ds, val_steps, dataset = data["val_ds"], data["val_steps"], data["dataset"]
-    class_names = dataset["class_names"]
-    num_classes = len(class_names)
+
+def _schedule(args, steps_per_epoch):
+    """`(epochs, steps_per_epoch)` of the run: --epochs, or --steps split into epochs."""
     if args.steps is not None:
-        epochs, steps_per_epoch = _common.steps_for(args.steps, steps_per_epoch)
-    else:
-        epochs = args.epochs
-    total_steps = epochs * steps_per_epoch
+        return _common.steps_for(args.steps, steps_per_epoch)
+    return args.epochs, steps_per_epoch
 
+
+def make_model(args, setup, data, total_steps):
+    """Builds and compiles the model in the devices' scope.
+
+    Returns:
+        `(model, miou, monitor, outputs)`: see `compile_model`.
+    """
+    import keras
+
+    import kseg
+    import kseg.training
+
+    dataset = data["dataset"]
     compact = None
     if args.compact:
         compact = _common.SMOKE_RESNET if args.smoke else _common.COMPACT_RESNET
-    with plan.scope():  # TensorFlow: variables mirrored on every replica
+    with args.plan.scope():  # TensorFlow: variables mirrored on every replica
         model = _common.build_model(
             args.model,
-            num_classes,
+            len(dataset["class_names"]),
             backbone=args.backbone,
             output_stride=args.output_stride,
             backbone_weights=args.backbone_weights,
@@ -693,52 +688,66 @@ def main(argv=None, prog="train.py", voc_entry=False):
             compact=compact,
             dataset=dataset,
         )
-        if args.sync_bn and backend == "tensorflow":
+        if args.sync_bn and setup["backend"] == "tensorflow":
             kseg.training.synchronize_batch_norm(model)
         miou, monitor, outputs = compile_model(
             model,
             args,
-            num_classes,
+            len(dataset["class_names"]),
             total_steps,
-            jit_compile,
+            setup["jit_compile"],
             keras,
             kseg,
-            int(dataset.get("ignore_index", 255)),
+            _ignore_index(dataset),
         )
-    if outputs is not None:
+    return model, miou, monitor, outputs
 
-        def to_dict(images, masks):
-            return images, {name: masks for name in outputs}
 
-        train_ds = train_ds.map(to_dict)
-        val_fit = val_ds.map(to_dict)
-    else:
-        val_fit = val_ds
+def _ignore_index(dataset):
+    """The label that is not a class (255 but in a folder that says otherwise)."""
+    return int(dataset.get("ignore_index", 255))
 
-    saved = {k: v for k, v in vars(args).items() if k not in ("config", "compact", "prog")}
+
+def save_args(args):
+    """Writes the resolved arguments to `<logdir>/args.json`, the defaults of --resume."""
+    from kseg.training.callbacks.saving import save_atomically, write_json
+
+    saved = _saved(args)
+    save_atomically(os.path.join(args.logdir, "args.json"), lambda path: write_json(path, saved))
+
+
+def _saved(args):
+    """The arguments as `args.json` holds them."""
+    unsaved = ("config", "compact", "prog", "plan")
+    saved = {k: v for k, v in vars(args).items() if k not in unsaved}
     for key in ("scale_range", "crop_size", "val_size"):
-        saved[key] = list(args.scale_range if key == "scale_range" else getattr(args, key))
-    kseg.training.save_atomically(
-        os.path.join(args.logdir, "args.json"), lambda path: _write_json(path, saved)
-    )
+        saved[key] = list(getattr(args, key))
+    return saved
 
-    log(f"Configuration ({args.config}): " + json.dumps(saved, sort_keys=True))
+
+def log_run(args, setup, data, model, outputs, epochs, steps_per_epoch):
+    """Prints the configuration, the model, the devices and the data of the run."""
+    plan, dataset = args.plan, data["dataset"]
+    class_names = dataset["class_names"]
+    log(f"Configuration ({args.config}): " + json.dumps(_saved(args), sort_keys=True))
     log(
         f"Model {model.name}: {model.count_params():,} parameters; backbone {args.backbone}"
         f"{compact_note(args)}; outputs {outputs or ['logits']}."
     )
     log(
-        f"Backend {backend} on {device}; jit_compile={jit_compile}; "
-        f"mixed precision {policy or 'off'}; {epochs} epoch(s) of {steps_per_epoch} steps, "
+        f"Backend {setup['backend']} on {setup['device']}; "
+        f"jit_compile={setup['jit_compile']}; mixed precision {setup['policy'] or 'off'}; "
+        f"{epochs} epoch(s) of {steps_per_epoch} steps, "
         f"batch {args.batch_size}, crop {_size_text(args.crop_size)}."
     )
     log(
         f"Devices: {plan.description}; global batch {args.batch_size} = {plan.num_replicas} "
-        f"x {per_device_batch} per device; BatchNorm statistics {bn_statistics(args, plan)}."
+        f"x {plan.per_replica_batch(args.batch_size)} per device; "
+        f"BatchNorm statistics {bn_statistics(args, plan)}."
     )
-    shown = ", ".join(class_names[:8]) + (", ..." if num_classes > 8 else "")
+    shown = ", ".join(class_names[:8]) + (", ..." if len(class_names) > 8 else "")
     log(
-        f"Dataset {dataset['name']!r}: {num_classes} classes ({shown}); the saved models "
+        f"Dataset {dataset['name']!r}: {len(class_names)} classes ({shown}); the saved models "
         "carry the class names, palette and ignore index."
     )
     if args.model == "ginet":
@@ -759,38 +768,55 @@ def main(argv=None, prog="train.py", voc_entry=False):
     )
     log(f"  python recipes/{args.prog} --resume --logdir {args.logdir}")
 
-    samples = kseg.training.take_samples(val_ds, 4 if not args.smoke else 2)
-    backup_dir = os.path.join(args.logdir, "backup")
-    checkpoint_path = os.path.join(args.logdir, "best.keras")
-    state_path = os.path.join(args.logdir, "best.json")
-    # The best score so far is kept in best.json and read back by a resumed run.
-    checkpoint = kseg.training.best_checkpoint(
-        checkpoint_path, monitor=monitor, verbose=1, state_path=state_path
-    )
-    callbacks = [
-        # Stops at the first non-finite training loss, before any callback saves that state.
-        kseg.training.DivergenceCheck(),
-        # Stops at the first batch whose labels are neither classes nor the ignore index.
-        kseg.training.LabelCheck(),
+
+def _run_files(args):
+    """`(backup folder, best checkpoint, its score)` of the run in --logdir."""
+    return tuple(os.path.join(args.logdir, name) for name in ("backup", "best.keras", "best.json"))
+
+
+def make_callbacks(args, data, miou, monitor):
+    """`kseg.training.segmentation_callbacks` with the recipe's options; the best
+    checkpoint is last."""
+    import kseg.training
+
+    backup_dir, checkpoint_path, state_path = _run_files(args)
+    return kseg.training.segmentation_callbacks(
+        args.logdir,
+        samples=kseg.training.take_samples(data["val_ds"], 4 if not args.smoke else 2),
+        metric=miou,
+        class_names=data["dataset"]["class_names"],
+        checkpoint_path=checkpoint_path,
+        # The best score so far is kept in best.json and read back by a resumed run.
+        state_path=state_path,
+        monitor=monitor,
         # Resumes at the saved training step; kept after the run, so that --resume can
         # also extend a finished run.
-        kseg.training.BackupAndRestore(
-            backup_dir, save_freq=args.save_every or "epoch", delete_checkpoint=False, verbose=1
-        ),
-        keras.callbacks.TensorBoard(args.logdir),
-        kseg.training.LearningRateLogger(args.logdir),
-        kseg.training.PerClassIoULogger(miou, args.logdir, class_names),
-        kseg.training.SegmentationImageLogger(args.logdir, *samples),
-        checkpoint,
-    ]
-    log(f"Setup took {time.time() - wall_start:.1f} s; training.")
+        backup_dir=backup_dir,
+        backup_save_freq=args.save_every or "epoch",
+        delete_backup=False,
+        verbose=1,
+    )
+
+
+def fit(args, model, data, outputs, epochs, steps_per_epoch, callbacks):
+    """`model.fit`; a diverging run or a full disk ends with what is kept and how to go on."""
+    import kseg.training
+
+    train_ds, val_ds = data["train_ds"], data["val_ds"]
+    if outputs is not None:
+
+        def to_dict(images, masks):
+            return images, {name: masks for name in outputs}
+
+        train_ds, val_ds = train_ds.map(to_dict), val_ds.map(to_dict)
+    backup_dir, checkpoint_path, _ = _run_files(args)
     try:
         model.fit(
             train_ds,
             epochs=epochs,
             steps_per_epoch=steps_per_epoch,
-            validation_data=val_fit,
-            validation_steps=val_steps,
+            validation_data=val_ds,
+            validation_steps=data["val_steps"],
             callbacks=callbacks,
             shuffle=False,  # the pipeline shuffles
             verbose=1 if sys.stdout.isatty() else 2,
@@ -799,6 +825,13 @@ def main(argv=None, prog="train.py", voc_entry=False):
         raise SystemExit(_stopped(args, e, backup_dir, checkpoint_path, diverged=True)) from None
     except kseg.training.DiskFullError as e:
         raise SystemExit(_stopped(args, e, backup_dir, checkpoint_path)) from None
+
+
+def final_evaluation(args, model, data, checkpoint, wall_start):
+    """Scores the final model on the validation set and prints the results."""
+    import keras
+
+    import kseg
 
     eval_kwargs = {}
     if data["sliding"]:
@@ -809,7 +842,8 @@ def main(argv=None, prog="train.py", voc_entry=False):
         )
     else:
         log("Evaluating the final model on the validation set.")
-    ignore_index = int(dataset.get("ignore_index", 255))
+    class_names = data["dataset"]["class_names"]
+    num_classes, ignore_index = len(class_names), _ignore_index(data["dataset"])
     eval_miou = kseg.metrics.MeanIoU(num_classes, ignore_index=ignore_index)
     results = kseg.inference.evaluate(
         model,
@@ -823,8 +857,8 @@ def main(argv=None, prog="train.py", voc_entry=False):
     log(_common.format_iou_table(class_names, per_class))
     log()
     log(f"Validation pixel accuracy: {results['pixel_accuracy']:.4f}")
-    if os.path.isfile(checkpoint_path):
-        log(f"Best checkpoint ({monitor} {checkpoint.best:.4f}): {checkpoint_path}")
+    if os.path.isfile(checkpoint.filepath):
+        log(f"Best checkpoint ({checkpoint.monitor} {checkpoint.best:.4f}): {checkpoint.filepath}")
     log(f"Total time: {time.time() - wall_start:.1f} s")
     log(f"Validation mIoU: {results['mean_iou']:.4f}")
     log(f"Open TensorBoard with: tensorboard --logdir {args.logdir}")
@@ -853,11 +887,6 @@ def _stopped(args, error, backup_dir, checkpoint_path, diverged=False):
         f"--logdir {args.logdir}"
     )
     return "\n".join(lines)
-
-
-def _write_json(path, value):
-    with open(path, "w") as f:
-        json.dump(value, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ import os
 
 import keras
 
+from kseg.training import _keras_internals
+
 #: Values of `choice` (the recipes' `--distribute`).
 CHOICES = ("auto", "none", "local", "multihost")
 _SCALING_BACKENDS = "JAX (keras.distribution.DataParallel) and TensorFlow (tf.distribute)"
@@ -92,6 +94,22 @@ def _accelerators(backend):
 
         return list(range(torch.cuda.device_count()))
     return []
+
+
+def device_kind(backend=None):
+    """ "gpu" when the Keras backend sees a local GPU, otherwise "cpu".
+
+    What the recipes choose `jit_compile` and mixed precision by. On TensorFlow it
+    lists the logical devices, so call it after `plan_distribution`.
+
+    Args:
+        backend: a Keras backend name; defaults to `keras.backend.backend()`.
+    """
+    backend = backend or keras.backend.backend()
+    accelerators = _accelerators(backend)
+    if backend == "jax":
+        return "gpu" if any(d.platform == "gpu" for d in accelerators) else "cpu"
+    return "gpu" if accelerators else "cpu"
 
 
 def plan_distribution(choice="auto"):
@@ -197,7 +215,7 @@ def _walk(layer):
     backbone inside a builder's model, a BatchNorm inside those); `.layers` lists
     only a Model's own, so a walk of it misses the BatchNorm of kseg's layers.
     """
-    return layer._flatten_layers(include_self=True, recursive=True)
+    return _keras_internals.nested_layers(layer)
 
 
 def synchronize_batch_norm(model):

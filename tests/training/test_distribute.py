@@ -344,3 +344,10 @@ def test_recipe_refuses_a_global_batch_that_does_not_split(tmp_path, monkeypatch
     assert message.startswith("train.py: error: argument --distribute:"), message
     assert "must be a multiple of 4. Received: --batch-size 6 on 4 replicas" in message
     assert not (tmp_path / "odd").exists()
+
+
+def test_device_kind_names_the_accelerator_or_the_cpu():
+    from kseg.training.distribute import _accelerators, device_kind
+
+    assert device_kind() == ("gpu" if _accelerators(BACKEND) else "cpu")
+    assert device_kind("numpy") == "cpu"

@@ -1,8 +1,7 @@
-"""Resumable backups, the best checkpoint and atomic saves (kseg.training)."""
+"""Resumable backups (kseg.training.callbacks.backup)."""
 
 import json
 import os
-import re
 
 import keras
 import numpy as np
@@ -13,11 +12,9 @@ from kseg.training import (
     BackupAndRestore,
     BestCheckpoint,
     PolyDecay,
-    best_checkpoint,
-    remove_stale_temporaries,
-    save_atomically,
     segmentation_callbacks,
 )
+from tests.helpers import compile_for_fit
 
 STEPS_PER_EPOCH = 6
 EPOCHS = 3
@@ -219,93 +216,6 @@ def test_a_failed_save_leaves_the_previous_backup_loadable(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_save_atomically(tmp_path):
-    path = tmp_path / "state.json"
-    save_atomically(path, lambda p: open(p, "w").write('{"a": 1}'))
-    assert json.loads(path.read_text()) == {"a": 1}
-
-    def half_written(p):
-        with open(p, "w") as f:
-            f.write('{"a": ')
-        raise KeyboardInterrupt  # a signal in the middle of the write
-
-    with pytest.raises(KeyboardInterrupt):
-        save_atomically(path, half_written)
-    assert json.loads(path.read_text()) == {"a": 1}
-    assert sorted(os.listdir(tmp_path)) == ["state.json"]
-    # The temporary name keeps Keras' ending and lies in the same folder.
-    seen = []
-    save_atomically(tmp_path / "m.weights.h5", lambda p: (seen.append(p), open(p, "w").close()))
-    folder, name = os.path.split(seen[0])
-    assert folder == str(tmp_path)
-    assert re.fullmatch(rf"\.m\.tmp-{os.getpid()}-[0-9a-f]{{8}}\.weights\.h5", name)
-    # What a killed save leaves is found and removed.
-    stale = tmp_path / ".m.tmp-99999.weights.h5"
-    stale.write_bytes(b"x")
-    assert remove_stale_temporaries(tmp_path / "m.weights.h5") == [str(stale)]
-    assert sorted(os.listdir(tmp_path)) == ["m.weights.h5", "state.json"]
-    with pytest.raises(RuntimeError, match="wrote nothing"):
-        save_atomically(tmp_path / "n.json", lambda p: None)
-    with pytest.raises(FileNotFoundError, match="no folder"):
-        save_atomically(tmp_path / "missing" / "n.json", lambda p: open(p, "w").close())
-
-
-def _val_logs(values):
-    class _Logs(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            logs["val_score"] = values[epoch]
-
-    return _Logs()
-
-
-def test_best_checkpoint_keeps_the_best_and_its_score_across_a_resume(tmp_path):
-    path, state = tmp_path / "best.keras", tmp_path / "best.json"
-    model = _model()
-    callback = BestCheckpoint(path, monitor="val_score", state_path=state)
-    _fit(model, [_val_logs([0.2, 0.5, 0.4]), callback])
-    assert callback.best == 0.5
-    assert json.loads(state.read_text()) == {"val_score": 0.5}
-    best_weights = _weights(keras.saving.load_model(path))
-
-    # A resumed run starts from the saved score: 0.45 does not replace the 0.5 model.
-    resumed = BestCheckpoint(path, monitor="val_score", state_path=state)
-    _fit(_model(), [_val_logs([0.45]), resumed], epochs=1)
-    assert resumed.best == 0.5
-    for a, b in zip(_weights(keras.saving.load_model(path)), best_weights):
-        np.testing.assert_array_equal(a, b)
-    # NaN never improves; mode="min" keeps the lowest.
-    nan = BestCheckpoint(tmp_path / "n.keras", monitor="val_score")
-    _fit(_model(), [_val_logs([float("nan")]), nan], epochs=1)
-    assert not (tmp_path / "n.keras").exists()
-    low = best_checkpoint(tmp_path / "l.keras", monitor="val_score", mode="min")
-    _fit(_model(), [_val_logs([0.3, 0.1, 0.2]), low])
-    assert low.best == 0.1
-    # Without the model file the saved score is not trusted.
-    os.remove(path)
-    fresh = BestCheckpoint(path, monitor="val_score", state_path=state)
-    _fit(_model(), [_val_logs([0.1]), fresh], epochs=1)
-    assert fresh.best == 0.1 and path.exists()
-
-
-def test_best_checkpoint_failed_save_keeps_the_previous_model(tmp_path):
-    path = tmp_path / "best.weights.h5"
-    model = _model()
-    callback = BestCheckpoint(path, monitor="val_score", save_weights_only=True)
-    _fit(model, [_val_logs([0.2]), callback], epochs=1)
-    before = path.read_bytes()
-
-    def fail_mid_save(p, overwrite=True):
-        with open(p, "wb") as f:
-            f.write(b"half")
-        raise OSError("disk full")
-
-    model.save_weights = fail_mid_save
-    with pytest.raises(OSError, match="disk full"):
-        callback.on_epoch_end(1, {"val_score": 0.9})
-    assert path.read_bytes() == before and callback.best == 0.2
-    assert sorted(os.listdir(tmp_path)) == ["best.weights.h5"]
-
-
 def test_bad_arguments(tmp_path):
     for bad in (0, -3, True, "batch", 2.0):
         with pytest.raises(ValueError, match=f"Received: save_freq={bad!r}"):
@@ -354,3 +264,113 @@ def test_standard_set_uses_the_resumable_backup_and_the_atomic_checkpoint(tmp_pa
     # DivergenceCheck, then the backup: the others see the restored state.
     assert isinstance(callbacks[1], BackupAndRestore)
     assert sum(isinstance(c, BestCheckpoint) for c in callbacks) == 1
+
+
+NUM_CLASSES = 3
+
+
+def _image_data(n=4, size=8, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0, 255, (n, size, size, 3)).astype(np.float32)
+    masks = (images[..., 0] > 128).astype(np.int32) + (images[..., 1] > 170).astype(np.int32)
+    return images, masks
+
+
+def _image_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    outputs = keras.layers.Conv2D(NUM_CLASSES, 1)(x)
+    return keras.Model(inputs, outputs)
+
+
+class _InterruptAtEpoch(keras.callbacks.Callback):
+    def __init__(self, at_epoch):
+        super().__init__()
+        self.at_epoch = at_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.at_epoch:
+            raise KeyboardInterrupt("simulated interruption")
+
+
+class _EpochStartRecorder(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+        self.start_weights = None
+        self.start_iterations = None
+
+    def on_train_begin(self, logs=None):
+        self.start_weights = [keras.ops.convert_to_numpy(w) for w in self.model.weights]
+        self.start_iterations = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+def test_resume_continues_from_the_last_finished_epoch(tmp_path):
+    backup = str(tmp_path / "backup")
+    images, masks = _image_data()
+
+    def make():
+        model = _image_model()
+        compile_for_fit(
+            model,
+            optimizer=keras.optimizers.SGD(PolyDecay(0.1, 8), momentum=0.9),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        return model
+
+    first = make()
+    seen = _EpochStartRecorder()
+    with pytest.raises(KeyboardInterrupt):
+        first.fit(
+            images,
+            masks,
+            batch_size=2,
+            epochs=4,
+            shuffle=False,
+            callbacks=[BackupAndRestore(backup), seen, _InterruptAtEpoch(2)],
+            verbose=0,
+        )
+    assert seen.epochs == [0, 1, 2]
+    after_two_epochs = [keras.ops.convert_to_numpy(w) for w in first.weights]
+
+    second = make()  # a fresh process would start from new weights like these
+    resumed = _EpochStartRecorder()
+    history = second.fit(
+        images,
+        masks,
+        batch_size=2,
+        epochs=4,
+        shuffle=False,
+        callbacks=[BackupAndRestore(backup), resumed],
+        verbose=0,
+    )
+    assert resumed.epochs == [2, 3]
+    assert len(history.history["loss"]) == 2
+    assert resumed.start_iterations == 4  # the optimizer step, so the schedule, is restored
+    for restored, saved in zip(resumed.start_weights, after_two_epochs):
+        np.testing.assert_allclose(restored, saved, rtol=1e-6, atol=1e-7)
+    assert int(keras.ops.convert_to_numpy(second.optimizer.iterations)) == 8
+
+
+def test_standard_set_takes_the_recipe_options_in_the_documented_order(tmp_path):
+    from kseg.training import DivergenceCheck, LabelCheck
+
+    callbacks = segmentation_callbacks(
+        str(tmp_path),
+        checkpoint_path=tmp_path / "best.keras",
+        backup_dir=tmp_path / "backup",
+        backup_save_freq=7,
+        delete_backup=False,
+        state_path=tmp_path / "best.json",
+        verbose=1,
+    )
+    kinds = [DivergenceCheck, BackupAndRestore, LabelCheck, keras.callbacks.TensorBoard]
+    assert [type(c) for c in callbacks[:4]] == kinds
+    backup, checkpoint = callbacks[1], callbacks[-1]
+    assert (backup.save_freq, backup.delete_checkpoint, backup.verbose) == (7, False, 1)
+    assert isinstance(checkpoint, BestCheckpoint)
+    assert checkpoint.state_path == str(tmp_path / "best.json") and checkpoint.verbose == 1

@@ -1,3 +1,5 @@
+"""TensorBoard summaries: sample images, per-class IoU, learning rate (kseg.training.callbacks.summaries)."""
+
 import glob
 import os
 
@@ -9,29 +11,16 @@ import tensorflow as tf
 import kseg
 from kseg.data.palette import colorize
 from kseg.training import (
-    BackupAndRestore,
-    LabelCheck,
     LearningRateLogger,
     PerClassIoULogger,
     PolyDecay,
     SegmentationImageLogger,
-    best_checkpoint,
     segmentation_callbacks,
     take_samples,
 )
 from tests.helpers import compile_for_fit
 
 NUM_CLASSES = 3
-
-
-class MeanIoUWithPerClass(keras.metrics.MeanIoU):
-    """Keras' MeanIoU plus the `per_class_iou()` protocol read by PerClassIoULogger."""
-
-    def per_class_iou(self):
-        cm = keras.ops.convert_to_numpy(self.total_cm).astype(np.float64)
-        tp = np.diag(cm)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return tp / (cm.sum(0) + cm.sum(1) - tp)
 
 
 class StubMetric:
@@ -205,85 +194,6 @@ def test_epoch_learning_rate(tmp_path):
     )
 
 
-def test_best_checkpoint_factory(tmp_path):
-    callback = best_checkpoint(str(tmp_path / "best.keras"))
-    assert isinstance(callback, kseg.training.BestCheckpoint)
-    assert callback.monitor == "val_mean_iou" and callback.mode == "max"
-    assert callback.state_path is None
-
-
-class _Interrupt(keras.callbacks.Callback):
-    def __init__(self, at_epoch):
-        super().__init__()
-        self.at_epoch = at_epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.at_epoch:
-            raise KeyboardInterrupt("simulated interruption")
-
-
-class _Recorder(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.epochs = []
-        self.start_weights = None
-        self.start_iterations = None
-
-    def on_train_begin(self, logs=None):
-        self.start_weights = [keras.ops.convert_to_numpy(w) for w in self.model.weights]
-        self.start_iterations = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epochs.append(epoch)
-
-
-def test_resume_continues_from_the_last_finished_epoch(tmp_path):
-    backup = str(tmp_path / "backup")
-    images, masks = _data()
-
-    def make():
-        model = _model()
-        compile_for_fit(
-            model,
-            optimizer=keras.optimizers.SGD(PolyDecay(0.1, 8), momentum=0.9),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        )
-        return model
-
-    first = make()
-    seen = _Recorder()
-    with pytest.raises(KeyboardInterrupt):
-        first.fit(
-            images,
-            masks,
-            batch_size=2,
-            epochs=4,
-            shuffle=False,
-            callbacks=[BackupAndRestore(backup), seen, _Interrupt(2)],
-            verbose=0,
-        )
-    assert seen.epochs == [0, 1, 2]
-    after_two_epochs = [keras.ops.convert_to_numpy(w) for w in first.weights]
-
-    second = make()  # a fresh process would start from new weights like these
-    resumed = _Recorder()
-    history = second.fit(
-        images,
-        masks,
-        batch_size=2,
-        epochs=4,
-        shuffle=False,
-        callbacks=[BackupAndRestore(backup), resumed],
-        verbose=0,
-    )
-    assert resumed.epochs == [2, 3]
-    assert len(history.history["loss"]) == 2
-    assert resumed.start_iterations == 4  # the optimizer step, so the schedule, is restored
-    for restored, saved in zip(resumed.start_weights, after_two_epochs):
-        np.testing.assert_allclose(restored, saved, rtol=1e-6, atol=1e-7)
-    assert int(keras.ops.convert_to_numpy(second.optimizer.iterations)) == 8
-
-
 def test_bad_arguments(tmp_path):
     with pytest.raises(TypeError, match="per_class_iou"):
         PerClassIoULogger(object(), str(tmp_path))
@@ -291,118 +201,3 @@ def test_bad_arguments(tmp_path):
         LearningRateLogger(str(tmp_path), update_freq=0)
     with pytest.raises(ValueError, match=r"masks.shape=\(2, 4, 4\)"):
         SegmentationImageLogger(str(tmp_path), np.zeros((2, 5, 5, 3)), np.zeros((2, 4, 4)))
-
-
-class _BatchCounter(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.train_batches = 0
-        self.test_batches = 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.train_batches += 1
-
-    def on_test_batch_end(self, batch, logs=None):
-        self.test_batches += 1
-
-
-def _seg_compile(model, metrics):
-    compile_for_fit(
-        model,
-        optimizer=keras.optimizers.SGD(0.1),
-        loss=kseg.losses.SegmentationCrossEntropy(),
-        metrics=metrics,
-    )
-
-
-def test_label_check_stops_fit_at_the_first_bad_batch():
-    images, masks = _data(n=6)
-    masks[3, 0, :5] = NUM_CLASSES + 4  # second batch of two: 5 pixels labelled 7
-    model = _model()
-    _seg_compile(model, [kseg.metrics.MeanIoU(NUM_CLASSES), "accuracy"])
-    counter = _BatchCounter()
-    with pytest.raises(ValueError, match=r"'mean_iou' counted 5 pixel\(s\).*largest 7"):
-        model.fit(
-            images,
-            masks,
-            batch_size=2,
-            epochs=1,
-            shuffle=False,
-            callbacks=[LabelCheck(), counter],
-            verbose=0,
-        )
-    assert counter.train_batches == 1  # stopped at batch 2, before later callbacks saw it
-    # Clean labels train to the end.
-    images, masks = _data(n=6)
-    model = _model()
-    _seg_compile(model, [kseg.metrics.MeanIoU(NUM_CLASSES)])
-    history = model.fit(
-        images, masks, batch_size=2, epochs=2, callbacks=[LabelCheck()], verbose=0,
-        validation_data=(images, masks),
-    )  # fmt: skip
-    assert len(history.history["val_mean_iou"]) == 2
-
-
-def test_label_check_in_validation_and_evaluate():
-    images, masks = _data(n=4)
-    bad = masks.copy()
-    bad[-1, -1, -1] = -2
-    model = _model()
-    _seg_compile(model, [kseg.metrics.PixelAccuracy(NUM_CLASSES)])
-    counter = _BatchCounter()
-    with pytest.raises(ValueError, match=r"'pixel_accuracy' counted 1 pixel.*largest -2"):
-        model.fit(
-            images, masks, batch_size=2, epochs=1, validation_data=(images, bad),
-            callbacks=[LabelCheck(), counter], verbose=0,
-        )  # fmt: skip
-    assert counter.train_batches == 2 and counter.test_batches == 1
-    with pytest.raises(ValueError, match="counted 1 pixel"):
-        model.evaluate(images, bad, batch_size=2, callbacks=[LabelCheck()], verbose=0)
-    model.evaluate(images, masks, batch_size=2, callbacks=[LabelCheck()], verbose=0)
-
-
-def test_label_check_finds_metrics_per_output():
-    images, masks = _data(n=2)
-    inputs = keras.Input((None, None, 3))
-    main = keras.layers.Conv2D(NUM_CLASSES, 1, name="main")(inputs)
-    aux = keras.layers.Conv2D(NUM_CLASSES, 1, name="aux")(inputs)
-    model = keras.Model(inputs, {"main": main, "aux": aux})
-    main_miou, aux_miou = kseg.metrics.MeanIoU(NUM_CLASSES), kseg.metrics.MeanIoU(NUM_CLASSES)
-    compile_for_fit(
-        model,
-        optimizer="sgd",
-        loss={"main": kseg.losses.SegmentationCrossEntropy(), "aux": None},
-        metrics={"main": [main_miou, "accuracy"], "aux": [aux_miou]},
-    )
-    check = LabelCheck()
-    check.set_model(model)
-    bad = masks.copy()
-    bad[0, 0, 0] = 30
-    with pytest.raises(ValueError, match="largest 30"):
-        model.fit(images, {"main": bad, "aux": masks}, batch_size=2, callbacks=[check], verbose=0)
-    found = check.checked_metrics()
-    assert len(found) == 2
-    assert any(m is main_miou for m in found) and any(m is aux_miou for m in found)
-
-
-def test_label_check_arguments_and_standard_set(tmp_path):
-    metric = kseg.metrics.MeanIoU(NUM_CLASSES)
-    assert LabelCheck(metric).checked_metrics() == [metric]
-    with pytest.raises(TypeError, match="check_labels"):
-        LabelCheck([StubMetric()])
-    callbacks = segmentation_callbacks(str(tmp_path))
-    assert sum(isinstance(c, LabelCheck) for c in callbacks) == 1
-    callbacks = segmentation_callbacks(str(tmp_path), label_check=False)
-    assert not any(isinstance(c, LabelCheck) for c in callbacks)
-    # With train_batches=False, training batches go on; the epoch end checks.
-    images, masks = _data(n=4)
-    masks[0, 0, 0] = 9
-    model = _model()
-    _seg_compile(model, [metric])
-    counter = _BatchCounter()
-    with pytest.raises(ValueError, match="largest 9"):
-        model.fit(
-            images, masks, batch_size=2, verbose=0,
-            callbacks=[LabelCheck(train_batches=False), counter],
-        )  # fmt: skip
-    assert counter.train_batches == 2

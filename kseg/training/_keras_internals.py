@@ -1,0 +1,55 @@
+"""The Keras internals that kseg.training reads or writes, and nothing else: one place to update.
+
+Keras 3.15 keeps these without documenting them:
+
+- `Model._initial_epoch`: the epoch that `fit` starts at when a callback sets it
+  in `on_train_begin` (`keras.callbacks.BackupAndRestore` does, from its
+  metadata); kseg's `BackupAndRestore` sets it to the epoch of the saved step;
+- `Optimizer._learning_rate`: the learning rate as given (a
+  `LearningRateSchedule` stays the schedule object; `optimizer.learning_rate`
+  evaluates it at `optimizer.iterations`, which the JAX trainer updates only at
+  the end of an epoch);
+- `keras.callbacks.BackupAndRestore._weights_path`, `_training_metadata_path`,
+  `_prev_weights_path` and `_prev_training_metadata_path`: the files that its
+  `on_train_begin` restores from (the `.bkp` copies when the latest is
+  unreadable), so kseg's subclass writes exactly those;
+- `Layer._flatten_layers(include_self=True, recursive=True)`: a layer and every
+  layer it holds, however nested (`.layers` lists only a Model's own).
+
+tests/training/test_keras_internals.py checks each of them on a small model and
+fails naming the Keras version when one changes.
+"""
+
+import collections
+
+#: The files of a `keras.callbacks.BackupAndRestore`: the latest weights and metadata,
+#: and their previous copies (`double_checkpoint`).
+BackupFiles = collections.namedtuple(
+    "BackupFiles", ["weights", "metadata", "previous_weights", "previous_metadata"]
+)
+
+
+def set_initial_epoch(model, epoch):
+    """Makes the `fit` now starting (in `on_train_begin`) start at `epoch`; None clears it."""
+    model._initial_epoch = epoch
+
+
+def learning_rate(optimizer):
+    """The optimizer's learning rate as given: a schedule object, a variable or a callable."""
+    rate = getattr(optimizer, "_learning_rate", None)
+    return optimizer.learning_rate if rate is None else rate
+
+
+def backup_files(callback):
+    """The `BackupFiles` that a `keras.callbacks.BackupAndRestore` restores from."""
+    return BackupFiles(
+        callback._weights_path,
+        callback._training_metadata_path,
+        callback._prev_weights_path,
+        callback._prev_training_metadata_path,
+    )
+
+
+def nested_layers(layer):
+    """`layer` and every layer it holds, however nested."""
+    return layer._flatten_layers(include_self=True, recursive=True)
