@@ -10,49 +10,16 @@ import pytest
 import kseg
 from kseg.training import (
     BestCheckpoint,
-    PolyDecay,
     best_checkpoint,
 )
-
-STEPS_PER_EPOCH = 6
-
-
-EPOCHS = 3
-
-
-def _data():
-    # Every batch is the same sample, so a resumed run, whose input restarts from its first
-    # batch, must end with the weights of an uninterrupted run.
-    x = np.tile(np.array([[0.3, -1.2, 0.7, 2.0]], np.float32), (STEPS_PER_EPOCH, 1))
-    y = np.full((STEPS_PER_EPOCH, 1), 1.5, np.float32)
-    return x, y
-
-
-def _model():
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
-    # Momentum and a poly schedule: both must continue across a resume.
-    schedule = PolyDecay(0.05, decay_steps=EPOCHS * STEPS_PER_EPOCH)
-    # Eager steps: these tests fit a dozen new models, and tracing each costs more than its steps.
-    model.compile(
-        optimizer=keras.optimizers.SGD(schedule, momentum=0.9), loss="mse", run_eagerly=True
-    )
-    return model
-
-
-def _fit(model, callbacks, epochs=EPOCHS):
-    x, y = _data()
-    return model.fit(
-        x, y, batch_size=1, epochs=epochs, shuffle=False, callbacks=callbacks, verbose=0
-    )
-
-
-def _iterations(model):
-    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-
-
-def _weights(model):
-    return [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
+from tests.training.callbacks.fitting import (
+    EPOCHS,
+    STEPS_PER_EPOCH,
+    _fit,
+    _iterations,
+    _model,
+    _weights,
+)
 
 
 @pytest.fixture(scope="module")

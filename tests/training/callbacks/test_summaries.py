@@ -19,28 +19,14 @@ from kseg.training import (
     take_samples,
 )
 from tests.helpers import compile_for_fit
-
-NUM_CLASSES = 3
+from tests.training.callbacks.fitting import NUM_CLASSES
+from tests.training.callbacks.fitting import _image_data as _data
+from tests.training.callbacks.fitting import _image_model as _model
 
 
 class StubMetric:
     def per_class_iou(self):
         return np.array([0.5, np.nan, 0.25])
-
-
-def _data(n=4, size=8, seed=0):
-    rng = np.random.default_rng(seed)
-    images = rng.uniform(0, 255, (n, size, size, 3)).astype(np.float32)
-    masks = (images[..., 0] > 128).astype(np.int32) + (images[..., 1] > 170).astype(np.int32)
-    return images, masks
-
-
-def _model(seed=0):
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((None, None, 3))
-    x = keras.layers.Rescaling(1 / 255.0)(inputs)
-    outputs = keras.layers.Conv2D(NUM_CLASSES, 1)(x)
-    return keras.Model(inputs, outputs)
 
 
 def _compile(model, metrics=(), lr=0.1):
