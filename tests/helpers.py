@@ -68,6 +68,15 @@ def infer(model, x):
     return to_numpy(model(x, training=False))
 
 
+def batch_norms(model):
+    """Every `BatchNormalization` in `model`, however nested (models, `ConvBNAct`, ...)."""
+    return [
+        layer
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+
+
 def _as_list(x):
     if isinstance(x, dict):
         return [x[k] for k in sorted(x)]

@@ -4,6 +4,7 @@ import copy
 
 import keras
 
+from kseg._common import check_float
 from kseg.backbones._info import BackboneInfo, FeatureSpec
 from kseg.backbones._weights import existing_file
 
@@ -193,6 +194,7 @@ def Application(
     input_shape=None,
     weights=None,
     output_stride=32,
+    bn_momentum=0.9,
 ):
     """Builds a keras.applications model as a kseg encoder: a dict of features.
 
@@ -212,6 +214,16 @@ def Application(
     | convnext       | `convnexttiny`, `small`, `base`, `large` | 8, 16, 32     | None (inside) |
     | resnetv2       | `resnet50v2`, `resnet101v2`, `resnet152v2` | 8, 16, 32   | `"tf"`        |
     | vgg19          | `vgg19`                                 | 32             | `"caffe"`     |
+
+    BatchNorm: keras.applications builds each family with a momentum of its
+    own (MobileNet 0.999, EfficientNet, Xception, DenseNet and ResNetV2 0.99,
+    EfficientNetV2 0.9), at which the moving statistics of a short run hardly
+    move; every BatchNormalization of the encoder gets `bn_momentum` instead
+    (0.9, torch's 0.1, as kseg's other backbones and heads), set in the
+    model's config, so a saved model keeps it. The epsilon stays the family's
+    own, the one its ImageNet weights were trained with: 1e-3 for MobileNet,
+    EfficientNet, EfficientNetV2 and Xception, 1.001e-5 for DenseNet and
+    ResNetV2 (ConvNeXt and VGG19 have no BatchNorm).
 
     Preprocessing is what keras.applications' `preprocess_input` does for the
     family (`"tf"`: `x / 127.5 - 1`); None means the keras.applications model
@@ -247,6 +259,8 @@ def Application(
             saved from the same keras.applications model built with
             `include_top=False` (`.weights.h5`, or a `.keras` file).
         output_stride: one of the family's output strides. Defaults to 32.
+        bn_momentum: the momentum of every BatchNormalization (Keras'
+            convention: torch's momentum 0.1 is 0.9). Defaults to 0.9.
 
     Returns:
         A `keras.Model` from the image to `{"level1": ..., ..., "level5": ...}`
@@ -276,6 +290,7 @@ def Application(
             f"{because}. Expected `output_stride` in {strides}. Received: "
             f"output_stride={output_stride!r} for {name!r}"
         )
+    bn_momentum = check_float("bn_momentum", bn_momentum, 0.0, 1.0)
     if weights is not None and weights != "imagenet":
         weights = existing_file(
             weights,
@@ -298,8 +313,7 @@ def Application(
             f"save `keras.applications.{class_name}(include_top=False, weights='imagenet')`'s "
             "weights there with `save_weights`, and pass its path as `weights`."
         ) from error
-    if output_stride != 32:
-        app = dilate(app, output_stride, family)
+    app = rebuild(app, output_stride, family, bn_momentum)
     outputs, specs = {}, []
     for level, layer in zip(LEVELS, layers):
         if layer is None:
@@ -337,7 +351,7 @@ def _tensor(model, layer):
 
 
 # ---------------------------------------------------------------------------
-# Dilation by rewriting the model's config.
+# BatchNorm momentum and dilation by rewriting the model's config.
 
 _CONVS = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D")
 _POOLS = ("MaxPooling2D", "AveragePooling2D")
@@ -438,13 +452,50 @@ def _forget_shapes(item, nested=False):
             _forget_shapes(value, nested)
 
 
-def dilate(model, output_stride, family):
-    """A copy of the keras.applications `model` at `output_stride`, with its weights.
+def _set_momentum(item, momentum):
+    """Sets the momentum of every BatchNormalization in a config (nested ones too).
 
-    See `Application` for the rule. The layers keep their names and kernel
-    shapes; the weights are copied layer by layer.
+    Returns whether any changed.
+    """
+    changed = False
+    if isinstance(item, dict):
+        if item.get("class_name") == "BatchNormalization":
+            changed = item["config"]["momentum"] != momentum
+            item["config"]["momentum"] = momentum
+        for value in item.values():
+            changed = _set_momentum(value, momentum) or changed
+    elif isinstance(item, (list, tuple)):
+        for value in item:
+            changed = _set_momentum(value, momentum) or changed
+    return changed
+
+
+def rebuild(model, output_stride, family, bn_momentum):
+    """The keras.applications `model` with `bn_momentum` and at `output_stride`, with its weights.
+
+    Both are written into the model's config, which is built anew: every
+    BatchNormalization gets `bn_momentum` (its epsilon is kept), and at output
+    stride 8 or 16 the layers are dilated by the rule of `Application`. The
+    layers keep their names and kernel shapes; the weights (moving statistics
+    included) are copied layer by layer. `model` itself is returned when
+    nothing changes.
     """
     config = copy.deepcopy(model.get_config())
+    changed = _set_momentum(config, bn_momentum)
+    if output_stride != 32:
+        _dilate_config(config, output_stride, family)
+        _forget_shapes(config)
+    elif not changed:
+        return model
+    rebuilt = keras.Model.from_config(config)
+    for layer in model.layers:
+        if layer.weights:
+            rebuilt.get_layer(layer.name).set_weights(layer.get_weights())
+    return rebuilt
+
+
+def _dilate_config(config, output_stride, family):
+    """Rewrites a functional config in place for `output_stride` (see `Application`)."""
     entries = {entry["name"]: entry for entry in config["layers"]}
     consumers = {}
     for entry in config["layers"]:
@@ -467,9 +518,3 @@ def dilate(model, output_stride, family):
             source["config"]["padding"] = tuple((t // 2, t - t // 2) for t in padding)
         else:
             entry["config"]["padding"] = "same"
-    _forget_shapes(config)
-    rebuilt = keras.Model.from_config(config)
-    for layer in model.layers:
-        if layer.weights:
-            rebuilt.get_layer(layer.name).set_weights(layer.get_weights())
-    return rebuilt

@@ -4,15 +4,15 @@ import collections.abc
 
 import keras
 
-from kseg._common import check_choice
+from kseg._common import check_choice, check_float
 from kseg.backbones._info import BackboneInfo, FeatureSpec
 from kseg.backbones._weights import existing_file
 
 _OUTPUT_STRIDES = (8, 16, 32)
 # timm builds xception65 with BatchNorm2d(eps=1e-3, momentum=0.1); torch's
-# momentum 0.1 is Keras' 0.9.
+# momentum 0.1 is Keras' 0.9 (the default of `bn_momentum`). The checkpoints
+# were trained with that epsilon, so it is fixed.
 _BN_EPSILON = 1e-3
-_BN_MOMENTUM = 0.9
 
 # The 21 Xception modules: (output channels of the three separable convs,
 # stride of the third, whether each separable conv is preceded by a ReLU
@@ -68,9 +68,9 @@ _TABLE = """
 """
 
 
-def _bn(x, name):
+def _bn(x, name, momentum):
     return keras.layers.BatchNormalization(
-        axis=-1, momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, name=name
+        axis=-1, momentum=momentum, epsilon=_BN_EPSILON, name=name
     )(x)
 
 
@@ -99,20 +99,20 @@ def _conv(x, filters, kernel_size, stride, dilation, name, depthwise=False):
     return keras.layers.Conv2D(filters, kernel_size, **kwargs)(x)
 
 
-def _separable(x, filters, stride, dilation, activate, name):
+def _separable(x, filters, stride, dilation, activate, name, momentum):
     """Depthwise 3x3 -> BN (-> ReLU) -> pointwise 1x1 -> BN (-> ReLU), timm's `SeparableConv2d`."""
     x = _conv(x, None, 3, stride, dilation, f"{name}_conv_dw", depthwise=True)
-    x = _bn(x, f"{name}_bn_dw")
+    x = _bn(x, f"{name}_bn_dw", momentum)
     if activate:
         x = _relu(x, f"{name}_act_dw")
     x = _conv(x, filters, 1, 1, 1, f"{name}_conv_pw")
-    x = _bn(x, f"{name}_bn_pw")
+    x = _bn(x, f"{name}_bn_pw", momentum)
     if activate:
         x = _relu(x, f"{name}_act_pw")
     return x
 
 
-def _module(x, index, channels, stride, dilation, start_with_relu, skip):
+def _module(x, index, channels, stride, dilation, start_with_relu, skip, momentum):
     """One Xception module; returns its output and the input of its third separable conv.
 
     Three separable convs (the third with the module's stride), each preceded
@@ -134,12 +134,13 @@ def _module(x, index, channels, stride, dilation, start_with_relu, skip):
             dilation,
             not start_with_relu,
             f"{name}_stack_conv{i + 1}",
+            momentum,
         )
     if skip:
         shortcut = inputs
         if stride != 1 or inputs.shape[-1] != channels[-1]:
             shortcut = _conv(inputs, channels[-1], 1, stride, 1, f"{name}_shortcut_conv")
-            shortcut = _bn(shortcut, f"{name}_shortcut_bn")
+            shortcut = _bn(shortcut, f"{name}_shortcut_bn", momentum)
         x = keras.layers.Add(name=f"{name}_add")([x, shortcut])
     return x, tap
 
@@ -180,7 +181,9 @@ def _check_weights(weights, input_shape):
     return checked
 
 
-def Xception65(input_shape=None, weights=None, output_stride=16, name="xception65"):
+def Xception65(
+    input_shape=None, weights=None, output_stride=16, bn_momentum=0.9, name="xception65"
+):
     """The modified aligned Xception-65 of DeepLab v3+, a dict of features.
 
     Chen et al., "Encoder-Decoder with Atrous Separable Convolution for
@@ -201,10 +204,11 @@ def Xception65(input_shape=None, weights=None, output_stride=16, name="xception6
     A module of the entry, middle and exit flow (0-19) is ReLU -> separable
     conv three times (the third strided), plus its input (through a 1x1 conv
     + BN where the shape changes). A separable conv is depthwise 3x3 -> BN ->
-    pointwise 1x1 -> BN; no conv has a bias; BN has epsilon 1e-3 and momentum
-    0.9 (timm's 0.1). The layer names are timm's module paths with `_` for
-    `.` (`blocks_3_stack_conv1_conv_dw` for `blocks.3.stack.conv1.conv_dw`),
-    so every checkpoint key names its layer. Channels_last only.
+    pointwise 1x1 -> BN; no conv has a bias; BN has timm's epsilon 1e-3 (the
+    checkpoints' own) and momentum `bn_momentum` (0.9, timm's 0.1). The layer
+    names are timm's module paths with `_` for `.`
+    (`blocks_3_stack_conv1_conv_dw` for `blocks.3.stack.conv1.conv_dw`), so
+    every checkpoint key names its layer. Channels_last only.
     {table}
     Args:
         input_shape: input shape without batch. Defaults to `(None, None, 3)`;
@@ -223,6 +227,8 @@ def Xception65(input_shape=None, weights=None, output_stride=16, name="xception6
             mean and std 0.5 of RGB in [0, 1]).
         output_stride: 8, 16 or 32. Defaults to 16 (DeepLab v3+'s training
             setting).
+        bn_momentum: the momentum of every BatchNormalization (Keras'
+            convention: torch's momentum 0.1 is 0.9). Defaults to 0.9.
         name: model name.
 
     Returns:
@@ -244,6 +250,7 @@ def Xception65(input_shape=None, weights=None, output_stride=16, name="xception6
             f"image_data_format={keras.config.image_data_format()!r}"
         )
     output_stride = int(check_choice("output_stride", output_stride, _OUTPUT_STRIDES))
+    bn_momentum = check_float("bn_momentum", bn_momentum, 0.0, 1.0)
     if input_shape is None:
         input_shape = (None, None, 3)
     input_shape = tuple(input_shape)
@@ -253,14 +260,14 @@ def Xception65(input_shape=None, weights=None, output_stride=16, name="xception6
     x = inputs
     for index, (filters, stride) in enumerate(zip(_STEM_CHANNELS, (2, 1))):
         x = _conv(x, filters, 3, stride, 1, f"stem_{index}_conv")
-        x = _bn(x, f"stem_{index}_bn")
+        x = _bn(x, f"stem_{index}_bn", bn_momentum)
         x = _relu(x, f"stem_{index}_act")
 
     outputs, specs = {}, []
     plan = _plan(output_stride)
     for index, (channels, nominal, start_with_relu, skip) in enumerate(_BLOCKS):
         stride, rate, block_input = plan[index]
-        x, tap = _module(x, index, channels, stride, rate, start_with_relu, skip)
+        x, tap = _module(x, index, channels, stride, rate, start_with_relu, skip, bn_momentum)
         if nominal > 1:
             key = f"level{len(outputs) + 1}"
             outputs[key] = tap

@@ -5,7 +5,7 @@ import functools
 import keras
 
 from kseg import backbones as kbackbones
-from kseg._common import check_choice, check_int
+from kseg._common import check_choice, check_float, check_int
 from kseg.backbones import applications, feature_info, with_input_channels
 from kseg.backbones._channels import adapt_statistics
 from kseg.layers import ConvBNAct, ImageNormalization, ResizeLike
@@ -60,10 +60,12 @@ def resolve_backbone(
 
     A name is looked up in `names` (the names this builder supports) and built
     with `input_shape`, `backbone_weights` and `backbone_kwargs` (e.g.
-    `output_stride`). A `keras.Model` must come from `kseg.backbones` (it
-    carries `feature_info`), be of `family` (a name or a tuple of names; and
-    of `required_variant`), take the channel count of `input_shape`, and
-    bring its own weights, so `backbone_weights` must then be None.
+    `output_stride`, `bn_momentum`). A `keras.Model` must come from
+    `kseg.backbones` (it carries `feature_info`), be of `family` (a name or a
+    tuple of names; and of `required_variant`), take the channel count of
+    `input_shape`, and bring its own weights, so `backbone_weights` must then
+    be None; `backbone_kwargs` do not apply to it (it keeps its own BatchNorm
+    momentum).
     Pretrained weights for another channel count than 3 load into the RGB
     backbone, which `kseg.backbones.with_input_channels` then adapts (the
     first convolution's kernel summed for one channel, repeated and rescaled
@@ -71,6 +73,10 @@ def resolve_backbone(
     every feature role in `roles` (`"low_level"`, `"aux"`, `"high_level"`).
     """
     channels = input_channels(input_shape)
+    if "bn_momentum" in backbone_kwargs:  # checked even where a backbone model ignores it
+        backbone_kwargs["bn_momentum"] = check_float(
+            "bn_momentum", backbone_kwargs["bn_momentum"], 0.0, 1.0
+        )
     if isinstance(backbone, str):
         if backbone not in names:
             raise ValueError(
@@ -232,7 +238,7 @@ def resnet_features(
     """`backbone_features` for the dilated builders: ResNets and keras.applications encoders.
 
     `multi_grid` applies to the last stage of a ResNet; Xception-65 and an
-    application encoder (by name) take only `output_stride`.
+    application encoder (by name) take only `output_stride` and `bn_momentum`.
     """
     if isinstance(backbone, str) and (backbone in APPLICATIONS or backbone in XCEPTION):
         kwargs.pop("multi_grid", None)
@@ -263,9 +269,11 @@ def classify(x, inputs, num_classes, align_corners, dropout=0.0, dropout_layer=N
     return upsample_logits(x, inputs, align_corners)
 
 
-def aux_logits(feature, inputs, num_classes, align_corners, filters=256, dropout=0.1):
+def aux_logits(
+    feature, inputs, num_classes, align_corners, filters=256, dropout=0.1, bn_momentum=0.9
+):
     """torchvision/mmseg FCNHead on `feature`: 3x3 ConvBNReLU -> Dropout -> 1x1, resized."""
-    x = ConvBNAct(filters, 3, name="aux_conv")(feature)
+    x = ConvBNAct(filters, 3, bn_momentum=bn_momentum, name="aux_conv")(feature)
     x = keras.layers.Dropout(dropout, name="aux_dropout")(x)
     x = keras.layers.Conv2D(
         num_classes, 1, kernel_initializer=classifier_initializer(), name="aux_classifier"

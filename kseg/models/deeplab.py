@@ -147,6 +147,7 @@ def DeepLabV2(
     atrous_rates=(6, 12, 18, 24),
     align_corners=False,
     normalization="auto",
+    bn_momentum=0.9,
     name="deeplabv2",
 ):
     """DeepLab v2 with ASPP-L on a dilated ResNet (Chen et al., TPAMI 2017).
@@ -180,6 +181,10 @@ def DeepLabV2(
             for 1), `"unit"` (divide by 255),
             `{"mean": ..., "std": ...}` (one value, or one per channel) or
             None. See `kseg.layers.ImageNormalization`.
+        bn_momentum: the momentum of every BatchNormalization of a backbone
+            given by name (the ASPP-L head has none; Keras' convention:
+            torch's momentum 0.1 is 0.9). Defaults to 0.9. A backbone model
+            keeps its own.
         name: model name.
 
     Returns:
@@ -192,6 +197,7 @@ def DeepLabV2(
         backbone_weights=backbone_weights,
         output_stride=output_stride,
         normalization=normalization,
+        bn_momentum=bn_momentum,
     )
     x = feats[info.high_level]
     x = ASPP(filters=num_classes, atrous_rates=atrous_rates, mode="v2", name="aspp")(x)
@@ -213,6 +219,7 @@ def DeepLabV3(
     head_filters=None,
     align_corners=False,
     normalization="auto",
+    bn_momentum=0.9,
     name="deeplabv3",
 ):
     """DeepLab v3 (Chen et al., "Rethinking Atrous Convolution", 2017).
@@ -266,6 +273,10 @@ def DeepLabV3(
             for 1), `"unit"` (divide by 255),
             `{"mean": ..., "std": ...}` (one value, or one per channel) or
             None. See `kseg.layers.ImageNormalization`.
+        bn_momentum: the momentum of every BatchNormalization built here: the
+            head's and, for a backbone given by name, the backbone's (Keras'
+            convention: torch's momentum 0.1 is 0.9). Defaults to 0.9. A
+            backbone model keeps its own.
         name: model name.
 
     Returns:
@@ -280,6 +291,7 @@ def DeepLabV3(
         output_stride=output_stride,
         multi_grid=multi_grid,
         normalization=normalization,
+        bn_momentum=bn_momentum,
         roles=("high_level", "aux") if aux_head else ("high_level",),
     )
     rates = default_atrous_rates(info.output_stride) if atrous_rates is None else atrous_rates
@@ -288,12 +300,20 @@ def DeepLabV3(
         atrous_rates=rates,
         dropout=dropout,
         pool_align_corners=align_corners,
+        bn_momentum=bn_momentum,
         name="aspp",
     )(feats[info.high_level])
     if head_filters is not None:
-        x = ConvBNAct(check_int("head_filters", head_filters, 1), 3, name="head_conv")(x)
+        x = ConvBNAct(
+            check_int("head_filters", head_filters, 1), 3, bn_momentum=bn_momentum,
+            name="head_conv",
+        )(x)
     main = classify(x, inputs, num_classes, align_corners)
-    aux = aux_logits(feats[info.aux], inputs, num_classes, align_corners) if aux_head else None
+    aux = (
+        aux_logits(feats[info.aux], inputs, num_classes, align_corners, bn_momentum=bn_momentum)
+        if aux_head
+        else None
+    )
     return keras.Model(inputs, outputs_dict(main, aux), name=name)
 
 
@@ -313,6 +333,7 @@ def DeepLabV3Plus(
     dropout=0.1,
     align_corners=False,
     normalization="auto",
+    bn_momentum=0.9,
     name="deeplabv3plus",
 ):
     """DeepLab v3+ encoder-decoder (Chen et al., ECCV 2018).
@@ -359,6 +380,10 @@ def DeepLabV3Plus(
             for 1), `"unit"` (divide by 255),
             `{"mean": ..., "std": ...}` (one value, or one per channel) or
             None. See `kseg.layers.ImageNormalization`.
+        bn_momentum: the momentum of every BatchNormalization built here: the
+            head's and, for a backbone given by name, the backbone's (Keras'
+            convention: torch's momentum 0.1 is 0.9). Defaults to 0.9. A
+            backbone model keeps its own.
         name: model name.
 
     Returns:
@@ -377,6 +402,7 @@ def DeepLabV3Plus(
         output_stride=output_stride,
         multi_grid=multi_grid,
         normalization=normalization,
+        bn_momentum=bn_momentum,
         roles=("high_level", "low_level"),
     )
     rates = default_atrous_rates(info.output_stride) if atrous_rates is None else atrous_rates
@@ -386,6 +412,7 @@ def DeepLabV3Plus(
         dropout=dropout,
         separable=separable,
         pool_align_corners=align_corners,
+        bn_momentum=bn_momentum,
         name="aspp",
     )(feats[info.high_level])
     x = DeepLabV3PlusDecoder(
@@ -393,6 +420,7 @@ def DeepLabV3Plus(
         low_level_filters=low_level_filters,
         separable=separable,
         align_corners=align_corners,
+        bn_momentum=bn_momentum,
         name="decoder",
     )([x, feats[info.low_level]])
     return keras.Model(inputs, classify(x, inputs, num_classes, align_corners), name=name)

@@ -211,6 +211,7 @@ def DilatedFCN(
     aux_head=False,
     align_corners=False,
     normalization="auto",
+    bn_momentum=0.9,
     name="dilated_fcn",
 ):
     """The FCN head on a dilated ResNet, as torchvision's `fcn_resnet50/101`.
@@ -245,6 +246,10 @@ def DilatedFCN(
         normalization: input normalisation, as in the other builders:
             `"auto"` (default: what the backbone's weights expect), `"caffe"`,
             `"torch"`, `"unit"`, a `{"mean", "std"}` dict or None.
+        bn_momentum: the momentum of every BatchNormalization built here: the
+            head's and, for a backbone given by name, the backbone's (Keras'
+            convention: torch's momentum 0.1 is 0.9). Defaults to 0.9. A
+            backbone model keeps its own.
         name: model name.
 
     Returns:
@@ -260,9 +265,16 @@ def DilatedFCN(
         output_stride=output_stride,
         multi_grid=multi_grid,
         normalization=normalization,
+        bn_momentum=bn_momentum,
         roles=("high_level", "aux") if aux_head else ("high_level",),
     )
-    x = ConvBNAct(head_filters, 3, name="head_conv")(feats[info.high_level])
+    x = ConvBNAct(head_filters, 3, bn_momentum=bn_momentum, name="head_conv")(
+        feats[info.high_level]
+    )
     main = classify(x, inputs, num_classes, align_corners, dropout=dropout)
-    aux = aux_logits(feats[info.aux], inputs, num_classes, align_corners) if aux_head else None
+    aux = (
+        aux_logits(feats[info.aux], inputs, num_classes, align_corners, bn_momentum=bn_momentum)
+        if aux_head
+        else None
+    )
     return keras.Model(inputs, outputs_dict(main, aux), name=name)

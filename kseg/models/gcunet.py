@@ -27,6 +27,7 @@ def GCUNet(
     aux_head=False,
     align_corners=False,
     normalization="auto",
+    bn_momentum=0.9,
     name="gcunet",
 ):
     """GCU segmentation network (Li & Gupta, "Beyond Grids", NeurIPS 2018).
@@ -69,6 +70,10 @@ def GCUNet(
             for 1), `"unit"` (divide by 255),
             `{"mean": ..., "std": ...}` (one value, or one per channel) or
             None. See `kseg.layers.ImageNormalization`.
+        bn_momentum: the momentum of every BatchNormalization built here: the
+            head's and, for a backbone given by name, the backbone's (Keras'
+            convention: torch's momentum 0.1 is 0.9). Defaults to 0.9. A
+            backbone model keeps its own.
         name: model name.
 
     Returns:
@@ -87,6 +92,7 @@ def GCUNet(
         backbone_weights=backbone_weights,
         output_stride=output_stride,
         normalization=normalization,
+        bn_momentum=bn_momentum,
         roles=("high_level", "aux") if aux_head else ("high_level",),
     )
     high = feats[info.high_level]
@@ -95,7 +101,11 @@ def GCUNet(
         for v in num_vertices
     ]
     x = keras.layers.Concatenate(name="gcu_concat")([high, *units])
-    x = ConvBNAct(fusion_filters, 3, name="fusion")(x)
+    x = ConvBNAct(fusion_filters, 3, bn_momentum=bn_momentum, name="fusion")(x)
     main = classify(x, inputs, num_classes, align_corners, dropout)
-    aux = aux_logits(feats[info.aux], inputs, num_classes, align_corners) if aux_head else None
+    aux = (
+        aux_logits(feats[info.aux], inputs, num_classes, align_corners, bn_momentum=bn_momentum)
+        if aux_head
+        else None
+    )
     return keras.Model(inputs, outputs_dict(main, aux), name=name)

@@ -99,6 +99,7 @@ def GINet(
     aux_head=False,
     align_corners=True,
     normalization="auto",
+    bn_momentum=0.9,
     name="ginet",
 ):
     """GINet (Wu et al., "GINet: Graph Interaction Network for Scene Parsing", ECCV 2020).
@@ -164,6 +165,10 @@ def GINet(
         align_corners: of the final resize. Defaults to True (reference).
         normalization: input normalisation, `"auto"` (what the backbone's
             weights expect), `"caffe"`, `"torch"`, `"unit"` or None.
+        bn_momentum: the momentum of every BatchNormalization built here: the
+            head's and, for a backbone given by name, the backbone's (Keras'
+            convention: torch's momentum 0.1 is 0.9). Defaults to 0.9. A
+            backbone model keeps its own.
         name: model name.
 
     Returns:
@@ -178,24 +183,31 @@ def GINet(
         backbone_weights=backbone_weights,
         output_stride=output_stride,
         normalization=normalization,
+        bn_momentum=bn_momentum,
         roles=("high_level", "aux") if aux_head else ("high_level",),
     )
     if use_jpu:
         # The stride 8, 16 and 32 features (at output stride 32).
         keys = ("stage2", "stage3", "stage4") if info.family == "resnet" else KEYS[2:]
-        x = JointPyramidUpsampling(width=jpu_width, name="jpu")([feats[key] for key in keys])
+        jpu = JointPyramidUpsampling(width=jpu_width, bn_momentum=bn_momentum, name="jpu")
+        x = jpu([feats[key] for key in keys])
     else:
         x = feats[info.high_level]
-    x = ConvBNAct(reduce_filters, 3, name="conv5")(x)
+    x = ConvBNAct(reduce_filters, 3, bn_momentum=bn_momentum, name="conv5")(x)
     x, class_nodes = GraphInteractionUnit(
         num_classes,
         class_embeddings=embeddings,
         num_state=num_state,
         num_node=num_node,
         embedding_mlp=(num_state // 2, num_state),  # 300 -> 128 -> 256 in the reference
+        bn_momentum=bn_momentum,
         name="gi_unit",
     )(x)
     main = classify(x, inputs, num_classes, align_corners, dropout)
-    aux = aux_logits(feats[info.aux], inputs, num_classes, align_corners) if aux_head else None
+    aux = (
+        aux_logits(feats[info.aux], inputs, num_classes, align_corners, bn_momentum=bn_momentum)
+        if aux_head
+        else None
+    )
     presence = ClassPresenceScore(name="presence")(class_nodes)
     return keras.Model(inputs, outputs_dict(main, aux, presence=presence), name=name)

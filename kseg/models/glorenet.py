@@ -27,6 +27,7 @@ def GloReNet(
     aux_head=False,
     align_corners=False,
     normalization="auto",
+    bn_momentum=0.9,
     name="glorenet",
 ):
     """GloRe network for segmentation (Chen et al., "Graph-Based Global Reasoning Networks", CVPR 2019).
@@ -67,6 +68,10 @@ def GloReNet(
             for 1), `"unit"` (divide by 255),
             `{"mean": ..., "std": ...}` (one value, or one per channel) or
             None. See `kseg.layers.ImageNormalization`.
+        bn_momentum: the momentum of every BatchNormalization built here: the
+            head's and, for a backbone given by name, the backbone's (Keras'
+            convention: torch's momentum 0.1 is 0.9). Defaults to 0.9. A
+            backbone model keeps its own.
         name: model name.
 
     Returns:
@@ -80,10 +85,19 @@ def GloReNet(
         backbone_weights=backbone_weights,
         output_stride=output_stride,
         normalization=normalization,
+        bn_momentum=bn_momentum,
         roles=("high_level", "aux") if aux_head else ("high_level",),
     )
-    x = ConvBNAct(reduce_filters, 1, name="reduce")(feats[info.high_level])
-    x = GloReUnit(num_state=num_state, num_node=num_node, name="glore")(x)
+    x = ConvBNAct(reduce_filters, 1, bn_momentum=bn_momentum, name="reduce")(
+        feats[info.high_level]
+    )
+    x = GloReUnit(
+        num_state=num_state, num_node=num_node, bn_momentum=bn_momentum, name="glore"
+    )(x)
     main = classify(x, inputs, num_classes, align_corners, dropout)
-    aux = aux_logits(feats[info.aux], inputs, num_classes, align_corners) if aux_head else None
+    aux = (
+        aux_logits(feats[info.aux], inputs, num_classes, align_corners, bn_momentum=bn_momentum)
+        if aux_head
+        else None
+    )
     return keras.Model(inputs, outputs_dict(main, aux), name=name)

@@ -26,6 +26,7 @@ def PSPNet(
     aux_head=False,
     align_corners=False,
     normalization="auto",
+    bn_momentum=0.9,
     name="pspnet",
 ):
     """PSPNet (Zhao et al., "Pyramid Scene Parsing Network", CVPR 2017).
@@ -68,6 +69,10 @@ def PSPNet(
             for 1), `"unit"` (divide by 255),
             `{"mean": ..., "std": ...}` (one value, or one per channel) or
             None. See `kseg.layers.ImageNormalization`.
+        bn_momentum: the momentum of every BatchNormalization built here: the
+            head's and, for a backbone given by name, the backbone's (Keras'
+            convention: torch's momentum 0.1 is 0.9). Defaults to 0.9. A
+            backbone model keeps its own.
         name: model name.
 
     Returns:
@@ -81,12 +86,19 @@ def PSPNet(
         backbone_weights=backbone_weights,
         output_stride=output_stride,
         normalization=normalization,
+        bn_momentum=bn_momentum,
         roles=("high_level", "aux") if aux_head else ("high_level",),
     )
-    x = PyramidPoolingModule(bins=bins, align_corners=align_corners, name="ppm")(
+    x = PyramidPoolingModule(
+        bins=bins, align_corners=align_corners, bn_momentum=bn_momentum, name="ppm"
+    )(
         feats[info.high_level]
     )
-    x = ConvBNAct(fusion_filters, 3, name="fusion")(x)
+    x = ConvBNAct(fusion_filters, 3, bn_momentum=bn_momentum, name="fusion")(x)
     main = classify(x, inputs, num_classes, align_corners, dropout, keras.layers.SpatialDropout2D)
-    aux = aux_logits(feats[info.aux], inputs, num_classes, align_corners) if aux_head else None
+    aux = (
+        aux_logits(feats[info.aux], inputs, num_classes, align_corners, bn_momentum=bn_momentum)
+        if aux_head
+        else None
+    )
     return keras.Model(inputs, outputs_dict(main, aux), name=name)

@@ -56,8 +56,11 @@ def SegNet(
         backbone: `"vgg16"` or a `kseg.backbones.VGG16(variant="bn")`.
         backbone_weights: None, `"imagenet"` (the encoder's convolutions from
             VGG-16, as the paper initialises it) or a path.
-        bn_momentum: decoder BatchNorm momentum. Defaults to 0.9 (torch 0.1).
-        bn_epsilon: decoder BatchNorm epsilon. Defaults to 1e-5.
+        bn_momentum: BatchNorm momentum of the decoder and, for
+            `backbone="vgg16"`, of the encoder. Defaults to 0.9 (torch 0.1). A
+            backbone model keeps its own.
+        bn_epsilon: BatchNorm epsilon of the decoder and, for
+            `backbone="vgg16"`, of the encoder. Defaults to 1e-5 (torch).
         normalization: input normalisation: `"auto"` (default: what the
             backbone's weights expect, adapted to the channel count when
             they are pretrained, see `kseg.backbones.with_input_channels`;
@@ -80,6 +83,8 @@ def SegNet(
         family="vgg16",
         required_variant="bn",
         variant="bn",
+        bn_momentum=bn_momentum,
+        bn_epsilon=bn_epsilon,
         normalization=normalization,
     )
     # The encoder's pools again, now keeping the argmax indices (same windows, same values).

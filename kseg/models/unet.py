@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from kseg._backend import int_range, is_symbolic_dim
-from kseg._common import check_choice, check_int
+from kseg._common import check_choice, check_float, check_int
 from kseg.layers import ConvBNAct, CropLike, Resize2D, ResizeLike
 from kseg.models._base import check_num_classes, normalization_layer, resnet_features
 from kseg.models.segmentation_model import builder
@@ -147,6 +147,7 @@ def UNet(
     backbone=None,
     backbone_weights=None,
     decoder_filters=None,
+    bn_momentum=0.9,
     name="unet",
 ):
     """U-Net (Ronneberger, Fischer & Brox, MICCAI 2015), alone or on a backbone.
@@ -237,6 +238,10 @@ def UNet(
             `"imagenet"` or a path (see `kseg.backbones`). Defaults to None.
         decoder_filters: encoder U-Net only: the 5 decoder block widths, from
             stride 16 to stride 1. Defaults to (256, 128, 64, 32, 16).
+        bn_momentum: the momentum of every BatchNormalization built here: the
+            decoder's (with `batch_norm`) and, for a backbone given by name,
+            the backbone's (Keras' convention: torch's momentum 0.1 is 0.9).
+            Defaults to 0.9. A backbone model keeps its own.
         name: model name. Defaults to `"unet"` for both kinds.
 
     Returns:
@@ -256,6 +261,7 @@ def UNet(
     (1, 45, 61, 3)
     """
     num_classes = check_num_classes(num_classes)
+    bn_momentum = check_float("bn_momentum", bn_momentum, 0.0, 1.0)
     paper_args = {
         "base_filters": base_filters,
         "depth": depth,
@@ -278,6 +284,7 @@ def UNet(
             input_shape,
             batch_norm=bool(batch_norm),
             normalization=normalization,
+            bn_momentum=bn_momentum,
             name=name,
             **kwargs,
         )
@@ -296,6 +303,7 @@ def UNet(
         decoder_filters=DECODER_FILTERS if decoder_filters is None else decoder_filters,
         batch_norm=True if batch_norm is None else bool(batch_norm),
         normalization=normalization,
+        bn_momentum=bn_momentum,
         name=name,
     )
 
@@ -316,6 +324,7 @@ def _paper_unet(
     upsampling,
     tile_padding,
     normalization,
+    bn_momentum,
     name,
 ):
     base_filters = check_int("base_filters", base_filters, minimum=1)
@@ -326,7 +335,9 @@ def _paper_unet(
     def double_conv(x, width, name):
         for i in (1, 2):
             if batch_norm:
-                x = ConvBNAct(width, 3, padding=padding, name=f"{name}_conv{i}")(x)
+                x = ConvBNAct(
+                    width, 3, padding=padding, bn_momentum=bn_momentum, name=f"{name}_conv{i}"
+                )(x)
             else:
                 x = keras.layers.Conv2D(
                     width, 3, padding=padding, activation="relu", name=f"{name}_conv{i}"
@@ -394,6 +405,7 @@ def _encoder_unet(
     decoder_filters,
     batch_norm,
     normalization,
+    bn_momentum,
     name,
 ):
     decoder_filters = _check_decoder_filters(decoder_filters)
@@ -403,6 +415,7 @@ def _encoder_unet(
         backbone_weights=backbone_weights,
         normalization=normalization,
         output_stride=32,
+        bn_momentum=bn_momentum,
     )
     if info.stride(info.high_level) != 32:
         raise ValueError(
@@ -414,7 +427,14 @@ def _encoder_unet(
     axis = -1 if channels_last else 1
 
     def conv(x, filters, name):
-        layer = ConvBNAct(filters, 3, use_bn=batch_norm, kernel_initializer="he_uniform", name=name)
+        layer = ConvBNAct(
+            filters,
+            3,
+            use_bn=batch_norm,
+            bn_momentum=bn_momentum,
+            kernel_initializer="he_uniform",
+            name=name,
+        )
         return layer(x)
 
     x = feats[info.high_level]

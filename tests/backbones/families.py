@@ -64,6 +64,22 @@ FAMILIES = {
     "vgg19": ((32,), "caffe", keras.applications.vgg19),
 }
 
+# BatchNorm of each family's keras.applications model, from its sources:
+# (momentum, epsilon) of every BatchNormalization it builds, None for a family
+# without BatchNorm (ConvNeXt normalises with LayerNormalization, VGG19 not at
+# all). The ImageNet weights were trained with that epsilon.
+KERAS_BATCH_NORM = {
+    "mobilenetv2": (0.999, 1e-3),
+    "mobilenetv3": (0.999, 1e-3),
+    "efficientnet": (0.99, 1e-3),
+    "efficientnetv2": (0.9, 1e-3),
+    "xception": (0.99, 1e-3),
+    "densenet": (0.99, 1.001e-5),
+    "convnext": None,
+    "resnetv2": (0.99, 1.001e-5),
+    "vgg19": None,
+}
+
 SMALLEST = {
     "mobilenetv2": "mobilenetv2",
     "mobilenetv3": "mobilenetv3small",

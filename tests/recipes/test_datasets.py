@@ -26,7 +26,7 @@ from PIL import Image
 
 import kseg.data
 from kseg.data.palette import dataset_description
-from tests.helpers import BACKEND
+from tests.helpers import BACKEND, batch_norms
 
 # --- resolved configurations (parse_args only) --------------------------------------------
 
@@ -106,6 +106,17 @@ def test_named_encoders_keep_their_size_with_compact_heads():
     )
     assert deeplab.get_layer("mobilenetv2").count_params() > 1_000_000
     assert deeplab.get_layer("aspp").filters == 16
+
+
+@pytest.mark.parametrize(
+    "model_name, backbone",
+    [("deeplabv3plus", "mobilenetv2"), ("unet", "mobilenetv2"), ("pspnet", "compact")],
+)
+def test_every_batch_norm_has_the_momentum_of_torch(model_name, backbone):
+    """The recipes pass no momentum: the builders' 0.9 reaches the encoder's BatchNorm too."""
+    model = _common.build_model(model_name, 3, backbone=backbone, compact=_common.SMOKE_RESNET)
+    norms = batch_norms(model)
+    assert norms and {layer.momentum for layer in norms} == {0.9}
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
