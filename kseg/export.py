@@ -27,6 +27,12 @@ FORMATS = {"saved_model": "tf_saved_model", "onnx": "onnx", "litert": "litert"}
 BACKEND_FORMATS = {"tensorflow": ("saved_model", "onnx", "litert"), "jax": ("saved_model", "onnx")}
 
 
+def kseg_format(keras_format):
+    """kseg's name of one of Keras' export formats when kseg exports it from this backend, else None."""
+    name = {keras_name: name for name, keras_name in FORMATS.items()}.get(keras_format)
+    return name if name in BACKEND_FORMATS.get(keras.backend.backend(), ()) else None
+
+
 def _float32_config(config):
     """A copy of a (nested) layer config whose dtype policies are all float32.
 

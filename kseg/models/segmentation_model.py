@@ -225,14 +225,8 @@ class SegmentationModel(keras.Model):
         """
         from kseg import export as kexport
 
-        kseg_format = {v: k for k, v in kexport.FORMATS.items()}.get(format)
-        backend = keras.backend.backend()
-        if (
-            kseg_format is None
-            or kseg_format not in kexport.BACKEND_FORMATS.get(backend, ())
-            or input_signature is not None
-            or kwargs
-        ):
+        kseg_format = kexport.kseg_format(format)
+        if kseg_format is None or input_signature is not None or kwargs:
             return super().export(
                 filepath, format=format, verbose=verbose, input_signature=input_signature, **kwargs
             )
