@@ -245,3 +245,14 @@ def test_the_recipe_stops_a_diverging_run_and_resumes_it(tmp_path, monkeypatch, 
     else:
         assert np.isfinite(results["mean_iou"])
     assert f"Resuming after training step {kept} " in capsys.readouterr().out
+
+
+def test_a_truncated_backup_is_named_when_resumed(tmp_path):
+    folder = tmp_path / "backup"
+    model = _model()
+    _fit(model, [BackupAndRestore(str(folder), save_freq=2, delete_checkpoint=False)],
+         *_data(None))
+    weights = folder / "latest.weights.h5"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a copy cut short
+    with pytest.raises(ValueError, match="is not a valid weights file \\(truncated or corrupt"):
+        _fit(_model(), [BackupAndRestore(str(folder), save_freq=2)], *_data(None))
