@@ -1,7 +1,7 @@
 """Shared pieces of the recipes: the model zoo by name, compile choices, checkpoints.
 
-Everything heavy (Keras, TensorFlow, kseg) is imported inside the functions, so
-that a recipe can parse and check its command line before paying for imports.
+Everything heavy (Keras, TensorFlow, kseg) is imported inside the functions, after
+`quiet_tensorflow`; the model and backbone names come from `kseg.models.registry`.
 """
 
 import argparse
@@ -16,62 +16,12 @@ COMPACT_RESNET = {"blocks": (1, 1, 1, 1), "width": 16}
 #: The even smaller network of `--smoke` runs.
 SMOKE_RESNET = {"blocks": (1, 1, 1, 1), "width": 4}
 
-# name -> (builder in kseg.models, backbone family, has an auxiliary head)
-MODELS = {
-    "fcn8s": ("FCN8s", "vgg16", False),
-    "fcn16s": ("FCN16s", "vgg16", False),
-    "fcn32s": ("FCN32s", "vgg16", False),
-    "unet": ("UNet", "unet", False),
-    "segnet": ("SegNet", "vgg16", False),
-    "pspnet": ("PSPNet", "resnet", True),
-    "deeplabv1": ("DeepLabV1", "vgg16", False),
-    "deeplabv2": ("DeepLabV2", "resnet", False),
-    "deeplabv3": ("DeepLabV3", "resnet", True),
-    "deeplabv3plus": ("DeepLabV3Plus", "resnet", False),
-    "gcunet": ("GCUNet", "resnet", True),
-    "glorenet": ("GloReNet", "resnet", True),
-    "ginet": ("GINet", "resnet", True),
-}
-
-#: The keras.applications encoders (kseg.backbones.applications.NAMES, written out
-#: here so that parsing the command line does not import Keras).
-APPLICATION_BACKBONES = (
-    "mobilenetv2",
-    "mobilenetv3small",
-    "mobilenetv3large",
-    *(f"efficientnetb{i}" for i in range(8)),
-    *(f"efficientnetv2{size}" for size in ("b0", "b1", "b2", "b3", "s", "m", "l")),
-    "xception",
-    "densenet121",
-    "densenet169",
-    "densenet201",
-    *(f"convnext{size}" for size in ("tiny", "small", "base", "large")),
-    "resnet50v2",
-    "resnet101v2",
-    "resnet152v2",
-    "vgg19",
-)
-
-#: Backbones the CLI accepts, by family. "compact" is a small ResNet (demo and tests);
-#: "resnet50" / "resnet101" / "resnet152" are keras.applications' layout, "_v1.5"
-#: torchvision's and timm's, "_v1c" mmseg's deep-stem ResNetV1c (see
-#: kseg.backbones.ResNet); DeepLab v3+'s aligned Xception-65 (kseg.backbones.Xception65,
-#: timm checkpoints); then the keras.applications encoders (kseg.backbones.Application),
-#: each at the output strides its family offers.
-#: U-Net takes "none" (the paper's U-Net, compact in the smoke and demo runs) or one of
-#: the same pretrained encoders (segmentation_models' U-Net decoder on it).
-ENCODERS = (
-    *(f"resnet{depth}{suffix}" for depth in (50, 101) for suffix in ("", "_v1.5", "_v1c")),
-    "resnet152",
-    "xception65",
-    *APPLICATION_BACKBONES,
-)
-BACKBONES = {
-    "resnet": ("compact", *ENCODERS),
-    "unet": ("none", *ENCODERS),
-    "vgg16": ("vgg16",),
-    None: (),
-}
+#: What `--backbone` offers besides the library's names (`kseg.models.registry`), by
+#: the model's kind of backbone: the dilated models also take "compact", a small
+#: ResNet built here (demo and tests); U-Net takes "none", the paper's U-Net
+#: (compact in the smoke and demo runs), or an encoder (segmentation_models' U-Net
+#: decoder on it).
+RECIPE_BACKBONES = {"dilated": ("compact",), "unet": ("none",), "vgg16": ()}
 
 #: The backbone each model uses in its paper's PASCAL VOC configuration.
 PAPER_BACKBONES = {
@@ -89,12 +39,31 @@ PAPER_BACKBONES = {
 SC_LOSS_WEIGHT = 0.2
 
 
+def model_registry():
+    """`kseg.models.registry`: the models by name and the backbone names each takes."""
+    quiet_tensorflow()
+    from kseg.models import registry
+
+    return registry
+
+
+def model_names():
+    return sorted(model_registry().MODELS)
+
+
+def backbone_kind(model_name):
+    """`"dilated"`, `"unet"` or `"vgg16"`: the key of the model's backbone names."""
+    return model_registry().MODELS[model_name].backbone_kind
+
+
 def backbone_choices(model_name):
-    return BACKBONES[MODELS[model_name][1]]
+    """The model's `--backbone` choices: the recipe's own, then the library's names."""
+    kind = backbone_kind(model_name)
+    return (*RECIPE_BACKBONES[kind], *model_registry().BACKBONE_NAMES[kind])
 
 
 def has_aux_head(model_name):
-    return MODELS[model_name][2]
+    return model_registry().MODELS[model_name].aux_head
 
 
 def default_jit_compile(backend, device):
@@ -137,11 +106,11 @@ def build_model(
     """Builds a zoo model by its lower-case name.
 
     Args:
-        model_name: a key of `MODELS`.
+        model_name: a key of `kseg.models.registry.MODELS`.
         num_classes: number of classes.
-        backbone: "compact", a name of `BACKBONES` or "vgg16" (what the
-            model takes); "none" for the paper's U-Net, an encoder name for
-            U-Net on that encoder.
+        backbone: one of `backbone_choices(model_name)`: "compact", a
+            backbone name or "vgg16" (what the model takes); "none" for the
+            paper's U-Net, an encoder name for U-Net on that encoder.
         output_stride: None for the builder's default.
         backbone_weights: None, "imagenet" or a weights file.
         aux_head: add the auxiliary head (models that have one).
@@ -161,10 +130,10 @@ def build_model(
     """
     import kseg
 
-    builder_name, family, _ = MODELS[model_name]
-    builder = getattr(kseg.models, builder_name)
+    builder = model_registry().MODELS[model_name].builder
+    family = backbone_kind(model_name)
     kwargs = {}
-    if family == "resnet":
+    if family == "dilated":
         if output_stride is None:
             output_stride = {"deeplabv3plus": 16, "deeplabv3": 16}.get(model_name, 8)
         if backbone == "compact":

@@ -94,7 +94,7 @@ def build_parser(prog="train.py", voc_entry=False):
             choices=tuple(_datasets.DATASETS),
             help="synthetic needs no --data-dir; the others read it",
         )
-    parser.add_argument("--model", default="deeplabv3plus", choices=sorted(_common.MODELS))
+    parser.add_argument("--model", default="deeplabv3plus", choices=_common.model_names())
     parser.add_argument(
         "--backbone",
         default=None,
@@ -421,7 +421,7 @@ def resolve_defaults(args, parser):
     if args.backbone_weights is not None and args.backbone in (None, "compact", "none"):
         args.backbone_weights = None  # nothing pretrained to load into a compact network
     args.compact = args.config in ("smoke", "demo") or args.backbone == "compact"
-    if args.output_stride is not None and _common.MODELS[args.model][1] != "resnet":
+    if args.output_stride is not None and _common.backbone_kind(args.model) != "dilated":
         parser.error(
             f"argument --output-stride: model {args.model!r} has a fixed output stride. "
             f"Received: --output-stride {args.output_stride}"

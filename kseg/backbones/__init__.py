@@ -1,5 +1,6 @@
 """Backbones returning dicts of features: VGG16, dilated ResNets, Xception-65, keras.applications."""
 
+from kseg.backbones import registry
 from kseg.backbones._channels import with_input_channels
 from kseg.backbones._info import BackboneInfo, FeatureSpec, feature_info
 from kseg.backbones.applications import Application
@@ -18,4 +19,5 @@ __all__ = [
     "FeatureSpec",
     "feature_info",
     "with_input_channels",
+    "registry",
 ]

@@ -1,7 +1,5 @@
 """Pieces every model builder shares: backbone lookup, input normalisation, heads, outputs."""
 
-import functools
-
 import keras
 
 from kseg import backbones as kbackbones
@@ -10,30 +8,6 @@ from kseg.backbones import applications, feature_info, with_input_channels
 from kseg.backbones._channels import adapt_statistics
 from kseg.layers import ConvBNAct, ImageNormalization, ResizeLike
 from kseg.layers.preprocessing import preset_statistics
-
-# The backbone names the ResNet-based builders accept: keras.applications' v1
-# layout by the plain name, the torch layouts with a suffix. Anything else must
-# be a backbone `keras.Model` built by `kseg.backbones`.
-RESNETS = {
-    f"{name}{suffix}": functools.partial(builder, variant=variant)
-    for name, builder in (("resnet50", kbackbones.ResNet50), ("resnet101", kbackbones.ResNet101))
-    for suffix, variant in (("", "v1"), ("_v1.5", "v1.5"), ("_v1c", "v1c"))
-}
-# keras.applications' ResNet152 has the same v1 layout (and layer names).
-RESNETS["resnet152"] = functools.partial(kbackbones.ResNet, (3, 8, 36, 3), name="resnet152")
-
-#: The keras.applications encoders by name (`kseg.backbones.Application`).
-APPLICATIONS = {name: functools.partial(kbackbones.Application, name) for name in applications.NAMES}
-APPLICATION_FAMILIES = tuple(dict.fromkeys(family for _, family, _ in applications.TABLE.values()))
-
-#: DeepLab v3+'s own backbone, the modified aligned Xception-65.
-XCEPTION = {"xception65": kbackbones.Xception65}
-
-#: Every backbone name the dilated builders (DeepLab v2/v3/v3+, PSPNet, the
-#: ResNet FCN, GCU, GloRe and GI nets) accept, and the families of a backbone
-#: model they accept.
-DILATED_BACKBONES = {**RESNETS, **XCEPTION, **APPLICATIONS}
-DILATED_FAMILIES = ("resnet", "xception65", *APPLICATION_FAMILIES)
 
 
 def classifier_initializer():
@@ -240,15 +214,17 @@ def resnet_features(
     `multi_grid` applies to the last stage of a ResNet; Xception-65 and an
     application encoder (by name) take only `output_stride` and `bn_momentum`.
     """
-    if isinstance(backbone, str) and (backbone in APPLICATIONS or backbone in XCEPTION):
+    if isinstance(backbone, str) and (
+        backbone in applications.NAMES or backbone in kbackbones.registry.XCEPTION
+    ):
         kwargs.pop("multi_grid", None)
     return backbone_features(
         backbone,
         input_shape=input_shape,
         backbone_weights=backbone_weights,
         normalization=normalization,
-        names=DILATED_BACKBONES,
-        family=DILATED_FAMILIES,
+        names=kbackbones.registry.DILATED,
+        family=kbackbones.registry.DILATED_FAMILIES,
         roles=roles,
         **kwargs,
     )

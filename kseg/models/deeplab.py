@@ -3,8 +3,8 @@
 import keras
 
 from kseg._common import check_int
-from kseg.backbones import VGG16
 from kseg.backbones._weights import check_weights
+from kseg.backbones.registry import VGG
 from kseg.backbones.vgg import check_load_fc, load_vgg16_weights
 from kseg.layers import ASPP, ConvBNAct, DeepLabV3PlusDecoder
 from kseg.models._base import (
@@ -101,7 +101,7 @@ def DeepLabV1(
         check_weights(backbone_weights)
     inputs, feats, info = backbone_features(
         backbone,
-        names={"vgg16": VGG16},
+        names=VGG,
         input_shape=input_shape,
         backbone_weights=None if deferred else backbone_weights,
         family="vgg16",

@@ -2,7 +2,7 @@
 
 import keras
 
-from kseg.backbones import VGG16
+from kseg.backbones.registry import VGG
 from kseg.layers import MaxPoolingWithArgmax2D, MaxUnpooling2D
 from kseg.models._base import (
     backbone_features,
@@ -77,7 +77,7 @@ def SegNet(
     num_classes = check_num_classes(num_classes)
     inputs, feats, info = backbone_features(
         backbone,
-        names={"vgg16": VGG16},
+        names=VGG,
         input_shape=input_shape,
         backbone_weights=backbone_weights,
         family="vgg16",

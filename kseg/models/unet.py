@@ -227,7 +227,7 @@ def UNet(
             channels, or their grey average for 1 channel), `"tf"`,
             `{"mean": ..., "std": ...}` (one value or one per channel), or None.
         backbone: None (the paper U-Net), a name from
-            `kseg.models._base.DILATED_BACKBONES` (`"resnet50"`,
+            `kseg.backbones.registry.DILATED` (`"resnet50"`,
             `"resnet101"`, their `"_v1.5"` and `"_v1c"` torch layouts,
             `"resnet152"`, `"xception65"`, or a keras.applications encoder such as
             `"mobilenetv2"`, `"efficientnetb0"`, `"convnexttiny"`: see

@@ -6,6 +6,7 @@ import pytest
 
 import kseg
 from kseg.backbones import ResNet, feature_info
+from kseg.backbones.registry import RESNETS
 from kseg.convert.state_dict import load_torch_resnet, read_safetensors, read_state_dict
 from tests.helpers import compile_for_fit
 from tests.torch_refs import assert_matches, import_reference, nhwc, randomize_batchnorm
@@ -207,7 +208,7 @@ def test_builders_train_on_the_torch_layouts(builder, variant):
     assert not np.array_equal(before, after)
 
 
-@pytest.mark.parametrize("name", ["resnet50_v1.5", "resnet101_v1c"])
+@pytest.mark.parametrize("name", [name for name in RESNETS if "_" in name])
 def test_builders_take_the_layouts_by_name(name):
     model = kseg.models.DeepLabV3(3, backbone=name, output_stride=8)
     backbone = model.get_layer(name.split("_")[0])

@@ -1,0 +1,44 @@
+"""Backbone names: each name a builder's `backbone=` accepts, and the constructor it calls.
+
+The one table of backbone names (DESIGN.md, "Backbone names"). It lives with
+the backbones because a name stands for a backbone constructor and its
+arguments; `kseg.models._base` looks the builders' names up here and
+`kseg.models.registry` lists them per model for the recipes' `--backbone`.
+Every constructor takes `input_shape` and `weights`; the dilated ones also
+`output_stride`.
+"""
+
+import functools
+
+from kseg.backbones import applications
+from kseg.backbones.applications import Application
+from kseg.backbones.resnet import ResNet, ResNet50, ResNet101
+from kseg.backbones.vgg import VGG16
+from kseg.backbones.xception import Xception65
+
+#: The ResNets: keras.applications' v1 layout by the plain name, the torch
+#: layouts with a suffix (`kseg.backbones.ResNet`'s `variant`).
+RESNETS = {
+    f"{name}{suffix}": functools.partial(builder, variant=variant)
+    for name, builder in (("resnet50", ResNet50), ("resnet101", ResNet101))
+    for suffix, variant in (("", "v1"), ("_v1.5", "v1.5"), ("_v1c", "v1c"))
+}
+# keras.applications' ResNet152 has the same v1 layout (and layer names).
+RESNETS["resnet152"] = functools.partial(ResNet, (3, 8, 36, 3), name="resnet152")
+
+#: DeepLab v3+'s own backbone, the modified aligned Xception-65.
+XCEPTION = {"xception65": Xception65}
+
+#: The keras.applications encoders by name (`kseg.backbones.Application`).
+APPLICATIONS = {name: functools.partial(Application, name) for name in applications.NAMES}
+APPLICATION_FAMILIES = tuple(dict.fromkeys(family for _, family, _ in applications.TABLE.values()))
+
+#: Every backbone name the dilated builders (DeepLab v2/v3/v3+, PSPNet, the
+#: ResNet FCN, GCU, GloRe and GI nets) and the encoder U-Net accept, and the
+#: families of a backbone model they accept.
+DILATED = {**RESNETS, **XCEPTION, **APPLICATIONS}
+DILATED_FAMILIES = ("resnet", "xception65", *APPLICATION_FAMILIES)
+
+#: The backbone name of the VGG builders (FCN-8s/16s/32s, DeepLab v1, SegNet),
+#: each of which builds its own variant.
+VGG = {"vgg16": VGG16}
