@@ -55,15 +55,6 @@ class _EpochRecorder(keras.callbacks.Callback):
         self.steps += 1
 
 
-@pytest.fixture(scope="module")
-def uninterrupted():
-    """Weights after the whole run without any backup (plain `fit`)."""
-    model = _model()
-    _fit(model, [])
-    assert _iterations(model) == EPOCHS * STEPS_PER_EPOCH
-    return _weights(model)
-
-
 def _metadata(backup):
     with open(os.path.join(backup, "training_metadata.json")) as f:
         return json.load(f)

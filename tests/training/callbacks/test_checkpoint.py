@@ -13,22 +13,10 @@ from kseg.training import (
     best_checkpoint,
 )
 from tests.training.callbacks.fitting import (
-    EPOCHS,
-    STEPS_PER_EPOCH,
     _fit,
-    _iterations,
     _model,
     _weights,
 )
-
-
-@pytest.fixture(scope="module")
-def uninterrupted():
-    """Weights after the whole run without any backup (plain `fit`)."""
-    model = _model()
-    _fit(model, [])
-    assert _iterations(model) == EPOCHS * STEPS_PER_EPOCH
-    return _weights(model)
 
 
 def _val_logs(values):
