@@ -2,7 +2,7 @@
 
 from kseg.backbones import registry
 from kseg.backbones._channels import with_input_channels
-from kseg.backbones._info import BackboneInfo, FeatureSpec, feature_info
+from kseg.backbones._info import Backbone, BackboneInfo, FeatureSpec, feature_info
 from kseg.backbones.applications import Application
 from kseg.backbones.resnet import ResNet, ResNet50, ResNet101
 from kseg.backbones.vgg import VGG16
@@ -15,6 +15,7 @@ __all__ = [
     "ResNet",
     "ResNet50",
     "ResNet101",
+    "Backbone",
     "BackboneInfo",
     "FeatureSpec",
     "feature_info",

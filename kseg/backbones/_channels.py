@@ -5,7 +5,7 @@ import copy
 import keras
 import numpy as np
 
-from kseg.backbones._info import feature_info
+from kseg.backbones._info import as_backbone, feature_info
 
 
 def adapt_kernel(kernel, channels):
@@ -130,5 +130,4 @@ def with_input_channels(backbone, channels):
                     f"{tuple(slot.shape)}"
                 )
         target.set_weights([np.asarray(v, dtype=s.dtype) for v, s in zip(values, target.weights)])
-    adapted.feature_info = info
-    return adapted
+    return as_backbone(adapted, info)

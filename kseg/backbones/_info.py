@@ -1,6 +1,8 @@
-"""What a backbone's named outputs are: channels, true stride, dilation and roles."""
+"""What a backbone's named outputs are (channels, true stride, dilation, roles), kept by the model."""
 
 import dataclasses
+
+import keras
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,9 +94,9 @@ def feature_info(model):
         A `BackboneInfo` (keys, channels, true strides, dilations, and the
         roles `low_level`, `aux` and `high_level`).
 
-    The information is attached at build time as `model.feature_info`. A
-    backbone reloaded from a `.keras` file is a plain functional model and no
-    longer carries it; rebuild it with the same arguments instead.
+    Every kseg backbone is a `kseg.backbones.Backbone`, whose config holds
+    this information, so a backbone (alone or inside a model) reloaded from a
+    `.keras` file carries it too.
 
     Example:
 
@@ -106,9 +108,72 @@ def feature_info(model):
     info = getattr(model, "feature_info", None)
     if not isinstance(info, BackboneInfo):
         raise ValueError(
-            "Expected a backbone built by `kseg.backbones` (it carries a "
-            "`feature_info` attribute; a model reloaded from a file does not, "
-            "so rebuild it with the same arguments). "
+            "Expected a backbone built by `kseg.backbones` (a `kseg.backbones.Backbone`, "
+            "which carries `feature_info`; a file saved by kseg 0.1.0 holds a plain model: "
+            "rebuild it with the same arguments and load its weights). "
             f"Received: model={getattr(model, 'name', model)!r}"
         )
     return info
+
+
+def info_config(info):
+    """`BackboneInfo` as a JSON-friendly dict (`info_from_config` reads it back)."""
+    config = dataclasses.asdict(info)
+    config["features"] = [{**spec, "dilation": list(spec["dilation"])} for spec in config["features"]]
+    return config
+
+
+def info_from_config(config):
+    """The `BackboneInfo` of a dict written by `info_config` (None and infos as they are)."""
+    if config is None or isinstance(config, BackboneInfo):
+        return config
+    if not isinstance(config, dict) or not isinstance(config.get("features"), (list, tuple)):
+        raise TypeError(
+            f"Expected `feature_info` to be a BackboneInfo or its config. Received: {config!r}"
+        )
+    features = tuple(
+        FeatureSpec(**{**spec, "dilation": tuple(spec["dilation"])}) for spec in config["features"]
+    )
+    return BackboneInfo(**{**config, "features": features})
+
+
+# The class is named `Functional`, like the plain functional model a backbone was in
+# kseg 0.1.0, on purpose: Keras names the weights of a model nested in another by the
+# snake-cased class name (`layers/functional/...`), so any other name would move every
+# backbone weight of a saved model and break `load_weights` and `--resume` of files
+# written before. It is registered, and documented, as `kseg>Backbone`.
+@keras.saving.register_keras_serializable(package="kseg", name="Backbone")
+class Functional(keras.Model):
+    """The functional model every `kseg.backbones` constructor returns: features and their facts.
+
+    It behaves like the `keras.Model(inputs, {key: feature})` it is built
+    from, and carries `feature_info` (a `BackboneInfo`: each output's
+    channels, true stride, dilation, and the roles the builders read) in its
+    config, so it survives `.keras` files and `from_config`, alone and inside
+    a model. Public name: `kseg.backbones.Backbone`.
+
+    Args:
+        inputs, outputs: as for `keras.Model` (outputs: a dict of features).
+        feature_info: a `BackboneInfo` (or its `info_config` dict).
+        **kwargs: other `keras.Model` arguments, such as `name`.
+    """
+
+    def __init__(self, *args, feature_info=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        #: The `BackboneInfo` of the outputs (None when built without one).
+        self.feature_info = info_from_config(feature_info)
+
+    def get_config(self):
+        info = self.feature_info
+        return {**super().get_config(), "feature_info": None if info is None else info_config(info)}
+
+
+Backbone = Functional
+
+
+def as_backbone(model, info):
+    """`model` (a functional model of features) as a `Backbone` carrying `info`.
+
+    The result shares `model`'s layers and weights.
+    """
+    return Backbone(model.input, model.output, name=model.name, feature_info=info)

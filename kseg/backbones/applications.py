@@ -5,7 +5,7 @@ import copy
 import keras
 
 from kseg._common import check_float
-from kseg.backbones._info import BackboneInfo, FeatureSpec
+from kseg.backbones._info import BackboneInfo, FeatureSpec, as_backbone
 from kseg.backbones._weights import existing_file
 
 #: The keys of every application encoder: `level{i}` has nominal stride `2**i`
@@ -328,7 +328,7 @@ def Application(
             )
         )
     model = keras.Model(app.input, outputs, name=name)
-    model.feature_info = BackboneInfo(
+    info = BackboneInfo(
         family=family,
         variant=name,
         output_stride=output_stride,
@@ -338,7 +338,7 @@ def Application(
         high_level="level5",
         preprocessing=preprocessing,
     )
-    return model
+    return as_backbone(model, info)
 
 
 def _tensor(model, layer):

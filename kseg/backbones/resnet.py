@@ -4,7 +4,7 @@ import keras
 
 from kseg._backend import check_conv_data_format
 from kseg._common import check_choice, check_float, check_int, standardize_data_format
-from kseg.backbones._info import BackboneInfo, FeatureSpec
+from kseg.backbones._info import BackboneInfo, FeatureSpec, as_backbone
 from kseg.backbones._weights import check_weights, load_reference_weights
 
 _OUTPUT_STRIDES = (8, 16, 32)
@@ -371,7 +371,7 @@ def ResNet(
         if weights == "imagenet":
             weights = torch_state.torchvision_imagenet_file(blocks)
         torch_state.load_torch_resnet(model, torch_state.read_state_dict(weights), skip=("fc.",))
-    model.feature_info = BackboneInfo(
+    info = BackboneInfo(
         family="resnet",
         variant=variant,
         output_stride=output_stride,
@@ -381,7 +381,7 @@ def ResNet(
         high_level="stage4",
         preprocessing=defaults["preprocessing"],
     )
-    return model
+    return as_backbone(model, info)
 
 
 def ResNet50(

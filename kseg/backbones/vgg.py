@@ -7,7 +7,7 @@ import numpy as np
 
 from kseg._backend import check_conv_data_format
 from kseg._common import check_choice, check_float, standardize_data_format
-from kseg.backbones._info import BackboneInfo, FeatureSpec
+from kseg.backbones._info import BackboneInfo, FeatureSpec, as_backbone
 from kseg.backbones._weights import (
     _reference,
     check_weights,
@@ -202,7 +202,7 @@ def VGG16(
     if weights is not None:
         skip = (keras.layers.BatchNormalization,) if variant == "bn" else ()
         load_reference_weights(model, keras.applications.VGG16, weights, "vgg16", skip=skip)
-    model.feature_info = BackboneInfo(
+    info = BackboneInfo(
         family="vgg16",
         variant=variant,
         output_stride=stride,
@@ -211,7 +211,7 @@ def VGG16(
         aux=None,
         high_level="pool5",
     )
-    return model
+    return as_backbone(model, info)
 
 
 # fc6 / fc7 layouts that VGG-16's fc1 / fc2 convert to (`load_vgg16_weights`).

@@ -5,7 +5,7 @@ import collections.abc
 import keras
 
 from kseg._common import check_choice, check_float
-from kseg.backbones._info import BackboneInfo, FeatureSpec
+from kseg.backbones._info import BackboneInfo, FeatureSpec, as_backbone
 from kseg.backbones._weights import existing_file
 
 _OUTPUT_STRIDES = (8, 16, 32)
@@ -294,7 +294,7 @@ def Xception65(
         torch_state.load_timm_xception(
             model, torch_state.read_state_dict(weights), source=_source(weights)
         )
-    model.feature_info = BackboneInfo(
+    info = BackboneInfo(
         family="xception65",
         variant="xception65",
         output_stride=output_stride,
@@ -304,7 +304,7 @@ def Xception65(
         high_level="level5",
         preprocessing="tf",
     )
-    return model
+    return as_backbone(model, info)
 
 
 def _source(weights):

@@ -144,3 +144,25 @@ def test_keras_model_export_works_as_kseg_export(format, tmp_path):
         loaded = tf.saved_model.load(path)  # kept while it runs: it owns the variables
         got = loaded.serve(tf.constant(x)).numpy()
     np.testing.assert_allclose(got, _main(model(x, training=False)), atol=1e-4, rtol=1e-4)
+
+
+def test_backbones_keep_their_feature_info_through_a_reload(tmp_path):
+    backbone = kseg.backbones.ResNet(blocks=(1, 1, 1, 1), width=4, output_stride=8)
+    expected = kseg.backbones.feature_info(backbone)
+    assert isinstance(backbone, kseg.backbones.Backbone)
+    assert expected.stride("stage4") == 8 and expected.low_level == "stage1"
+    path = str(tmp_path / "backbone.keras")
+    backbone.save(path)
+    reloaded = keras.saving.load_model(path, safe_mode=True, compile=False)
+    assert kseg.backbones.feature_info(reloaded) == expected
+    # ... and inside a model.
+    model = kseg.models.DeepLabV3Plus(
+        num_classes=3, backbone=backbone, aspp_filters=8, low_level_filters=4, decoder_filters=8
+    )
+    model.save(path)
+    reloaded = keras.saving.load_model(path, safe_mode=True, compile=False)
+    inner = [layer for layer in reloaded.layers if isinstance(layer, kseg.backbones.Backbone)]
+    assert len(inner) == 1 and kseg.backbones.feature_info(inner[0]) == expected
+    # A reloaded backbone can be built on again.
+    again = kseg.models.DeepLabV3Plus(num_classes=3, backbone=inner[0], aspp_filters=8)
+    assert again.arguments["backbone"] == f"<keras.Model {backbone.name!r}>"
