@@ -231,7 +231,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         save_atomically(
             self._files.weights,
             lambda path: model.save_weights(path, overwrite=True),
-            saved_size(model, optimizer=True),
+            saved_size(model),
         )
         save_atomically(self._files.metadata, lambda path: write_json(path, metadata))
         self._saved_step = self._step

@@ -130,7 +130,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         folder = os.path.dirname(self.filepath)
         if folder:
             os.makedirs(folder, exist_ok=True)
-        size = saved_size(model, optimizer=not self.save_weights_only)
+        size = saved_size(model)
         if self.save_weights_only:
             save_atomically(
                 self.filepath, lambda path: model.save_weights(path, overwrite=True), size
