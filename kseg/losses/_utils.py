@@ -108,12 +108,15 @@ def reduce_values(values, reduction, weight=None):
     `values` are already weighted and 0 where not counted. `"none"` (or None): `values`
     as they are, this replica's own. `"sum"`: their sum over the global batch.
     Otherwise their sum divided by the sum of `weight` (the same shape: the weights of
-    the counted values) over the global batch, or 0 when that is 0.
+    the counted values; None: each value counts once, the mean over the global
+    batch's images or pixels) over the global batch, or 0 when that is 0.
     """
     if reduction is None or reduction == "none":
         return values
     if reduction == "sum":
         return sum_over_replicas(ops.sum(values))
+    if weight is None:
+        weight = ops.ones_like(values)
     total, count = sum_over_replicas([ops.sum(values), ops.sum(weight)])
     return safe_divide(total, count)
 
@@ -258,18 +261,3 @@ def mean_class_loss(class_loss, target, binary, classes):
     else:
         present = ops.ones_like(class_loss)
     return ops.sum(class_loss * present, axis=-1) / ops.maximum(ops.sum(present, axis=-1), 1.0)
-
-
-def reduce_images(per_image, reduction):
-    """The per-image losses `(B,)` of this replica reduced as `reduction` says.
-
-    `"none"` (or None): `per_image` itself; `"sum"`: their sum over the images of the
-    global batch; `"sum_over_batch_size"` and `"mean"`: their mean over those images.
-    """
-    if reduction is None or reduction == "none":
-        return per_image
-    if reduction == "sum":
-        return sum_over_replicas(ops.sum(per_image))
-    # The mean over the images of the global batch.
-    total, count = sum_over_replicas([ops.sum(per_image), ops.sum(ops.ones_like(per_image))])
-    return total / ops.maximum(count, 1.0)

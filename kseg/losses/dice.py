@@ -8,7 +8,7 @@ from kseg.losses._utils import (
     PixelLoss,
     check_image_reduction,
     mean_class_loss,
-    reduce_images,
+    reduce_values,
     soft_class_sums,
 )
 
@@ -122,7 +122,7 @@ class DiceLoss(PixelLoss):
         loss = mean_class_loss(1.0 - dice, target, binary, self.classes)
         if not self.per_image:
             return loss
-        return reduce_images(loss, self.reduction)
+        return reduce_values(loss, self.reduction)
 
     def get_config(self):
         return {

@@ -11,7 +11,7 @@ from kseg.losses._utils import (
     pixel_weights,
     prepare_dense,
     probabilities,
-    reduce_images,
+    reduce_values,
 )
 
 
@@ -167,7 +167,7 @@ class LovaszSoftmaxLoss(PixelLoss):
         )
         if not self.per_image:
             return per_group[0]
-        return reduce_images(per_group, self.reduction)
+        return reduce_values(per_group, self.reduction)
 
     def get_config(self):
         return {

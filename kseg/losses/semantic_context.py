@@ -6,7 +6,6 @@ The presence scores it trains come from `kseg.layers.ClassPresenceScore`.
 import keras
 from keras import ops
 
-from kseg._backend import sum_over_replicas
 from kseg._common import check_int, squeeze_labels, standardize_data_format, valid_mask
 from kseg.losses._utils import PixelLoss, check_reduction, reduce_values
 
@@ -130,10 +129,6 @@ class SemanticContextLoss(PixelLoss):
             bce = -(target * ops.log(p) + (1.0 - target) * ops.log(1.0 - p))
         # Sums over the global batch (all replicas' images).
         if sample_weight is None:
-            if self.reduction in ("sum_over_batch_size", "mean", "mean_with_sample_weight"):
-                # The mean over every (b, k), the same as the mean over b of mean_k.
-                total, count = sum_over_replicas([ops.sum(bce), ops.sum(ops.ones_like(bce))])
-                return total / ops.maximum(count, 1.0)
             return reduce_values(ops.mean(bce, axis=-1), self.reduction)
         weights = ops.cast(ops.convert_to_tensor(sample_weight), "float32")
         if len(weights.shape) > 2 or (len(weights.shape) == 2 and weights.shape[1] != 1):
