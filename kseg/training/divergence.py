@@ -15,7 +15,7 @@ class DivergenceError(RuntimeError):
     state, so the last backup and the best checkpoint stay as they were.
 
     Attributes:
-        step: the training step (the optimizer's step count) at which it was found.
+        step: the training step at which it was found (counted as the backups count them).
         last_finite_loss: the last finite training loss logged, or None.
         last_finite_step: the step at which it was logged, or None.
     """
@@ -100,8 +100,13 @@ class DivergenceCheck(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.skipped_steps = 0
 
-    def _step(self):
-        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+    def on_epoch_begin(self, epoch, logs=None):
+        # One read of the step count per epoch; each batch's step follows from its index.
+        self._epoch_start = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def _step(self, batch):
+        """The training step that batch `batch` of this epoch ended (counted from 1)."""
+        return self._epoch_start + batch + 1
 
     def on_train_batch_end(self, batch, logs=None):
         logs = logs or {}
@@ -110,9 +115,9 @@ class DivergenceCheck(keras.callbacks.Callback):
         value = logs[self.monitor]
         if _finite(value):
             self.last_finite_loss = float(np.asarray(value))
-            self.last_finite_step = self._step()
+            self.last_finite_step = self._step(batch)
             return
-        step = self._step()
+        step = self._step(batch)
         if _is_loss_scaling(self.model.optimizer) and not count_nonfinite(self.model.weights):
             self.skipped_steps += 1  # the optimizer skipped it: the weights are unchanged
             return
