@@ -24,6 +24,8 @@ TORCH_SPEC = os.environ.get("KSEG_TORCH_SPEC", "torch==2.13.0")
 # torchvision's release for that torch (set both together).
 TORCHVISION_SPEC = os.environ.get("KSEG_TORCHVISION_SPEC", "torchvision==0.28.0")
 TIMM_SPEC = "timm==1.0.31"
+# The reference of the Hugging Face converter (SegFormer); its own dependencies go in by name below.
+TRANSFORMERS_SPEC = "transformers==5.25.0"
 BACKENDS = ["tensorflow", "jax", "torch"]
 # The README's claim for its first command: validation mean IoU of the demo run.
 DEMO_MIN_MIOU = 0.80
@@ -42,14 +44,17 @@ def _test_requirements():
     The torch CPU wheel goes first so that no other requirement pulls a GPU build. The
     references of the checkpoint converters, torchvision's and timm's model definitions,
     go in without their dependencies (which would replace that wheel by a CUDA build);
-    tests/torch_refs.py explains how they import. The exporters' packages (`export`)
+    tests/torch_refs.py explains how they import. transformers (the Hugging Face
+    converter's reference) goes the same way. The exporters' packages (`export`)
     serve the export tests.
     """
     return [
         [TORCH_SPEC],
         ["-e", ".[tensorflow,jax,data,dev,export]"],
-        ["--no-deps", TORCHVISION_SPEC, TIMM_SPEC],
-        ["safetensors", "pyyaml"],
+        ["--no-deps", TORCHVISION_SPEC, TIMM_SPEC, TRANSFORMERS_SPEC],
+        # What those import (pure Python or small wheels; none pulls torch).
+        ["safetensors", "pyyaml", "huggingface_hub>=2.4", "regex>=2025.10.22"],
+        ["tokenizers>=0.23.1,<0.24", "typer", "tqdm"],
     ]
 
 
