@@ -1,11 +1,13 @@
 """Model builders: CamelCase functions returning a `keras.Model` that outputs logits.
 
 `SegmentationModel` / `with_dataset` give a built model the description of its
-dataset (class names, palette, ignore index), kept in its saved config.
+dataset (class names, palette, ignore index), kept in its saved config; `with_num_classes` rebuilds a trained model for
+another class count (fine-tuning).
 """
 
 from kseg.models.deeplab import DeepLabV1, DeepLabV2, DeepLabV3, DeepLabV3Plus
 from kseg.models.fcn import DilatedFCN, FCN8s, FCN16s, FCN32s
+from kseg.models.fine_tuning import with_num_classes
 from kseg.models.gcunet import GCUNet
 from kseg.models.ginet import GINet, class_embedding_names, shipped_class_embeddings
 from kseg.models.glorenet import GloReNet
@@ -31,6 +33,7 @@ __all__ = [
     "GINet",
     "SegmentationModel",
     "with_dataset",
+    "with_num_classes",
     "shipped_class_embeddings",
     "class_embedding_names",
 ]
