@@ -259,6 +259,33 @@ def load_model(path):
     return keras.saving.load_model(path, compile=False)
 
 
+def builder_of_file(path):
+    """`(builder, arguments)` that a kseg `.keras` file records, read without building it.
+
+    Raises:
+        OSError: no such file. ValueError: not a `.keras` archive, or a model that
+            records no builder (a file of kseg 0.1.0, or a plain Keras model).
+    """
+    import json
+    import zipfile
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such file: {path!r}")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError) as error:
+        raise ValueError(f"{path} is not a .keras file ({error})") from None
+    inner = config.get("config") or {}
+    builder, arguments = inner.get("builder"), inner.get("arguments")
+    if not builder or not isinstance(arguments, dict):
+        raise ValueError(
+            f"{path} holds a model that does not record the kseg builder that made it "
+            "(files of kseg >= 0.2 do; rebuild an older one and save it again)"
+        )
+    return builder, arguments
+
+
 def load_checkpoint(prog, path):
     """`load_model(path)` for a recipe: a missing or damaged file ends it with one error line."""
     try:

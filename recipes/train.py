@@ -114,6 +114,16 @@ def build_parser(prog="train.py", voc_entry=False):
         "Default: none without --data-dir, imagenet with it",
     )
     parser.add_argument(
+        "--init-from",
+        default=None,
+        metavar="FILE",
+        help="start from the model in this .keras file (written by convert.py, e.g. a "
+        "Hugging Face SegFormer, or by a run): its architecture and every weight; a "
+        "classifier for another class count than the data's is replaced (fine-tuning). "
+        "--model comes from the file; --backbone, --output-stride and --backbone-weights "
+        "do not apply",
+    )
+    parser.add_argument(
         "--output-stride",
         type=int,
         default=None,
@@ -285,6 +295,7 @@ def parse_args(argv=None, prog="train.py", voc_entry=False):
             setattr(args, name, value)
     _check_values(parser, args)
     _datasets.check_folder_args(parser, args)
+    _check_init_from(parser, args, argv)
     resolve_defaults(args, parser)
     args.prog = prog
     _check_devices(args)
@@ -330,6 +341,43 @@ def _check_values(parser, args):
         value = getattr(args, name)
         if value is not None and value < least:
             parser.error(f"argument --{name.replace('_', '-')}: must be >= {least}, got {value}")
+
+
+def _check_init_from(parser, args, argv):
+    """--init-from: the file's model becomes --model; the options that build one are refused."""
+    args.init_arguments = None
+    if args.init_from is None:
+        return
+    try:
+        builder, arguments = _common.builder_of_file(args.init_from)
+    except (OSError, ValueError) as error:
+        parser.error(f"argument --init-from: {error}")
+    name = builder.lower() if isinstance(builder, str) else None
+    if name not in _common.model_names():
+        parser.error(
+            f"argument --init-from: {args.init_from} holds a model of the builder {builder!r}, "
+            f"not one of the recipe's models ({', '.join(_common.model_names())})"
+        )
+    given = _given(argv)
+    if "model" in given and args.model != name:
+        parser.error(
+            f"argument --model: {args.init_from} holds a {name} model. Received: --model "
+            f"{args.model}"
+        )
+    building = sorted(given & {"backbone", "output_stride", "backbone_weights"})
+    if building and not args.resume:
+        flags = ", ".join("--" + key.replace("_", "-") for key in building)
+        parser.error(
+            f"argument --init-from: the model and its weights come from {args.init_from}; "
+            f"drop {flags}"
+        )
+    if args.aux_weight and args.aux_weight > 0 and not arguments.get("aux_head"):
+        parser.error(
+            f"argument --aux-weight: the model in {args.init_from} has no auxiliary head. "
+            f"Received: --aux-weight {args.aux_weight}"
+        )
+    args.model = name
+    args.init_arguments = arguments
 
 
 def _check_devices(args):
@@ -389,6 +437,9 @@ def resolve_defaults(args, parser):
         size = _datasets.DATASETS[args.dataset]["fit_val"][1]
         args.val_size = args.crop_size if size is None else _datasets.size_pair(size)
 
+    if args.init_from is not None:
+        _resolve_init_from(args)
+        return
     choices = _common.backbone_choices(args.model)
     if not choices:
         if args.backbone not in (None, "compact"):
@@ -434,6 +485,23 @@ def resolve_defaults(args, parser):
             f"argument --aux-weight: model {args.model!r} has no auxiliary head. "
             f"Received: --aux-weight {args.aux_weight}"
         )
+    _default_logdir(args)
+
+
+def _resolve_init_from(args):
+    """The defaults of a run that starts from --init-from's model."""
+    arguments = args.init_arguments
+    backbone = arguments.get("backbone")
+    args.backbone = backbone if isinstance(backbone, str) else None
+    args.backbone_weights = None
+    args.output_stride = arguments.get("output_stride")
+    args.compact = False
+    if args.aux_weight is None:
+        args.aux_weight = 0.4 if arguments.get("aux_head") else 0.0
+    _default_logdir(args)
+
+
+def _default_logdir(args):
     if args.logdir is None:
         args.logdir = os.path.join("runs", f"{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
 
@@ -678,16 +746,10 @@ def make_model(args, setup, data, total_steps):
     if args.compact:
         compact = _common.SMOKE_RESNET if args.smoke else _common.COMPACT_RESNET
     with args.plan.scope():  # TensorFlow: variables mirrored on every replica
-        model = _common.build_model(
-            args.model,
-            len(dataset["class_names"]),
-            backbone=args.backbone,
-            output_stride=args.output_stride,
-            backbone_weights=args.backbone_weights,
-            aux_head=args.aux_weight > 0,
-            compact=compact,
-            dataset=dataset,
-        )
+        if args.init_from is not None:
+            model = _init_model(args, dataset, kseg)
+        else:
+            model = _build_model(args, dataset, compact)
         if args.sync_bn and setup["backend"] == "tensorflow":
             kseg.training.synchronize_batch_norm(model)
         miou, monitor, outputs = compile_model(
@@ -701,6 +763,36 @@ def make_model(args, setup, data, total_steps):
             _ignore_index(dataset),
         )
     return model, miou, monitor, outputs
+
+
+def _build_model(args, dataset, compact):
+    """The model of --model and --backbone, as the configuration sizes it."""
+    return _common.build_model(
+        args.model,
+        len(dataset["class_names"]),
+        backbone=args.backbone,
+        output_stride=args.output_stride,
+        backbone_weights=args.backbone_weights,
+        aux_head=args.aux_weight > 0,
+        compact=compact,
+        dataset=dataset,
+    )
+
+
+def _init_model(args, dataset, kseg):
+    """The model of --init-from, for the data's classes (its classifiers replaced if need be)."""
+    source = _common.load_checkpoint(args.prog, args.init_from)
+    classes = len(dataset["class_names"])
+    extra = {}
+    if args.model == "ginet":
+        extra["class_embeddings"] = _common.ginet_embeddings(dataset)
+    model = kseg.models.with_num_classes(source, classes, dataset=dataset, **extra)
+    replaced = kseg.models.fine_tuning.replaced_layers(source, model)
+    log(
+        f"Initialised from {args.init_from}: {source.builder}, every weight loaded"
+        + (f" but {', '.join(replaced)} (new for {classes} classes)" if replaced else "")
+    )
+    return model
 
 
 def _ignore_index(dataset):
@@ -718,7 +810,7 @@ def save_args(args):
 
 def _saved(args):
     """The arguments as `args.json` holds them."""
-    unsaved = ("config", "compact", "prog", "plan")
+    unsaved = ("config", "compact", "prog", "plan", "init_arguments")
     saved = {k: v for k, v in vars(args).items() if k not in unsaved}
     for key in ("scale_range", "crop_size", "val_size"):
         saved[key] = list(getattr(args, key))

@@ -167,6 +167,32 @@ def test_smoke_run_writes_tensorboard_logs_checkpoint_and_summary(smoke_run, voc
         assert json.load(f)["model"] == "deeplabv3plus"
 
 
+def test_init_from_fine_tunes_a_model_on_other_classes(env, smoke_run, tmp_path):
+    """--init-from: the smoke run's 21-class model fine-tuned on the synthetic classes."""
+    source = smoke_run[0] / "best.keras"
+    logdir = tmp_path / "tuned"
+    result = run_recipe(
+        env, "train.py", "--smoke", "--init-from", source, "--logdir", logdir, "--epochs", 1
+    )
+    classes = len(SYNTHETIC_CLASSES)
+    assert f"but classifier (new for {classes} classes)" in result.stdout, result.stdout[-3000:]
+    old = keras.saving.load_model(source, compile=False)
+    tuned = keras.saving.load_model(logdir / "best.keras", compile=False)
+    assert tuned.output.shape[-1] == classes and tuned.builder == "DeepLabV3Plus"
+    assert tuned.dataset["class_names"] == list(SYNTHETIC_CLASSES)
+    with open(logdir / "args.json") as f:
+        assert json.load(f)["model"] == "deeplabv3plus"
+    # Every weight but the classifier's started from the file: same shapes, layer by layer.
+    shapes = [[tuple(v.shape) for v in layer.weights] for layer in old.layers]
+    tuned_shapes = [[tuple(v.shape) for v in layer.weights] for layer in tuned.layers]
+    differ = [old.layers[i].name for i in range(len(shapes)) if shapes[i] != tuned_shapes[i]]
+    assert differ == ["classifier"]
+    refused = run_recipe(
+        env, "train.py", "--smoke", "--init-from", source, "--backbone", "resnet50", check=False
+    )
+    assert refused.returncode == 2 and "drop --backbone" in refused.stderr, refused.stderr[-2000:]
+
+
 @pytest.mark.large  # resuming is tested in the default suite by tests/recipes/test_preemption.py
 def test_resume_continues_from_the_saved_epoch(env, smoke_run, tmp_path):
     logdir = tmp_path / "resumed"
