@@ -4,7 +4,7 @@ from kseg.backbones import registry
 from kseg.backbones._channels import with_input_channels
 from kseg.backbones._info import Backbone, BackboneInfo, FeatureSpec, feature_info
 from kseg.backbones.applications import Application
-from kseg.backbones.resnet import ResNet, ResNet50, ResNet101
+from kseg.backbones.resnet import ResNet, ResNet18, ResNet34, ResNet50, ResNet101
 from kseg.backbones.vgg import VGG16
 from kseg.backbones.xception import Xception65
 
@@ -13,6 +13,8 @@ __all__ = [
     "VGG16",
     "Xception65",
     "ResNet",
+    "ResNet18",
+    "ResNet34",
     "ResNet50",
     "ResNet101",
     "Backbone",

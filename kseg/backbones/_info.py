@@ -36,17 +36,17 @@ class BackboneInfo:
         family: `"resnet"`, `"vgg16"`, `"xception65"`, or a keras.applications family
             (`"mobilenetv2"`, `"efficientnet"`, `"convnext"`, ...: see
             `kseg.backbones.Application`).
-        variant: `"v1"` for ResNet (Caffe-style `keras.applications` layout),
+        variant: `"v1"`, `"v1.5"` or `"v1c"` for ResNet (see `ResNet`'s `variant`),
             the VGG variant name, or the keras.applications encoder's name
             (e.g. `"efficientnetb0"`).
         output_stride: the largest true stride among the outputs.
         features: tuple of `FeatureSpec`, in output order.
         low_level: key of the stride-4 low-level feature used by the
             DeepLab v3+ decoder (`None` when the backbone has none).
-        aux: key of the feature an auxiliary head reads (ResNet layer3,
-            1024 channels; `None` when not applicable).
-        high_level: key of the deepest feature (ResNet layer4 with 2048
-            channels; VGG `"pool5"`).
+        aux: key of the feature an auxiliary head reads (ResNet layer3:
+            1024 channels, 256 for ResNet-18/34; `None` when not applicable).
+        high_level: key of the deepest feature (ResNet layer4: 2048
+            channels, 512 for ResNet-18/34; VGG `"pool5"`).
         preprocessing: input preprocessing the ImageNet weights of
             `keras.applications` expect, as a `kseg.layers.ImageNormalization`
             mode (`"caffe"`: BGR order, ImageNet mean subtracted, no scaling;
@@ -119,7 +119,9 @@ def feature_info(model):
 def info_config(info):
     """`BackboneInfo` as a JSON-friendly dict (`info_from_config` reads it back)."""
     config = dataclasses.asdict(info)
-    config["features"] = [{**spec, "dilation": list(spec["dilation"])} for spec in config["features"]]
+    config["features"] = [
+        {**spec, "dilation": list(spec["dilation"])} for spec in config["features"]
+    ]
     return config
 
 

@@ -12,12 +12,13 @@ import functools
 
 from kseg.backbones import applications
 from kseg.backbones.applications import Application
-from kseg.backbones.resnet import ResNet, ResNet50, ResNet101
+from kseg.backbones.resnet import ResNet, ResNet18, ResNet34, ResNet50, ResNet101
 from kseg.backbones.vgg import VGG16
 from kseg.backbones.xception import Xception65
 
-#: The ResNets: keras.applications' v1 layout by the plain name, the torch
-#: layouts with a suffix (`kseg.backbones.ResNet`'s `variant`).
+#: The ResNets: the bottleneck ResNets in keras.applications' v1 layout by the
+#: plain name, the torch layouts with a suffix (`kseg.backbones.ResNet`'s
+#: `variant`); ResNet-18/34 by the plain name, in torchvision's layout (their only one).
 RESNETS = {
     f"{name}{suffix}": functools.partial(builder, variant=variant)
     for name, builder in (("resnet50", ResNet50), ("resnet101", ResNet101))
@@ -25,6 +26,8 @@ RESNETS = {
 }
 # keras.applications' ResNet152 has the same v1 layout (and layer names).
 RESNETS["resnet152"] = functools.partial(ResNet, (3, 8, 36, 3), name="resnet152")
+RESNETS["resnet18"] = ResNet18
+RESNETS["resnet34"] = ResNet34
 
 #: DeepLab v3+'s own backbone, the modified aligned Xception-65.
 XCEPTION = {"xception65": Xception65}

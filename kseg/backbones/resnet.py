@@ -1,4 +1,4 @@
-"""Dilated ResNet-50/101 backbones (v1, v1.5 and v1c layouts) with keras.applications layer names."""
+"""Dilated ResNet backbones: bottleneck (v1, v1.5, v1c) and basic-block (ResNet-18/34) layouts."""
 
 import keras
 
@@ -10,6 +10,7 @@ from kseg.backbones._weights import check_weights, load_reference_weights
 _OUTPUT_STRIDES = (8, 16, 32)
 _DILATE_FIRST = ("full", "contract")
 _VARIANTS = ("v1", "v1.5", "v1c")
+_BLOCKS = ("bottleneck", "basic")
 # Per layout: the first-block dilation rule and BN epsilon of the weights it loads
 # (keras.applications' 1.001e-5; torch's BatchNorm2d default 1e-5).
 _VARIANT_DEFAULTS = {
@@ -64,6 +65,42 @@ _TABLE = """
 
 """
 
+_BASIC_TABLE = """
+    Outputs (a dict; every map has `ceil(H / stride)` rows for any input
+    height `H`, likewise for the width, as in `ResNet50`):
+
+    | key      | layer (R18 / R34)                       | channels | OS32 | OS16 | OS8 |
+    |----------|-----------------------------------------|----------|------|------|-----|
+    | `stem`   | `conv1_relu`                            |       64 |    2 |    2 |   2 |
+    | `stage1` | `conv2_block2_out` / `conv2_block3_out` |       64 |    4 |    4 |   4 |
+    | `stage2` | `conv3_block2_out` / `conv3_block4_out` |      128 |    8 |    8 |   8 |
+    | `stage3` | `conv4_block2_out` / `conv4_block6_out` |      256 |   16 |   16 |   8 |
+    | `stage4` | `conv5_block2_out` / `conv5_block3_out` |      512 |   32 |   16 |   8 |
+
+    (the OS columns give the true stride for each `output_stride`.)
+
+    `stage1..stage4` are torchvision's `layer1..layer4`. Roles (see
+    `kseg.backbones.feature_info`): `low_level="stage1"`, `aux="stage3"`,
+    `high_level="stage4"`.
+
+    Dilation follows segmentation_models_pytorch's encoders (`make_dilated`
+    in `encoders/_base.py`): a dilated stage has stride 1 (its first 3x3 conv
+    and its 1x1 shortcut conv), and both 3x3 convs of every one of its blocks,
+    the first block's included, have the stage's rate (padding equal to it):
+
+    | output_stride | stage3 | stage4 | stage4 with multi_grid=(m1, m2, ...) |
+    |---------------|--------|--------|--------------------------------------|
+    | 32            | 1      | 1      | (m1, m2, ...)                        |
+    | 16            | 1      | 2      | (2 m1, 2 m2, ...)                    |
+    | 8             | 2      | 4      | (4 m1, 4 m2, ...)                    |
+
+    (`multi_grid`, which smp does not have, multiplies the rate of both 3x3
+    convs of each block of stage 4; at output stride 32, `m1` must be 1, as
+    the first 3x3 conv keeps its stride 2 and a Keras convolution cannot have
+    both a stride and a dilation above 1.)
+
+"""
+
 
 def _validate(blocks, output_stride, multi_grid, dilate_first_block):
     """Checks the layout arguments; `dilate_first_block` is already resolved."""
@@ -79,7 +116,7 @@ def _validate(blocks, output_stride, multi_grid, dilate_first_block):
             raise ValueError(
                 f"Expected `multi_grid` to be None or a tuple of {blocks[3]} positive "
                 "integers, one rate multiplier per block of the last stage (e.g. "
-                f"(1, 2, 4)). Received: multi_grid={multi_grid!r}"
+                f"{tuple(2**i for i in range(blocks[3]))}). Received: multi_grid={multi_grid!r}"
             )
         multi_grid = tuple(check_int("multi_grid", m) for m in multi_grid)
     check_choice("dilate_first_block", dilate_first_block, _DILATE_FIRST)
@@ -136,20 +173,50 @@ def _bottleneck(x, filters, stride, dilation, shortcut_conv, name, bn):
     )
     x = _bn(x, f"{name}_1_bn", bn)
     x = keras.layers.Activation("relu", name=f"{name}_1_relu")(x)
-    if v1 or stride == 1:
-        # Stride 1: "same" pads `dilation` on every side, like torch's padding=dilation.
-        x = keras.layers.Conv2D(
-            filters, 3, padding="same", dilation_rate=dilation, name=f"{name}_2_conv", **conv
-        )(x)
-    else:
-        # Stride 2 (dilation 1, checked in `ResNet`): torch pads 1 on every side,
-        # where "same" would pad only the bottom and right of an even size.
-        x = keras.layers.ZeroPadding2D(1, data_format=bn["df"], name=f"{name}_2_pad")(x)
-        x = keras.layers.Conv2D(filters, 3, strides=stride, name=f"{name}_2_conv", **conv)(x)
+    x = _conv3x3(x, filters, 1 if v1 else stride, dilation, f"{name}_2", conv)
     x = _bn(x, f"{name}_2_bn", bn)
     x = keras.layers.Activation("relu", name=f"{name}_2_relu")(x)
     x = keras.layers.Conv2D(4 * filters, 1, name=f"{name}_3_conv", **conv)(x)
     x = _bn(x, f"{name}_3_bn", bn)
+    x = keras.layers.Add(name=f"{name}_add")([shortcut, x])
+    return keras.layers.Activation("relu", name=f"{name}_out")(x)
+
+
+def _conv3x3(x, filters, stride, dilation, name, conv):
+    """A 3x3 conv `{name}_conv` padded as torch's `padding=dilation`.
+
+    Stride 1: `"same"` pads `dilation` on every side. Stride 2 (dilation 1,
+    checked in `ResNet`): zero padding 1 on every side (`{name}_pad`), where
+    `"same"` would pad only the bottom and right of an even size.
+    """
+    if stride == 1:
+        return keras.layers.Conv2D(
+            filters, 3, padding="same", dilation_rate=dilation, name=f"{name}_conv", **conv
+        )(x)
+    x = keras.layers.ZeroPadding2D(1, data_format=conv["data_format"], name=f"{name}_pad")(x)
+    return keras.layers.Conv2D(filters, 3, strides=stride, name=f"{name}_conv", **conv)(x)
+
+
+def _basic(x, filters, stride, dilation, shortcut_conv, name, bn):
+    """One basic block (torchvision's `BasicBlock`), named like the bottleneck.
+
+    Two 3x3 convs without bias, each followed by BN (`{name}_1_*`,
+    `{name}_2_*`; torch `conv1`, `bn1`, `conv2`, `bn2`), the first with the
+    block's stride, both with `dilation`; where the stride or the channels
+    change, a 1x1 conv with the stride and BN on the shortcut (`{name}_0_*`;
+    torch `downsample.0` and `.1`).
+    """
+    conv = {"use_bias": False, "data_format": bn["df"]}
+    if shortcut_conv:
+        shortcut = keras.layers.Conv2D(filters, 1, strides=stride, name=f"{name}_0_conv", **conv)(x)
+        shortcut = _bn(shortcut, f"{name}_0_bn", bn)
+    else:
+        shortcut = x
+    x = _conv3x3(x, filters, stride, dilation, f"{name}_1", conv)
+    x = _bn(x, f"{name}_1_bn", bn)
+    x = keras.layers.Activation("relu", name=f"{name}_1_relu")(x)
+    x = _conv3x3(x, filters, 1, dilation, f"{name}_2", conv)
+    x = _bn(x, f"{name}_2_bn", bn)
     x = keras.layers.Add(name=f"{name}_add")([shortcut, x])
     return keras.layers.Activation("relu", name=f"{name}_out")(x)
 
@@ -206,16 +273,18 @@ def ResNet(
     bn_epsilon=None,
     width=64,
     data_format=None,
-    variant="v1",
+    variant=None,
+    block="bottleneck",
     name="resnet",
 ):
-    """Builds a dilated bottleneck ResNet returning a dict of stage features.
+    """Builds a dilated ResNet returning a dict of stage features.
 
-    Three layouts (He et al., "Deep Residual Learning for Image Recognition",
-    CVPR 2016; He et al., "Bag of Tricks for Image Classification", CVPR 2019),
-    all with keras.applications' layer names; dilation (Yu & Koltun 2016;
-    Chen et al., DeepLab v2/v3) replaces the stride of the last stages to reach
-    `output_stride` and does not change any kernel shape:
+    Three layouts of bottleneck blocks (He et al., "Deep Residual Learning for
+    Image Recognition", CVPR 2016; He et al., "Bag of Tricks for Image
+    Classification", CVPR 2019) and torchvision's basic-block layout
+    (ResNet-18/34), all with keras.applications' layer names; dilation (Yu &
+    Koltun 2016; Chen et al., DeepLab v2/v3) replaces the stride of the last
+    stages to reach `output_stride` and does not change any kernel shape:
 
     - `"v1"` (default): keras.applications' Caffe-style ResNet. The stride-2
       conv of a downsampling block is its first 1x1 conv (and the 1x1
@@ -229,6 +298,15 @@ def ResNet(
       layer names are `conv1_{1,2,3}_{conv,bn}`, the stem output stays
       `conv1_relu`). Loads timm (`resnet50c`) and mmseg (`resnet50_v1c`)
       checkpoints.
+    - `block="basic"` (the v1.5 layout, the only one it has): torchvision's
+      `BasicBlock`, two 3x3 convs (the first with the stride) of the stage's
+      width, no bias, each followed by BN, and a 1x1 conv with the stride and
+      BN on the shortcut where the stride or the channels change. Its layer
+      names follow the bottleneck's (`conv{s}_block{b}_{0,1,2}_{conv,bn}`).
+      torchvision's `BasicBlock` refuses dilation; this one dilates as
+      segmentation_models_pytorch's encoders do (`make_dilated`: stride 1
+      and the stage's rate on every 3x3 conv of a dilated stage, so
+      `dilate_first_block="full"`). See `ResNet18` for the rates.
 
     Padding follows torch: symmetric zero padding before every stride-2
     convolution and the 3x3 max-pool (`"same"` would pad asymmetrically;
@@ -248,7 +326,8 @@ def ResNet(
             multiplicative multi-grid of DeepLab v3. `"contract"`: the first
             block uses the previous rate, as in torchvision's
             `replace_stride_with_dilation` and mmseg's `contract_dilation=True`.
-            Defaults to None: `"full"` for v1, `"contract"` for v1.5 and v1c.
+            Defaults to None: `"full"` for v1 and for basic blocks (which
+            take only `"full"`), `"contract"` for v1.5 and v1c bottlenecks.
         weights: None (random initialisation), `"imagenet"`, a file path, or
             (v1.5 and v1c) a state dict `{name: array or torch tensor}`.
             v1: `"imagenet"` is keras.applications' ImageNet file (Keras
@@ -256,8 +335,9 @@ def ResNet(
             preprocessing: BGR, mean subtracted), a path is a keras.applications
             weights file of the same depth (with or without the classifier
             top). v1.5: `"imagenet"` is torchvision's `IMAGENET1K_V2`
-            checkpoint (depths 50 and 101; downloaded on first use into
-            `~/.keras/models/` and checked against the hash in its name), a
+            checkpoint (depths 50 and 101; with basic blocks `IMAGENET1K_V1`,
+            depths 18 and 34; downloaded on first use into `~/.keras/models/`
+            and checked against the SHA-256 prefix in its name), a
             path is a torchvision or timm checkpoint (`.pth` / `.pt` / `.bin`
             state dict, read with torch, or `.safetensors`, read without it).
             v1c: a timm `resnet50c`-style or mmseg `ResNetV1c` checkpoint
@@ -268,13 +348,17 @@ def ResNet(
         bn_momentum: BatchNormalization momentum. Defaults to 0.9 (torch 0.1).
         bn_epsilon: BatchNormalization epsilon. Defaults to None: 1.001e-5
             for v1 (keras.applications), 1e-5 for v1.5 and v1c (torch).
-        width: channels of the stem and of stage 1's bottleneck; stage `i`
-            uses `width * 2**(i - 1)` and outputs 4 times that. Defaults to 64
+        width: channels of the stem and of stage 1's blocks; stage `i`
+            uses `width * 2**(i - 1)` and outputs that (basic blocks) or 4
+            times that (bottlenecks). Defaults to 64
             (the standard ResNet). Smaller widths give compact networks for
             tests and quick experiments; pretrained weights need 64.
         data_format: `"channels_last"` or `"channels_first"`. Defaults to
             `keras.config.image_data_format()`.
-        variant: `"v1"` (default), `"v1.5"` or `"v1c"`, see above.
+        variant: `"v1"`, `"v1.5"` or `"v1c"`, see above. Defaults to None:
+            `"v1"` for bottlenecks, `"v1.5"` for basic blocks.
+        block: `"bottleneck"` (default; 1x1, 3x3, 1x1 with 4x expansion, as
+            ResNet-50 and deeper) or `"basic"` (two 3x3, as ResNet-18/34).
         name: model name.
 
     Returns:
@@ -283,10 +367,25 @@ def ResNet(
         `BackboneInfo` with every key's channels, stride and dilations, the
         layout (`variant`) and the preprocessing its pretrained weights expect.
     """
+    block = check_choice("block", block, _BLOCKS)
+    basic = block == "basic"
+    if variant is None:
+        variant = "v1.5" if basic else "v1"
     variant = check_choice("variant", variant, _VARIANTS)
+    if basic and variant != "v1.5":
+        raise ValueError(
+            "Basic blocks have torchvision's layout, `variant='v1.5'` (stride on the first "
+            f"3x3 conv, no conv bias). Received: variant={variant!r} with block='basic'"
+        )
     defaults = _VARIANT_DEFAULTS[variant]
     if dilate_first_block is None:
-        dilate_first_block = defaults["dilate_first_block"]
+        dilate_first_block = "full" if basic else defaults["dilate_first_block"]
+    if basic and dilate_first_block != "full":
+        raise ValueError(
+            "Basic blocks dilate as segmentation_models_pytorch's encoders do, every 3x3 "
+            "conv of a dilated stage at the stage's rate: expected `dilate_first_block` "
+            f"to be None or 'full'. Received: dilate_first_block={dilate_first_block!r}"
+        )
     if bn_epsilon is None:
         bn_epsilon = defaults["bn_epsilon"]
     blocks, multi_grid = _validate(blocks, output_stride, multi_grid, dilate_first_block)
@@ -308,10 +407,11 @@ def ResNet(
             "Pretrained `weights` exist only for the keras.applications layouts "
             f"{sorted(_APPLICATIONS)}. Received: weights={weights!r} with blocks={blocks}"
         )
-    if variant == "v1.5" and weights == "imagenet" and blocks not in torch_state.TORCHVISION_IMAGENET:
+    imagenet = torch_state.torchvision_imagenet_table(block) if variant == "v1.5" else {}
+    if variant == "v1.5" and weights == "imagenet" and blocks not in imagenet:
         raise ValueError(
-            "`weights='imagenet'` of the v1.5 layout are torchvision's, for the layouts "
-            f"{sorted(torch_state.TORCHVISION_IMAGENET)}. Received: blocks={blocks}"
+            f"`weights='imagenet'` of the v1.5 layout are torchvision's, for the {block} "
+            f"layouts {sorted(imagenet)}. Received: blocks={blocks}"
         )
     plan = _stage_plan(blocks, output_stride, multi_grid, dilate_first_block)
     if variant != "v1":
@@ -343,24 +443,27 @@ def ResNet(
     x = keras.layers.ZeroPadding2D(1, data_format=data_format, name="pool1_pad")(x)
     x = keras.layers.MaxPooling2D(3, strides=2, data_format=data_format, name="pool1_pool")(x)
 
+    apply_block, expansion = (_basic, 1) if basic else (_bottleneck, 4)
+    channels = width
     for index, (stride, rates, true_stride) in enumerate(plan):
         filters = width * 2**index
-        for block, rate in enumerate(rates):
-            x = _bottleneck(
+        for number, rate in enumerate(rates):
+            block_stride = stride if number == 0 else 1
+            x = apply_block(
                 x,
                 filters,
-                stride if block == 0 else 1,
+                block_stride,
                 rate,
-                block == 0,
-                f"conv{index + 2}_block{block + 1}",
+                # torchvision's rule for a shortcut conv ("downsample")
+                block_stride != 1 or channels != expansion * filters,
+                f"conv{index + 2}_block{number + 1}",
                 bn,
             )
+            channels = expansion * filters
         key = f"stage{index + 1}"
         outputs[key] = x
         specs.append(
-            FeatureSpec(
-                key, f"conv{index + 2}_block{len(rates)}_out", 4 * filters, true_stride, rates
-            )
+            FeatureSpec(key, f"conv{index + 2}_block{len(rates)}_out", channels, true_stride, rates)
         )
 
     model = keras.Model(inputs, outputs, name=name)
@@ -369,7 +472,7 @@ def ResNet(
         load_reference_weights(model, getattr(keras.applications, app_name), weights, stem)
     elif weights is not None:
         if weights == "imagenet":
-            weights = torch_state.torchvision_imagenet_file(blocks)
+            weights = torch_state.torchvision_imagenet_file(blocks, block)
         torch_state.load_torch_resnet(model, torch_state.read_state_dict(weights), skip=("fc.",))
     info = BackboneInfo(
         family="resnet",
@@ -459,6 +562,121 @@ def ResNet101(
     )
 
 
-for _builder in (ResNet, ResNet50, ResNet101):
+def ResNet18(
+    input_shape=None,
+    output_stride=32,
+    multi_grid=None,
+    weights=None,
+    bn_momentum=0.9,
+    bn_epsilon=1e-5,
+    data_format=None,
+    name="resnet18",
+):
+    """Dilated ResNet-18 (torchvision's basic-block layout), a dict of stage features.
+
+    `kseg.backbones.ResNet((2, 2, 2, 2), block="basic")`: torchvision's
+    `resnet18` (He et al., CVPR 2016, Table 1): the 7x7/2 stem conv and the
+    3x3/2 max-pool, then 2 basic blocks per stage (two 3x3 convs without
+    bias, each followed by BN; a 1x1 conv with BN on the shortcut of each
+    stage's first block from stage 2 on), dilated as
+    segmentation_models_pytorch's encoders.
+    {table}
+    Args:
+        input_shape: input shape without batch. Defaults to `(None, None, 3)`
+            (`(3, None, None)` for channels_first); any size works.
+        output_stride: 8, 16 or 32. Defaults to 32 (no dilation).
+        multi_grid: None or 2 integers, the rate multipliers of stage 4's
+            blocks. Defaults to None.
+        weights: None (random initialisation), `"imagenet"`, a file path or a
+            state dict `{name: array or torch tensor}`. `"imagenet"` is
+            torchvision's `IMAGENET1K_V1` checkpoint `resnet18-f37072fd.pth`
+            (69.76% top-1), downloaded on first use into `~/.keras/models/`;
+            its SHA-256 must start with the 8 hex digits of its name (as
+            `torch.hub` checks; torchvision publishes no full hash). A path
+            is a torchvision or timm `resnet18` checkpoint (`.pth` / `.pt` /
+            `.bin`, read with torch, or `.safetensors`, read without it).
+            These weights expect "torch" preprocessing (RGB in [0, 1],
+            ImageNet mean and std). Loading is strict: a missing, unexpected
+            or misshapen weight raises (all of them listed) and nothing is
+            loaded; the classifier (`fc.*`) is the one key skipped.
+        bn_momentum: BatchNormalization momentum. Defaults to 0.9 (torch 0.1).
+        bn_epsilon: BatchNormalization epsilon. Defaults to 1e-5 (torch's).
+        data_format: `"channels_last"` or `"channels_first"`. Defaults to
+            `keras.config.image_data_format()`.
+        name: model name.
+
+    Returns:
+        A `kseg.backbones.Backbone` from the image to the dict above, with
+        `feature_info` (family `"resnet"`, variant `"v1.5"`, preprocessing
+        `"torch"`).
+
+    Example:
+
+    >>> backbone = kseg.backbones.ResNet18(output_stride=8)
+    >>> info = kseg.backbones.feature_info(backbone)
+    >>> info.channels("stage4"), info.stride("stage4"), info["stage4"].dilation
+    (512, 8, (4, 4))
+    """
+    return ResNet(
+        (2, 2, 2, 2),
+        input_shape=input_shape,
+        output_stride=output_stride,
+        multi_grid=multi_grid,
+        weights=weights,
+        bn_momentum=bn_momentum,
+        bn_epsilon=bn_epsilon,
+        data_format=data_format,
+        block="basic",
+        name=name,
+    )
+
+
+def ResNet34(
+    input_shape=None,
+    output_stride=32,
+    multi_grid=None,
+    weights=None,
+    bn_momentum=0.9,
+    bn_epsilon=1e-5,
+    data_format=None,
+    name="resnet34",
+):
+    """Dilated ResNet-34 (torchvision's basic-block layout), a dict of stage features.
+
+    `kseg.backbones.ResNet((3, 4, 6, 3), block="basic")`: torchvision's
+    `resnet34`, `ResNet18` with 3, 4, 6 and 3 blocks per stage. See
+    `ResNet18` for the arguments; `multi_grid` has 3 entries, and
+    `weights="imagenet"` is torchvision's `IMAGENET1K_V1` checkpoint
+    `resnet34-b627a593.pth` (73.31% top-1; its SHA-256 must start with
+    `b627a593`).
+    {table}
+    Example:
+
+    >>> backbone = kseg.backbones.ResNet34(output_stride=16)
+    >>> features = backbone(np.zeros((1, 97, 131, 3)))
+    >>> tuple(features["stage4"].shape)
+    (1, 7, 9, 512)
+    """
+    return ResNet(
+        (3, 4, 6, 3),
+        input_shape=input_shape,
+        output_stride=output_stride,
+        multi_grid=multi_grid,
+        weights=weights,
+        bn_momentum=bn_momentum,
+        bn_epsilon=bn_epsilon,
+        data_format=data_format,
+        block="basic",
+        name=name,
+    )
+
+
+for _builder, _table in (
+    (ResNet, _TABLE),
+    (ResNet50, _TABLE),
+    (ResNet101, _TABLE),
+    (ResNet18, _BASIC_TABLE),
+    (ResNet34, _BASIC_TABLE),
+):
     if _builder.__doc__:  # None under `python -OO`
-        _builder.__doc__ = _builder.__doc__.replace("    {table}\n", _TABLE)
+        _builder.__doc__ = _builder.__doc__.replace("    {table}\n", _table)

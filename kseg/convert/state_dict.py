@@ -34,6 +34,15 @@ TORCHVISION_IMAGENET = {
     (3, 4, 23, 3): "https://download.pytorch.org/models/resnet101-cd907fc2.pth",
 }
 
+#: torchvision's basic-block ResNet ImageNet checkpoints (`IMAGENET1K_V1`, the only
+#: ones: 69.76% / 73.31% top-1), from `torchvision.models.resnet` (ResNet18_Weights /
+#: ResNet34_Weights). torchvision publishes no full SHA-256 of them, only the 8 hex
+#: digits in the name, which `torch.hub` checks and so does kseg.
+TORCHVISION_IMAGENET_BASIC = {
+    (2, 2, 2, 2): "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+    (3, 4, 6, 3): "https://download.pytorch.org/models/resnet34-b627a593.pth",
+}
+
 _SAFETENSORS_DTYPES = {
     "F64": "<f8",
     "F32": "<f4",
@@ -73,9 +82,18 @@ def check_torch_weights(weights, variant):
     )
 
 
-def torchvision_imagenet_file(blocks):
-    """Downloads (once) torchvision's ImageNet checkpoint of a ResNet layout; returns its path."""
-    url = TORCHVISION_IMAGENET[tuple(blocks)]
+def torchvision_imagenet_table(block="bottleneck"):
+    """torchvision's ImageNet checkpoint URLs of `block` ("bottleneck" or "basic") ResNets."""
+    return TORCHVISION_IMAGENET_BASIC if block == "basic" else TORCHVISION_IMAGENET
+
+
+def torchvision_imagenet_file(blocks, block="bottleneck"):
+    """Downloads (once) torchvision's ImageNet checkpoint of a ResNet layout; returns its path.
+
+    `blocks` per stage and the `block` kind ("bottleneck" or "basic": ResNet-34 and
+    ResNet-50 have the same `blocks`) pick the file.
+    """
+    url = torchvision_imagenet_table(block)[tuple(blocks)]
     fname = url.rsplit("/", 1)[1]
     try:
         path = keras.utils.get_file(fname, url, cache_subdir="models")

@@ -19,14 +19,16 @@ from tests.backbones.families import CHANNELS, FAMILIES, SMALLEST, family_of, ro
 H, W = 75, 99  # odd, and above Xception's 71x71 minimum
 
 # Every member: (family, channels at nominal strides 2, 4, 8, 16, 32). ResNet:
-# He et al. 2016, Table 1. Xception-65: Chen et al. 2018 (DeepLab v3+), Figure
-# 4, at timm's feature taps (the entry-flow blocks' last ReLU, the last middle
-# block's, the exit flow's output).
+# He et al. 2016, Table 1 (ResNet-18/34: basic blocks, without the bottleneck's
+# 4x expansion). Xception-65: Chen et al. 2018 (DeepLab v3+), Figure 4, at timm's
+# feature taps (the entry-flow blocks' last ReLU, the last middle block's, the
+# exit flow's output).
 MEMBERS = {
     **{
         name: ("resnet", (64, 256, 512, 1024, 2048))
         for name in ("resnet50", "resnet101", "resnet152")
     },
+    **{name: ("resnet", (64, 64, 128, 256, 512)) for name in ("resnet18", "resnet34")},
     "xception65": ("xception65", (128, 256, 728, 1024, 2048)),
     **{name: (family_of(name), channels) for name, channels in CHANNELS.items()},
 }
@@ -93,6 +95,10 @@ def _build_and_check(builder, name):
     family = MEMBERS[name][0]
     output_stride = _output_stride(builder, family)
     kwargs = {} if builder == "UNet" else {"output_stride": output_stride}
+    if builder == "DeepLabV3" and name == "resnet18":
+        # DeepLab v3's default multi-grid (1, 2, 4) is one rate per block of a 3-block
+        # last stage; ResNet-18's has 2 blocks.
+        kwargs["multi_grid"] = (1, 2)
     if _ENCODERS["member"] != name:
         _ENCODERS.clear()
         _ENCODERS["member"] = name
@@ -102,7 +108,9 @@ def _build_and_check(builder, name):
     )
     encoder = _ENCODERS.setdefault(output_stride, model.get_layer(name))
     info = kseg.backbones.feature_info(encoder)
-    variant = "v1" if family == "resnet" else name  # kseg's ResNets name their layout
+    # kseg's ResNets name their layout: keras.applications' v1 by the plain names of
+    # the bottleneck ResNets, torchvision's v1.5 for ResNet-18/34 (their only layout).
+    variant = name if family != "resnet" else "v1.5" if name in ("resnet18", "resnet34") else "v1"
     assert (info.family, info.variant, info.output_stride) == (family, variant, output_stride)
     assert _consumed(model, encoder) == _expected(builder, name, output_stride)
     main = model.output["main"] if isinstance(model.output, dict) else model.output
