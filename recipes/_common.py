@@ -143,6 +143,10 @@ def build_model(
             kwargs["backbone"] = backbone
             kwargs["output_stride"] = output_stride
             kwargs["backbone_weights"] = backbone_weights
+            if model_name == "deeplabv3" and backbone == "resnet18":
+                # The paper's multi-grid (1, 2, 4) is for a last stage of three blocks;
+                # ResNet-18's has two, and the builder refuses the default for it.
+                kwargs["multi_grid"] = None
         if aux_head:
             kwargs["aux_head"] = True
     elif family == "vgg16":
