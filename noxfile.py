@@ -26,6 +26,8 @@ TORCHVISION_SPEC = os.environ.get("KSEG_TORCHVISION_SPEC", "torchvision==0.28.0"
 TIMM_SPEC = "timm==1.0.31"
 # The reference of the Hugging Face converter (SegFormer); its own dependencies go in by name below.
 TRANSFORMERS_SPEC = "transformers==5.25.0"
+# The reference of the smp converter and of FPN, Linknet, UNet++ and UPerNet.
+SMP_SPEC = "segmentation-models-pytorch==0.6.0"
 BACKENDS = ["tensorflow", "jax", "torch"]
 # The README's claim for its first command: validation mean IoU of the demo run.
 DEMO_MIN_MIOU = 0.80
@@ -51,7 +53,7 @@ def _test_requirements():
     return [
         [TORCH_SPEC],
         ["-e", ".[tensorflow,jax,data,dev,export]"],
-        ["--no-deps", TORCHVISION_SPEC, TIMM_SPEC, TRANSFORMERS_SPEC],
+        ["--no-deps", TORCHVISION_SPEC, TIMM_SPEC, TRANSFORMERS_SPEC, SMP_SPEC],
         # What those import (pure Python or small wheels; none pulls torch).
         ["safetensors", "pyyaml", "huggingface_hub>=2.4", "regex>=2025.10.22"],
         ["tokenizers>=0.23.1,<0.24", "typer", "tqdm"],
