@@ -33,12 +33,14 @@ def _check_multipliers(lr_multipliers):
     """`lr_multipliers` as a dict of non-empty strings to floats >= 0 (`{}` for None)."""
     if lr_multipliers is None:
         return {}
-    if not isinstance(lr_multipliers, collections.abc.Mapping):
+    if not isinstance(lr_multipliers, collections.abc.Mapping) or not all(
+        isinstance(key, str) and key for key in lr_multipliers
+    ):
         raise TypeError(
-            "Expected `lr_multipliers` to be a dict of variable-path substrings to "
-            f"numbers, e.g. {{'decode_head': 10.0}}. Received: lr_multipliers={lr_multipliers!r}"
+            "Expected `lr_multipliers` to be a dict of variable-path substrings (non-empty "
+            f"strings) to numbers, e.g. {{'decode_head': 10.0}}. "
+            f"Received: lr_multipliers={lr_multipliers!r}"
         )
-    _check_keys("lr_multipliers", tuple(lr_multipliers))
     return {
         key: check_float(f"lr_multipliers[{key!r}]", value, minimum=0.0)
         for key, value in lr_multipliers.items()
@@ -161,7 +163,9 @@ _GROUPS_ARGS = """lr_multipliers: a dict of variable-path substrings to learning
             `kseg.training.variable_groups`). Defaults to None (1 for all).
         decay_exclude: path substrings of the variables to leave undecayed,
             e.g. `("norm",)`: a variable whose `path` contains one of them is
-            not decayed. Defaults to `()`."""
+            not decayed. Defaults to `()`. Keras' `exclude_from_weight_decay`
+            (variables, or regular expressions searched in `variable.name`,
+            the last part of the path only) excludes too."""
 
 
 @keras.saving.register_keras_serializable(package="kseg")
@@ -288,7 +292,8 @@ class AdamW(_VariableGroups, keras.optimizers.AdamW):
     """AdamW as `torch.optim.AdamW` computes it, with per-variable rates and decay.
 
     Adam with decoupled weight decay (Loshchilov and Hutter, "Decoupled Weight
-    Decay Regularization", ICLR 2019, Algorithm 2). With learning rate `lr`
+    Decay Regularization", ICLR 2019, Algorithm 2, whose decay `eta_t * lambda`
+    torch and Keras write `lr * weight_decay`). With learning rate `lr`
     (scheduled, times the variable's multiplier), at step `t = 1, 2, ...`:
 
     ```
@@ -298,7 +303,7 @@ class AdamW(_VariableGroups, keras.optimizers.AdamW):
     w = w - lr / (1 - beta_1 ** t) * m / (sqrt(v) / sqrt(1 - beta_2 ** t) + epsilon)
     ```
 
-    which is `torch.optim.AdamW` (torch 2.x, `foreach` or not) with one
+    which is `torch.optim.AdamW` with one
     parameter group per multiplier and exclusion: that group's `lr` is `lr *
     multiplier` and its `weight_decay` is 0 for the excluded, so the decay
     too uses the group's rate (`p *= 1 - lr_group * weight_decay_group`).

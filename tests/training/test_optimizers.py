@@ -428,7 +428,7 @@ def test_groups_config_round_trip(cls):
         (dict(lr_multipliers={"head": "x"}), TypeError, "Received: lr_multipliers['head']='x'"),
         (dict(lr_multipliers={"head": -1}), ValueError, "Received: lr_multipliers['head']=-1.0"),
         (dict(lr_multipliers=["head"]), TypeError, "Received: lr_multipliers=['head']"),
-        (dict(lr_multipliers={3: 1.0}), TypeError, "Received: lr_multipliers=(3,)"),
+        (dict(lr_multipliers={3: 1.0}), TypeError, "Received: lr_multipliers={3: 1.0}"),
         (dict(decay_exclude=3), TypeError, "Received: decay_exclude=3"),
         (dict(decay_exclude=("norm", "")), TypeError, "Received: decay_exclude=('norm', '')"),
     ],
