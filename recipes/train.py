@@ -32,7 +32,17 @@ DeepLab v1) with ImageNet weights, SGD with momentum 0.9 and poly decay, and
   160k iterations (mmsegmentation's 160k schedule);
 - folder: 512 x 512 crops, batch 8, lr 0.01, weight decay 5e-4, 20k iterations.
 
-Weight decay is L2 added to the gradient before momentum, as in Caffe and
+SegFormer (`--model segformer`) trains as its paper and mmsegmentation do
+(`_configs.SEGFORMER_TRAINING`): MiT-B0 with ImageNet weights, torch's AdamW
+(`kseg.training.AdamW`) with lr 6e-5 and weight decay 0.01, 10x the rate on
+the decoder and classifier (`--lr-multipliers decode_head=10 classifier=10`),
+no decay on the norms (`--decay-exclude norm`), a linear warm-up over 1500
+steps from 1e-6 of the rate, then linear decay to 0 (`--warmup-mode
+sequential`, `--poly-power 1`); ADE20K 512 x 512 crops in batches of 16,
+Cityscapes 1024 x 1024 in batches of 8 (final sliding window of stride 768),
+160k iterations each; the other datasets keep their crops, batch and length.
+
+With SGD, weight decay is L2 added to the gradient before momentum, as in Caffe and
 torch (`kseg.training.SGD`); crops are taken from images rescaled by a random
 factor in [0.5, 2]; the auxiliary loss weight is 0.4. Every default can be
 overridden (`--crop-size S` or `--crop-size H W`); the resolved configuration,
@@ -194,14 +204,57 @@ def build_parser(prog="train.py", voc_entry=False):
     length.add_argument(
         "--steps", type=int, default=None, help="training steps (instead of --epochs)"
     )
-    parser.add_argument("--optimizer", default=None, choices=("sgd", "adam"))
+    parser.add_argument(
+        "--optimizer",
+        default=None,
+        choices=("sgd", "adam", "adamw"),
+        help="sgd: kseg.training.SGD, momentum 0.9; adam: keras.optimizers.Adam (AdamW with "
+        "--weight-decay); adamw: kseg.training.AdamW (torch's AdamW). Default: the "
+        "configuration's (SGD for the papers' CNNs, adamw for segformer)",
+    )
     parser.add_argument("--lr", type=float, default=None, help="initial learning rate (poly decay)")
-    parser.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps")
+    parser.add_argument(
+        "--poly-power", type=float, default=None, help="power of the poly decay (default 0.9)"
+    )
+    parser.add_argument(
+        "--warmup-steps", type=int, default=None, help="linear warm-up steps (default 0)"
+    )
+    parser.add_argument(
+        "--warmup-start-factor",
+        type=float,
+        default=None,
+        help="fraction of the rate at the first warm-up step (default 0.1)",
+    )
+    parser.add_argument(
+        "--warmup-mode",
+        default=None,
+        choices=("multiply", "sequential"),
+        help="multiply: the warm-up scales the poly value (mmcv); sequential: warm-up, then "
+        "poly decay from its end (mmengine's LinearLR + PolyLR). Default: multiply",
+    )
     parser.add_argument(
         "--weight-decay",
         type=float,
         default=None,
-        help="sgd: L2 added to the gradient before momentum (Caffe / torch); adam: AdamW's",
+        help="sgd: L2 added to the gradient before momentum (Caffe / torch); adam: Keras' "
+        "AdamW's; adamw: torch's AdamW's (decoupled, times each variable's rate)",
+    )
+    parser.add_argument(
+        "--lr-multipliers",
+        nargs="*",
+        default=None,
+        metavar="KEY=MULT",
+        help="sgd, adamw: the learning rate of the variables whose path contains KEY is MULT "
+        "times the rate (the longest matching KEY wins), e.g. decode_head=10; no value: "
+        "none. Default: the configuration's (segformer: decode_head=10 classifier=10)",
+    )
+    parser.add_argument(
+        "--decay-exclude",
+        nargs="*",
+        default=None,
+        metavar="KEY",
+        help="sgd, adamw: no weight decay on the variables whose path contains a KEY; no "
+        "value: none. Default: the configuration's (segformer: norm)",
     )
     parser.add_argument(
         "--aux-weight",
@@ -336,11 +389,36 @@ def _check_values(parser, args):
             if min(getattr(args, name)) < 1:
                 parser.error(f"argument {flag}: must be >= 1, got {value}")
     minimum = {"save_every": 0, "batch_size": 1, "epochs": 1, "steps": 1}
-    minimum.update(dict.fromkeys(("lr", "weight_decay", "aux_weight", "sc_weight"), 0))
+    names = ("lr", "weight_decay", "aux_weight", "sc_weight", "poly_power", "warmup_steps")
+    minimum.update(dict.fromkeys(names, 0))
     for name, least in minimum.items():
         value = getattr(args, name)
         if value is not None and value < least:
             parser.error(f"argument --{name.replace('_', '-')}: must be >= {least}, got {value}")
+    if args.warmup_start_factor is not None and not 0 <= args.warmup_start_factor <= 1:
+        parser.error(
+            f"argument --warmup-start-factor: must be in [0, 1], got {args.warmup_start_factor}"
+        )
+    if isinstance(args.lr_multipliers, list):  # the command line's KEY=MULT (a dict on --resume)
+        args.lr_multipliers = _multipliers(parser, args.lr_multipliers)
+
+
+def _multipliers(parser, items):
+    """`{KEY: MULT}` of --lr-multipliers' `KEY=MULT` items."""
+    multipliers = {}
+    for item in items:
+        key, _, value = item.rpartition("=")
+        try:
+            multiplier = float(value)
+        except ValueError:
+            multiplier = None
+        if not key or multiplier is None or multiplier < 0:
+            parser.error(
+                f"argument --lr-multipliers: expected KEY=MULT with a number MULT >= 0, "
+                f"got {item!r}"
+            )
+        multipliers[key] = multiplier
+    return multipliers
 
 
 def _check_init_from(parser, args, argv):
@@ -420,7 +498,24 @@ def resolve_defaults(args, parser):
     for key in ("backbone", "crop_size", "batch_size", "optimizer", "lr", "weight_decay"):
         if getattr(args, key) is None:
             setattr(args, key, preset[key])
+    for key, default in _configs.OPTIMIZER_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, preset.get(key, default))
+    args.decay_exclude = tuple(args.decay_exclude)
+    if args.optimizer == "adam" and (args.lr_multipliers or args.decay_exclude):
+        given = "--lr-multipliers" if args.lr_multipliers else "--decay-exclude"
+        parser.error(
+            f"argument {given}: --optimizer adam (Keras' Adam) takes no per-variable rates or "
+            "decay; use --optimizer adamw or sgd, or pass --lr-multipliers and "
+            f"--decay-exclude with no value. Received: --lr-multipliers {args.lr_multipliers} "
+            f"--decay-exclude {list(args.decay_exclude)}"
+        )
     args.crop_size = tuple(args.crop_size)
+    # mmseg's sliding-window stride where a configuration gives one for its crop, else
+    # kseg.inference's default (two thirds of the crop).
+    if getattr(args, "eval_stride", None) is None and "eval_stride" in preset:
+        if args.crop_size == tuple(preset["crop_size"]):
+            args.eval_stride = tuple(preset["eval_stride"])
     if args.epochs is None and args.steps is None:
         if "epochs" in preset:
             args.epochs = preset["epochs"]
@@ -632,12 +727,30 @@ def make_data(args):
 
 def compile_model(model, args, num_classes, total_steps, jit_compile, keras, kseg, ignore_index):
     outputs = _common.model_outputs(model)
+    decay_steps = max(total_steps, 1)
+    # A run shorter than the warm-up (a smoke run) warms up all along; the sequential
+    # mode's poly decay needs one step after it.
+    longest = decay_steps - 1 if args.warmup_mode == "sequential" else total_steps
     schedule = kseg.training.PolyDecay(
-        args.lr, decay_steps=max(total_steps, 1), warmup_steps=min(args.warmup_steps, total_steps)
+        args.lr,
+        decay_steps=decay_steps,
+        power=args.poly_power,
+        warmup_steps=min(args.warmup_steps, longest),
+        warmup_start_factor=args.warmup_start_factor,
+        warmup_mode=args.warmup_mode,
     )
+    groups = {"lr_multipliers": args.lr_multipliers, "decay_exclude": args.decay_exclude}
+    try:  # the check of the optimizer's build, with the recipe's words
+        kseg.training.variable_groups(model.trainable_variables, **groups)
+    except ValueError as e:
+        flags = "argument --lr-multipliers/--decay-exclude"
+        raise SystemExit(f"{args.prog}: error: {flags}: {e}") from None
     if args.optimizer == "sgd":
         # The papers' coupled L2 (Caffe / torch), not Keras' decoupled weight_decay.
-        optimizer = kseg.training.SGD(schedule, momentum=0.9, l2=args.weight_decay or 0.0)
+        optimizer = kseg.training.SGD(schedule, momentum=0.9, l2=args.weight_decay or 0.0, **groups)
+    elif args.optimizer == "adamw":
+        # torch's AdamW (betas 0.9, 0.999; eps 1e-8), its decay with each variable's rate.
+        optimizer = kseg.training.AdamW(schedule, weight_decay=args.weight_decay or 0.0, **groups)
     elif args.weight_decay:
         optimizer = keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay)
     else:
@@ -928,9 +1041,13 @@ def final_evaluation(args, model, data, checkpoint, wall_start):
     eval_kwargs = {}
     if data["sliding"]:
         eval_kwargs["crop_size"] = args.crop_size
+        stride = getattr(args, "eval_stride", None)
+        if stride is not None:
+            eval_kwargs["stride"] = tuple(stride)
         log(
             "Evaluating the final model on the full validation images with a sliding "
-            f"window of {_size_text(args.crop_size)}."
+            f"window of {_size_text(args.crop_size)}"
+            + (f", stride {_size_text(stride)}." if stride is not None else ".")
         )
     else:
         log("Evaluating the final model on the validation set.")

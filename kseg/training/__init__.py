@@ -1,4 +1,4 @@
-"""Training utilities: the poly learning-rate schedule, the papers' SGD, TensorBoard /
+"""Training utilities: the poly learning-rate schedule, the papers' SGD and AdamW, TensorBoard /
 checkpoint / resumable-backup / label-check callbacks, atomic saves, and multi-device
 set-up (`plan_distribution`, `synchronize_batch_norm`).
 
@@ -22,11 +22,13 @@ from kseg.training.callbacks import (
 )
 from kseg.training.distribute import DistributionPlan, plan_distribution, synchronize_batch_norm
 from kseg.training.divergence import DivergenceCheck, DivergenceError
-from kseg.training.optimizers import SGD
+from kseg.training.optimizers import SGD, AdamW, variable_groups
 from kseg.training.schedules import PolyDecay, PolyLearningRateSchedule
 
 __all__ = [
     "SGD",
+    "AdamW",
+    "variable_groups",
     "PolyDecay",
     "PolyLearningRateSchedule",
     "SegmentationImageLogger",

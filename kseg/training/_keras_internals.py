@@ -14,7 +14,12 @@ Keras 3.15 keeps these without documenting them:
   `on_train_begin` restores from (the `.bkp` copies when the latest is
   unreadable), so kseg's subclass writes exactly those;
 - `Layer._flatten_layers(include_self=True, recursive=True)`: a layer and every
-  layer it holds, however nested (`.layers` lists only a Model's own).
+  layer it holds, however nested (`.layers` lists only a Model's own);
+- `Optimizer._apply_weight_decay(variables)`, the decoupled decay that `apply`
+  runs before the updates with the base learning rate, which kseg's `SGD` and
+  `AdamW` (training/optimizers.py) override to do nothing, as they decay in
+  `update_step` with each variable's rate; and `Optimizer._use_weight_decay(variable)`,
+  False for what `exclude_from_weight_decay` excludes, which they honour.
 
 tests/training/test_keras_internals.py checks each of them on a small model and
 fails naming the Keras version when one changes.

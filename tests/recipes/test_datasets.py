@@ -68,6 +68,10 @@ def test_paper_configuration_of_each_dataset(dataset, tmp_path):
     assert args.aux_weight == 0.4
     assert args.val_size == val_size
     assert not args.compact
+    # Poly power 0.9 (DeepLab, TPAMI 2017, section 4), no warm-up, one rate, decay on all.
+    assert (args.poly_power, args.warmup_steps, args.warmup_mode) == (0.9, 0, "multiply")
+    assert args.lr_multipliers == {} and args.decay_exclude == ()
+    assert getattr(args, "eval_stride", None) is None
 
 
 def test_demo_and_voc_entry_point_configurations(tmp_path):
@@ -89,7 +93,9 @@ def test_demo_and_voc_entry_point_configurations(tmp_path):
     # U-Net: the paper's network (compact in the demo) unless an encoder is named.
     unet = train.parse_args(["--model", "unet"])
     assert unet.backbone == "none" and unet.compact and unet.backbone_weights is None
-    paper = train.parse_args(["--dataset", "ade20k", "--data-dir", str(tmp_path), "--model", "unet"])
+    paper = train.parse_args(
+        ["--dataset", "ade20k", "--data-dir", str(tmp_path), "--model", "unet"]
+    )
     assert paper.backbone == "none" and not paper.compact and paper.backbone_weights is None
     encoder = train.parse_args(["--model", "unet", "--backbone", "xception65", "--smoke"])
     assert encoder.backbone == "xception65" and encoder.compact
@@ -119,7 +125,7 @@ def test_every_batch_norm_has_the_momentum_of_torch(model_name, backbone):
     assert norms and {layer.momentum for layer in norms} == {0.9}
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+@pytest.mark.parametrize("optimizer", ["adam", "sgd", "adamw"])
 def test_compiled_model_has_its_optimizer_variables_before_fit(optimizer, tmp_path):
     # Built in `fit` instead, on TensorFlow they are created inside the first trace of the
     # train step, and tf.function then traces the whole step a second time.
@@ -130,7 +136,108 @@ def test_compiled_model_has_its_optimizer_variables_before_fit(optimizer, tmp_pa
     assert model.optimizer.built
     # Adam's two moments, SGD's momentum: the kernel's slots exist already.
     slots = [v for v in model.optimizer.variables if "kernel" in v.path]
-    assert len(slots) == (2 if optimizer == "adam" else 1), [v.path for v in slots]
+    assert len(slots) == (1 if optimizer == "sgd" else 2), [v.path for v in slots]
+
+
+# SegFormer as mmsegmentation 1.x trains it, written out from configs/segformer/
+# segformer_mit-b0_8xb2-160k_ade20k-512x512.py and segformer_mit-b0_8xb1-160k_cityscapes-
+# 1024x1024.py: AdamW lr 0.00006, weight_decay 0.01; custom_keys 'head': lr_mult 10 (kseg:
+# decode_head, classifier), 'norm': decay_mult 0; LinearLR(start_factor=1e-6, end=1500) then
+# PolyLR(power=1.0, eta_min=0, begin=1500, end=160000); mit_b0 pretrained on ImageNet.
+SEGFORMER = {
+    "optimizer": "adamw",
+    "lr": 6e-5,
+    "weight_decay": 0.01,
+    "lr_multipliers": {"decode_head": 10.0, "classifier": 10.0},
+    "decay_exclude": ("norm",),
+    "warmup_steps": 1500,
+    "warmup_start_factor": 1e-6,
+    "warmup_mode": "sequential",
+    "poly_power": 1.0,
+    "backbone": "mit_b0",
+    "backbone_weights": "imagenet",
+}
+#: crop, batch (GPUs x per GPU), iterations, sliding-window stride of the final evaluation.
+SEGFORMER_DATA = {
+    "ade20k": ((512, 512), 8 * 2, 160000, None),
+    "cityscapes": ((1024, 1024), 8 * 1, 160000, (768, 768)),
+    "voc": EXPECTED["voc"][:3] + (None,),  # the dataset's own crop, batch and length
+}
+
+
+@pytest.mark.parametrize("dataset", sorted(SEGFORMER_DATA))
+def test_segformer_paper_configuration(dataset):
+    import _configs
+
+    preset = _configs.paper_config(dataset, "segformer")
+    crop, batch, steps, stride = SEGFORMER_DATA[dataset]
+    assert {key: preset[key] for key in SEGFORMER} == SEGFORMER
+    assert (tuple(preset["crop_size"]), preset["batch_size"], preset["steps"]) == (
+        crop,
+        batch,
+        steps,
+    )
+    assert preset.get("eval_stride") == stride
+    # The other models keep their dataset's configuration.
+    assert _configs.paper_config(dataset, "pspnet") == {
+        **_configs.PAPER_CONFIGS[dataset],
+        "backbone": "resnet101",
+    }
+
+
+def _named_model():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="decode_head_conv")(inputs)
+    x = keras.layers.BatchNormalization(name="decode_head_norm")(x)
+    return keras.Model(inputs, keras.layers.Conv2D(3, 1, name="classifier")(x))
+
+
+def test_model_configuration_reaches_the_compiled_optimizer(monkeypatch, tmp_path):
+    """A model of `_configs.MODEL_CONFIGS` (SegFormer's, given here to PSPNet) on Cityscapes."""
+    import _configs
+
+    training = {k: v for k, v in _configs.SEGFORMER_TRAINING.items() if k != "backbone"}
+    monkeypatch.setitem(_configs.MODEL_CONFIGS, "pspnet", (training, _configs.SEGFORMER_DATA))
+    argv = ["--dataset", "cityscapes", "--data-dir", str(tmp_path), "--model", "pspnet"]
+    args = train.parse_args([*argv, "--logdir", str(tmp_path / "run")])
+    assert {key: getattr(args, key) for key in SEGFORMER if key != "backbone"} == {
+        k: v for k, v in SEGFORMER.items() if k != "backbone"
+    }
+    assert args.backbone == "resnet101" and args.eval_stride == (768, 768)
+    assert args.crop_size == (1024, 1024) and args.steps == 160000
+    # Another crop: kseg's default stride (two thirds of it), not mmseg's for 1024.
+    other = train.parse_args([*argv, "--crop-size", "512", "--decay-exclude"])
+    assert getattr(other, "eval_stride", None) is None and other.decay_exclude == ()
+
+    model = _named_model()
+    train.compile_model(model, args, 3, 160000, False, keras, kseg, 255)
+    optimizer = model.optimizer
+    assert isinstance(optimizer, kseg.training.AdamW) and optimizer.built
+    assert optimizer.weight_decay == 0.01 and optimizer.epsilon == 1e-8
+    assert optimizer.lr_multipliers == {"decode_head": 10.0, "classifier": 10.0}
+    assert optimizer.decay_exclude == ("norm",)
+    schedule = optimizer.get_config()["learning_rate"]["config"]
+    expected = dict(initial_learning_rate=6e-5, decay_steps=160000, power=1.0, warmup_steps=1500)
+    expected.update(warmup_start_factor=1e-6, warmup_mode="sequential", end_learning_rate=0.0)
+    assert {key: schedule[key] for key in expected} == expected
+
+
+def test_lr_multipliers_and_decay_exclusions_from_the_command_line(tmp_path):
+    argv = ["--smoke", "--logdir", str(tmp_path), "--lr-multipliers", "classifier=10", "conv=0.5"]
+    argv += ["--decay-exclude", "norm", "--warmup-steps", "5", "--warmup-mode", "sequential"]
+    sgd = train.parse_args([*argv, "--optimizer", "sgd", "--weight-decay", "1e-4"])
+    assert sgd.lr_multipliers == {"classifier": 10.0, "conv": 0.5}
+    assert sgd.decay_exclude == ("norm",)
+    model = _named_model()
+    train.compile_model(model, sgd, 3, 3, False, keras, kseg, 255)
+    assert isinstance(model.optimizer, kseg.training.SGD) and model.optimizer.l2 == 1e-4
+    assert model.optimizer.lr_multipliers == {"classifier": 10.0, "conv": 0.5}
+    # Shorter than the warm-up: the sequential warm-up keeps one step for the decay.
+    assert model.optimizer.get_config()["learning_rate"]["config"]["warmup_steps"] == 2
+
+    typo = train.parse_args([*argv, "--optimizer", "adamw", "--lr-multipliers", "decoder=10"])
+    with pytest.raises(SystemExit, match=r"--lr-multipliers.*matching no variable: \['decoder'\]"):
+        train.compile_model(_named_model(), typo, 3, 10, False, keras, kseg, 255)
 
 
 @pytest.mark.parametrize(
@@ -169,6 +276,14 @@ def test_crop_size_square_or_height_width(argv, crop, tmp_path):
             ["--dataset", "folder", "--data-dir", ".", "--val-dir", "/no/such"],
             "argument --val-dir: no such folder: '/no/such'",
         ),
+        (["--lr-multipliers", "head"], "argument --lr-multipliers: expected KEY=MULT .* 'head'"),
+        (["--lr-multipliers", "head=-1"], "argument --lr-multipliers: expected KEY=MULT"),
+        (
+            ["--optimizer", "adam", "--decay-exclude", "norm"],
+            "argument --decay-exclude: --optimizer adam .* takes no per-variable",
+        ),
+        (["--warmup-start-factor", "2"], r"argument --warmup-start-factor: must be in \[0, 1\]"),
+        (["--poly-power", "-1"], "argument --poly-power: must be >= 0"),
     ],
 )
 def test_bad_train_arguments_name_the_argument(argv, message, capsys):

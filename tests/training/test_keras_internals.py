@@ -131,3 +131,27 @@ def test_nested_layers_reach_inside_nested_models():
     names = {layer.name for layer in _keras_internals.nested_layers(model)}
     if not {model.name, "sub", "inner", "head"} <= names:
         _fail("Layer._flatten_layers", f"layers {sorted(names)} without the nested 'inner'")
+
+
+def test_weight_decay_hooks_are_the_ones_apply_uses():
+    for name in ("_apply_weight_decay", "_use_weight_decay"):
+        if not callable(getattr(keras.optimizers.AdamW, name, None)):
+            _fail(f"Optimizer.{name}")
+    calls = []
+
+    class _Probe(keras.optimizers.AdamW):
+        def _apply_weight_decay(self, variables):
+            calls.append(len(variables))
+
+    variable = keras.Variable(np.ones(2, "float32"), name="kernel")
+    zero = keras.ops.zeros((2,))
+    _Probe(0.1, weight_decay=0.5).apply_gradients([(zero, variable)])
+    if calls != [1]:
+        _fail("Optimizer._apply_weight_decay", "not called by apply")
+    # A zero gradient moves nothing in Adam: with the hook overridden, nothing decays either.
+    if not np.allclose(keras.ops.convert_to_numpy(variable), 1.0):
+        _fail("Optimizer._apply_weight_decay", "not the only place where Keras decays")
+    optimizer = keras.optimizers.AdamW(0.1)
+    optimizer.exclude_from_weight_decay(var_names=["kern"])
+    if optimizer._use_weight_decay(variable):
+        _fail("Optimizer._use_weight_decay", "True for a variable excluded by name")
