@@ -481,8 +481,9 @@ def segment_sum_rows(data, segment_ids, num_segments):
 
     Keras' torch `segment_sum` copies the ids to the full shape of `data` as int64 and
     runs `scatter_reduce`; `index_add_` is the same sum without the copy (187,500 x 21
-    float32 rows into 253,221: about 10x faster on a 2-core CPU; benchmarks/README.md,
-    "Dense CRF"). The other backends keep `ops.segment_sum`.
+    float32 rows into 158,856, a splat of the dense CRF's lattice on a VOC image: 99 ms
+    against 259 ms on a loaded 2-core CPU; benchmarks/README.md, "Dense CRF"). The other
+    backends keep `ops.segment_sum`.
     """
     if keras.backend.backend() == "torch":
         import torch

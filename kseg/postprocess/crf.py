@@ -82,8 +82,10 @@ def dense_crf(
       Krähenbühl's and DeepLab's code (and pydensecrf): O(N) per iteration. The lattice
       of each image is built once in NumPy; the iterations run on the backend (gathers
       and segment sums). It approximates the Gaussian filtering: on a 64 x 64 image with
-      the defaults the refined probabilities differ from the exact ones by about 0.01 on
-      average (figures in benchmarks/README.md, "Dense CRF").
+      the defaults, 21 classes and 10 iterations, the refined probabilities differ from
+      the exact ones by 0.0013 on average (0.86 at worst, where mean field flips an
+      undecided pixel) and 99.4 % of the labels are equal (benchmarks/README.md,
+      "Dense CRF"). It equals pydensecrf's result to about 1e-4.
     - `"auto"` (default): exact up to 4096 pixels per image, lattice above.
 
     The function runs eagerly (the lattice is built from the image's values).
