@@ -6,7 +6,7 @@ from keras import ops
 from kseg._common import check_choice, check_float, check_int, is_eager_value
 from kseg.postprocess import lattice as _lattice
 
-#: DeepLab's VOC values (DeepLab-LargeFOV, the VGG-16 model of DeepLab v1 and v2):
+#: DeepLab's VOC values (DeepLab v1's DeepLab-LargeFOV, VGG-16):
 #: bilateral (appearance) kernel weight 4, position std 121 px, colour std 5; Gaussian
 #: (smoothness) kernel weight 3, std 3 px; 10 mean-field iterations. Sources: the
 #: cross-validated values listed in DeepLab's released `matlab/my_script/SetupEnv.m`
@@ -53,11 +53,11 @@ def dense_crf(
     Connected CRFs", ICLR 2015; "DeepLab: ... Atrous Convolution, and Fully Connected
     CRFs", TPAMI 2017). Every pixel i is a variable with the unary
     `U_i(l) = -log p_i(l)` (p clipped to at least 1e-8) and every pair of pixels is linked
-    by a Potts term weighted by two Gaussian kernels, with `p_i` the pixel's position and
-    `I_i` its RGB colour:
+    by a Potts term weighted by two Gaussian kernels, with `x_i` the pixel's position
+    (column, row) and `I_i` its RGB colour:
 
-        k(i, j) = w_b exp(-|p_i - p_j|^2 / (2 s_xy_b^2) - |I_i - I_j|^2 / (2 s_rgb^2))
-                + w_g exp(-|p_i - p_j|^2 / (2 s_xy_g^2)).
+        k(i, j) = w_b exp(-|x_i - x_j|^2 / (2 s_xy_b^2) - |I_i - I_j|^2 / (2 s_rgb^2))
+                + w_g exp(-|x_i - x_j|^2 / (2 s_xy_g^2)).
 
     Each mean-field iteration updates every pixel at once (starting from `Q = p`):
 
@@ -68,8 +68,8 @@ def dense_crf(
     ran: its released CRF (Krähenbühl's 2011 code, `PottsPotential` with per-pixel
     normalisation) filters with the permutohedral lattice, which includes each pixel's
     own contribution, and divides by the filtered ones; its parameters were
-    cross-validated with it. Unnormalised kernels without the self term (the paper's
-    eq. 4) would make weights like 4 and 3 meaningless at image scale.
+    cross-validated with it. The paper's update (unnormalised kernels summed over
+    j != i) would make weights like 4 and 3 meaningless at image scale.
     `normalization="symmetric"` uses `[D^-1/2 K D^-1/2 Q]` instead (`D = diag(n)`),
     the default of the `pydensecrf` package. A Potts compatibility penalises the
     *other* labels; it differs from the update above by a term constant over l, which
@@ -109,11 +109,12 @@ def dense_crf(
             default). Defaults to `"per_pixel"`.
         method: `"auto"`, `"exact"` or `"lattice"`. Defaults to `"auto"`.
 
-    The defaults are DeepLab-LargeFOV's on PASCAL VOC (DeepLab v1's released values, also
-    DeepLab v2's VGG-16 LargeFOV model). DeepLab v2's ResNet-101 model used
-    `bilateral_xy_std=67, bilateral_rgb_std=3, gaussian_xy_std=1` (weights 4 and 3);
-    DeepLab cross-validated `w_b`, `s_xy_b` and `s_rgb` for each model on 100 validation
-    images, so a new model deserves its own search.
+    The defaults are DeepLab v1's DeepLab-LargeFOV values on PASCAL VOC, from its released
+    code. DeepLab v2's ResNet-101 VOC model is run with `bilateral_xy_std=67,
+    bilateral_rgb_std=3, gaussian_xy_std=1` (weights 4 and 3) by ports of its released
+    test network (e.g. kazuto1011/deeplab-pytorch, configs/voc12.yaml). DeepLab
+    cross-validated `w_b`, `s_xy_b` and `s_rgb` for each model on 100 validation images,
+    so a new model deserves its own search.
 
     Returns:
         float32 refined probabilities of the input's shape (a backend tensor). The labels
