@@ -5,7 +5,18 @@ first use, as are `kseg.inference` and `kseg.export`, so `import kseg` stays lig
 backend-neutral.
 """
 
-from kseg import backbones, convert, initializers, layers, losses, metrics, models, ops, utils
+from kseg import (
+    backbones,
+    convert,
+    initializers,
+    layers,
+    losses,
+    metrics,
+    models,
+    ops,
+    postprocess,
+    utils,
+)
 
 __version__ = "0.1.0"
 
@@ -17,6 +28,7 @@ __all__ = [
     "models",
     "losses",
     "metrics",
+    "postprocess",
     "utils",
     "convert",
 ]

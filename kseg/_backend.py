@@ -12,7 +12,8 @@ backends through this module; tests/test_layout.py checks it. Here:
   (`predict_keeps_intermediates`, for `kseg.inference`'s lean runner);
 - the forms JAX's export tracing (symbolic sizes; jax2tf, jax2onnx) needs:
   `int_range`, `divmod_nonnegative`, `set_at`, `is_symbolic_dim`;
-- the cross-replica sums and gathers of losses and metrics under `tf.distribute`.
+- the cross-replica sums and gathers of losses and metrics under `tf.distribute`;
+- the row sums of the dense CRF's lattice (`segment_sum_rows`).
 """
 
 import contextlib
@@ -473,6 +474,25 @@ def count_bins(index, num_bins, weights=None):
     if weights is None:
         weights = ops.ones_like(index)
     return ops.segment_sum(ops.cast(weights, "int32"), index, num_segments=num_bins)
+
+
+def segment_sum_rows(data, segment_ids, num_segments):
+    """`ops.segment_sum(data, segment_ids, num_segments)` of a float `(R, C)` array.
+
+    Keras' torch `segment_sum` copies the ids to the full shape of `data` as int64 and
+    runs `scatter_reduce`; `index_add_` is the same sum without the copy (187,500 x 21
+    float32 rows into 158,856, a splat of the dense CRF's lattice on a VOC image: 99 ms
+    against 259 ms on a loaded 2-core CPU; benchmarks/README.md, "Dense CRF"). The other
+    backends keep `ops.segment_sum`.
+    """
+    if keras.backend.backend() == "torch":
+        import torch
+
+        data = ops.convert_to_tensor(data)
+        ids = ops.convert_to_tensor(segment_ids).long()
+        out = torch.zeros((num_segments, data.shape[1]), dtype=data.dtype, device=data.device)
+        return out.index_add_(0, ids, data)
+    return ops.segment_sum(data, segment_ids, num_segments=num_segments)
 
 
 def as_backend_input(x):

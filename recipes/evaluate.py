@@ -5,6 +5,7 @@
     python recipes/evaluate.py best.keras --dataset ade20k --data-dir ~/ADEChallengeData2016 \\
         --scales 0.5 0.75 1.0 1.25 1.5 1.75 --flip          # multi-scale + flip test
     python recipes/evaluate.py best.keras --dataset folder --data-dir my/val
+    python recipes/evaluate.py best.keras --data-dir ~/data --crf   # + DeepLab's dense CRF
 
 Every image is scored at its own size: with `--crop-size` (S or H W) a window
 of that size slides over the image (padded with the mean colour where it is
@@ -14,9 +15,12 @@ one window) and ADE20K, 512 x 1024 for Cityscapes (the full 1024 x 2048
 images, as in PSPNet's and mmsegmentation's sliding-window test); a folder
 and the synthetic set are scored whole unless `--crop-size` is given.
 `--scales` and `--flip` average the class probabilities of rescaled and
-mirrored copies (`kseg.inference.predict_probabilities`). Prints the mean
-IoU, the pixel accuracy and the IoU of every class, named by the class names
-the checkpoint carries.
+mirrored copies (`kseg.inference.predict_probabilities`). `--crf` then
+refines each image's averaged probabilities with DeepLab's fully connected CRF
+(`kseg.postprocess.dense_crf`, DeepLab-LargeFOV's VOC values) before the
+argmax, as DeepLab v1/v2 do at test time. Prints the mean IoU, the pixel
+accuracy and the IoU of every class, named by the class names the checkpoint
+carries.
 
 `--dataset` defaults to the dataset the checkpoint was trained on (the name
 it carries) when `--data-dir` is given and that dataset is one of the
@@ -81,6 +85,15 @@ def build_parser(prog="evaluate.py", voc_entry=False):
         if voc_entry
         else "default: the dataset's training crop (VOC, ADE20K: 512; Cityscapes: 512 1024); "
         "none (whole image) for a folder and the synthetic set",
+    )
+    parser.add_argument(
+        "--crf",
+        action="store_true",
+        help="refine each image's probabilities (after --scales and --flip, before the "
+        "argmax) with DeepLab's fully connected CRF: kseg.postprocess.dense_crf with "
+        "DeepLab-LargeFOV's VOC values (bilateral weight 4, xy std 121, rgb std 5; Gaussian "
+        "weight 3, xy std 3; 10 mean-field iterations); tune them for other models through "
+        "kseg.inference.evaluate(..., crf={...}). Costs seconds per VOC image on a CPU",
     )
     parser.add_argument(
         "--max-images", type=int, default=None, help="evaluate only the first N images"
@@ -225,8 +238,11 @@ def main(argv=None, prog="evaluate.py", voc_entry=False):
     accuracy = kseg.metrics.PixelAccuracy(scored_classes, ignore_index=ignore_index)
     tta = _common.inference_kwargs(args)
     kind = "binary, 1 sigmoid logit" if binary else f"{num_classes} classes"
-    print(f"Model {model.name} ({kind}) from {args.checkpoint}; inference {tta}.")
-    results = kseg.inference.evaluate(model, dataset, [miou, accuracy], verbose=1, **tta)
+    crf = " + dense CRF (DeepLab's VOC values)" if args.crf else ""
+    print(f"Model {model.name} ({kind}) from {args.checkpoint}; inference {tta}{crf}.")
+    results = kseg.inference.evaluate(
+        model, dataset, [miou, accuracy], verbose=1, crf=args.crf, **tta
+    )
     per_class = [float(v) for v in keras.ops.convert_to_numpy(miou.per_class_iou())]
     print()
     print(_common.format_iou_table(class_names, per_class))
@@ -245,6 +261,7 @@ def main(argv=None, prog="evaluate.py", voc_entry=False):
                     "dataset": args.dataset,
                     "split": args.split,
                     "inference": tta,
+                    "crf": args.crf,
                 },
                 f,
                 indent=2,

@@ -1,9 +1,9 @@
 """The house rules of DESIGN.md that a reader can check in the source.
 
-kseg's core (`kseg/ops`, `layers`, `backbones`, `models`, `losses`, `metrics`) and
-`kseg/inference` import only Keras, NumPy, the standard library and kseg itself, so
-that they run unchanged on every backend; backend-specific code lives in one module,
-`kseg/_backend.py`, behind `keras.backend.backend()`, which imports a framework only
+kseg's core (`kseg/ops`, `layers`, `backbones`, `models`, `losses`, `metrics`),
+`kseg/inference` and `kseg/postprocess` import only Keras, NumPy, the standard library and
+kseg itself, so that they run unchanged on every backend; backend-specific code lives in one
+module, `kseg/_backend.py`, behind `keras.backend.backend()`, which imports a framework only
 inside the function that needs it. (`kseg.data` and `training` are TensorFlow's by design,
 `export` drives Keras' exporters, and `kseg.convert` imports torch to read `.pth` files.)
 The check reads every import statement, those inside functions included, so a lazy
@@ -17,7 +17,7 @@ import sys
 import pytest
 
 KSEG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kseg")
-CORE = ("ops", "layers", "backbones", "models", "losses", "metrics", "inference")
+CORE = ("ops", "layers", "backbones", "models", "losses", "metrics", "inference", "postprocess")
 BACKEND_MODULE = "_backend.py"  # kseg/_backend.py, outside the core
 ALLOWED = {"keras", "numpy", "kseg"} | set(sys.stdlib_module_names)
 FRAMEWORKS = {"tensorflow", "jax", "jaxlib", "torch"}
@@ -73,7 +73,9 @@ def test_the_backend_module_imports_frameworks_only_where_it_uses_them():
 
 def test_the_check_sees_a_lazy_framework_import(tmp_path, monkeypatch):
     (tmp_path / "ops").mkdir()
-    (tmp_path / "ops" / "bad.py").write_text("def f():\n    import torch.nn\n    from jax import lax\n")
+    (tmp_path / "ops" / "bad.py").write_text(
+        "def f():\n    import torch.nn\n    from jax import lax\n"
+    )
     monkeypatch.setattr(sys.modules[__name__], "KSEG", str(tmp_path))
     assert list(imported_roots(os.path.join("ops", "bad.py"))) == [(2, "torch"), (3, "jax")]
     assert list(imported_roots(os.path.join("ops", "bad.py"), module_level=True)) == []

@@ -25,6 +25,9 @@ Procedure (as in mmsegmentation's `EncoderDecoder.slide_inference` and
 4. With `flip=True`, do the same for the horizontally flipped image and flip
    the result back.
 5. Average the *probabilities* of all scales and flips.
+6. In `evaluate(..., crf=True)` only: refine each image's averaged probabilities
+   with DeepLab's fully connected CRF (`kseg.postprocess.dense_crf`) before the
+   metrics (and their argmax) see them.
 
 Size buckets (`size_buckets`): every batch reaches the model padded
 bottom/right to a bucketed shape and its output is cropped back, so that a

@@ -6,9 +6,12 @@ import numpy as np
 from kseg._common import standardize_data_format
 from kseg.inference._common import _classes, _to_numpy
 from kseg.inference.tta import _average_probabilities
+from kseg.postprocess import dense_crf
 
 
-def evaluate(model, dataset, metrics, *, steps=None, reset=True, verbose=0, **predict_kwargs):
+def evaluate(
+    model, dataset, metrics, *, steps=None, reset=True, verbose=0, crf=None, **predict_kwargs
+):
     """Evaluates a model with `predict_probabilities` and returns the metric results.
 
     Runs `predict_probabilities(model, images, **predict_kwargs)` on every
@@ -24,6 +27,13 @@ def evaluate(model, dataset, metrics, *, steps=None, reset=True, verbose=0, **pr
     map of `predict`, so 2-class metrics that take label maps, such as
     `kseg.metrics.MeanIoU(2)`, score background and foreground.
 
+    With `crf`, the averaged probabilities of each image (after the scales and
+    flips) are refined by DeepLab's fully connected CRF,
+    `kseg.postprocess.dense_crf(image, probabilities, **options)`, before the
+    metrics take them (and their argmax): the images must then be RGB in [0, 255].
+    A binary model's foreground probability p goes in as the two classes
+    `[1 - p, p]`.
+
     Args:
         model: see `predict_probabilities`.
         dataset: an iterable of `(images, masks)` batches (a `tf.data.Dataset`
@@ -32,6 +42,9 @@ def evaluate(model, dataset, metrics, *, steps=None, reset=True, verbose=0, **pr
         steps: stop after this many batches. Defaults to the whole dataset.
         reset: reset the metrics first. Defaults to True.
         verbose: 1 shows a progress bar. Defaults to 0.
+        crf: None or False (default): no CRF. True: `dense_crf` with its
+            defaults (DeepLab's VOC values). A dict: those keyword arguments
+            of `dense_crf`, e.g. `{"bilateral_xy_std": 67, "gaussian_xy_std": 1}`.
         **predict_kwargs: `crop_size`, `stride`, `scales`, `flip`,
             `size_buckets`, ... for `predict_probabilities`.
 
@@ -52,6 +65,7 @@ def evaluate(model, dataset, metrics, *, steps=None, reset=True, verbose=0, **pr
     """
     if not isinstance(metrics, (list, tuple)):
         metrics = [metrics]
+    crf_options = _crf_options(crf)
     channels_first = standardize_data_format(predict_kwargs.get("data_format")) == "channels_first"
     if reset:
         for metric in metrics:
@@ -67,6 +81,8 @@ def evaluate(model, dataset, metrics, *, steps=None, reset=True, verbose=0, **pr
                 f"Received: images.shape={images.shape}"
             )
         probs, _ = _average_probabilities(model, images, **predict_kwargs)
+        if crf_options is not None:
+            probs = _refine(images, probs, crf_options)
         if probs.shape[-1] == 1:
             probs = _classes(probs)
         else:
@@ -84,3 +100,28 @@ def evaluate(model, dataset, metrics, *, steps=None, reset=True, verbose=0, **pr
         value = _to_numpy(metric.result())
         results[metric.name] = float(value) if value.ndim == 0 else value
     return results
+
+
+def _crf_options(crf):
+    """The keyword arguments of `dense_crf` that `crf` asks for, or None."""
+    if crf is None or crf is False:
+        return None
+    if crf is True:
+        return {}
+    if isinstance(crf, dict):
+        return dict(crf)
+    raise TypeError(
+        "Expected `crf` to be a bool or a dict of `kseg.postprocess.dense_crf` arguments. "
+        f"Received: crf={crf!r}"
+    )
+
+
+def _refine(images, probs, options):
+    """`dense_crf` of each image's probabilities (a binary model's p as `[1 - p, p]`)."""
+    binary = probs.shape[-1] == 1
+    if binary:
+        probs = np.concatenate([1.0 - probs, probs], axis=-1)
+    refined = np.stack(
+        [_to_numpy(dense_crf(image, p, **options)) for image, p in zip(images, probs)]
+    )
+    return refined[..., 1:] if binary else refined

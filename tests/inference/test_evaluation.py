@@ -6,7 +6,7 @@ import pytest
 
 import kseg
 from kseg import inference
-from tests.inference.helpers import K, pointwise_model, pointwise_numpy, random_images
+from tests.inference.helpers import K, pointwise_model, pointwise_numpy, random_images, softmax
 
 
 class _CountingMetric:
@@ -120,3 +120,48 @@ def test_evaluate_with_valid_labels_and_foreign_metrics():
     results = inference.evaluate(_model(), batches, [kseg.metrics.MeanIoU(K), Counting()])
     assert 0.0 <= results["mean_iou"] <= 1.0
     assert len(counted) == 2
+
+
+def test_evaluate_with_crf_refines_the_averaged_probabilities():
+    # The CRF takes each image's probabilities after the flip average, before the metrics.
+    from tests.postprocess.test_dense_crf import numpy_dense_crf
+
+    model = pointwise_model(seed=20)
+    images = random_images((2, 6, 7, 3), seed=21)
+    masks = np.random.default_rng(22).integers(0, K, (2, 6, 7)).astype(np.int32)
+    probs = softmax(pointwise_numpy(model, images))  # a pointwise model: flipping changes nothing
+    counter = _CountingMetric()
+    for crf, options in ((True, {}), ({"iterations": 3, "bilateral_rgb_std": 50.0}, None)):
+        options = crf if options is None else options
+        params = {"iterations": options.get("iterations", 10)}
+        if "bilateral_rgb_std" in options:
+            params["rgb_b"] = options["bilateral_rgb_std"]
+        inference.evaluate(model, [(images, masks)], counter, flip=True, crf=crf)
+        got = counter.updates[0][1]
+        expected = np.stack([numpy_dense_crf(images[b], probs[b], **params) for b in range(2)])
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+        assert np.abs(got - probs).max() > 0.1  # the CRF changed something
+    # crf=False is no CRF at all.
+    inference.evaluate(model, [(images, masks)], counter, crf=False)
+    np.testing.assert_allclose(counter.updates[0][1], probs, atol=1e-5)
+
+
+def test_evaluate_binary_model_with_crf_refines_one_minus_p_and_p():
+    from tests.postprocess.test_dense_crf import numpy_dense_crf
+
+    model = pointwise_model(seed=23, num_outputs=1)
+    images = random_images((1, 5, 6, 3), seed=24)
+    p = 1.0 / (1.0 + np.exp(-pointwise_numpy(model, images)))
+    counter = _CountingMetric()
+    inference.evaluate(model, [(images, np.zeros((1, 5, 6), np.int32))], counter, crf=True)
+    expected = numpy_dense_crf(images[0], np.concatenate([1 - p[0], p[0]], -1)).argmax(-1)
+    np.testing.assert_array_equal(counter.updates[0][1], expected[None])
+
+
+def test_evaluate_refuses_a_bad_crf_option():
+    model = pointwise_model(seed=25)
+    batch = (random_images((1, 4, 4, 3), seed=26), np.zeros((1, 4, 4), np.int32))
+    with pytest.raises(TypeError, match=r"Received: crf='yes'"):
+        inference.evaluate(model, [batch], _CountingMetric(), crf="yes")
+    with pytest.raises(ValueError, match=r"Received: method='fast'"):
+        inference.evaluate(model, [batch], _CountingMetric(), crf={"method": "fast"})
