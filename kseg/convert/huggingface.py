@@ -178,7 +178,8 @@ def read_config(folder):
     path = os.path.join(folder, "config.json")
     if not os.path.isfile(path):
         raise ValueError(
-            f"Expected a Hugging Face checkpoint folder with config.json; {folder} has none."
+            "Expected a Hugging Face checkpoint folder with config.json. Received: "
+            f"{folder}, which holds {_listing(folder)}"
         )
     with open(path, encoding="utf-8") as handle:
         try:
@@ -209,9 +210,16 @@ def read_weights(folder):
     if os.path.isfile(legacy):
         return read_state_dict(legacy)
     raise ValueError(
-        f"Expected {folder} to hold model.safetensors (or model.safetensors.index.json and its "
-        "shards) or pytorch_model.bin; it has none of them."
+        "Expected a Hugging Face checkpoint folder with model.safetensors (or "
+        "model.safetensors.index.json and its shards) or pytorch_model.bin (tf_model.h5 and "
+        f"flax weights are not read). Received: {folder}, which holds {_listing(folder)}"
     )
+
+
+def _listing(folder):
+    names = sorted(os.listdir(folder))
+    shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    return shown or "nothing"
 
 
 def file_layout(state):

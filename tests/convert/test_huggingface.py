@@ -262,6 +262,13 @@ def test_configs_kseg_does_not_build_are_refused(folder, tmp_path):
     target = _copy_folder(folder, tmp_path / "beit", config={**config, "architectures": ["Beit"]})
     with pytest.raises(ValueError, match="architectures=\\['Beit'\\]"):
         kseg.convert.from_huggingface(target)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="with config.json.*holds nothing"):
+        kseg.convert.from_huggingface(empty)
+    shutil.copy(os.path.join(folder, "config.json"), empty)
+    with pytest.raises(ValueError, match="model.safetensors.*holds config.json"):
+        kseg.convert.from_huggingface(empty)
     with pytest.raises(ValueError, match="not a file"):
         kseg.convert.from_huggingface(os.path.join(folder, "config.json"))
     with pytest.raises(ValueError, match="existing folder"):
