@@ -20,8 +20,9 @@ SMOKE_RESNET = {"blocks": (1, 1, 1, 1), "width": 4}
 #: the model's kind of backbone: the dilated models also take "compact", a small
 #: ResNet built here (demo and tests); U-Net takes "none", the paper's U-Net
 #: (compact in the smoke and demo runs), or an encoder (segmentation_models' U-Net
-#: decoder on it).
-RECIPE_BACKBONES = {"dilated": ("compact",), "unet": ("none",), "vgg16": ()}
+#: decoder on it); SegFormer takes "compact", a Mix Transformer with one block per
+#: stage and widths that scale with the compact ResNet's (`compact_mit`).
+RECIPE_BACKBONES = {"dilated": ("compact",), "unet": ("none",), "vgg16": (), "mit": ("compact",)}
 
 #: The backbone each model uses in its paper's PASCAL VOC configuration.
 PAPER_BACKBONES = {
@@ -151,6 +152,12 @@ def build_model(
             kwargs["aux_head"] = True
     elif family == "vgg16":
         kwargs["backbone_weights"] = backbone_weights
+    elif family == "mit":
+        if backbone == "compact":
+            kwargs["backbone"] = compact_mit((compact or COMPACT_RESNET)["width"])
+        else:
+            kwargs["backbone"] = backbone
+            kwargs["backbone_weights"] = backbone_weights
     elif family == "unet" and backbone != "none":
         kwargs["backbone"] = backbone
         kwargs["backbone_weights"] = backbone_weights
@@ -174,6 +181,19 @@ def ginet_embeddings(dataset):
 
     name = (dataset or {}).get("name")
     return name if name in SHIPPED_EMBEDDINGS else "learned"
+
+
+def compact_mit(width):
+    """A Mix Transformer of one block per stage, MiT-B0's widths at `width` 16."""
+    import kseg
+
+    return kseg.backbones.MixTransformer(
+        hidden_sizes=(2 * width, 4 * width, 10 * width, 16 * width),
+        depths=(1, 1, 1, 1),
+        num_heads=(1, 2, 5, 8),
+        sr_ratios=(8, 4, 2, 1),
+        name="compact_mit",
+    )
 
 
 def _compact_head_kwargs(model_name, width):
@@ -200,6 +220,7 @@ def _compact_head_kwargs(model_name, width):
             "decoder_filters": w,
         },
         "gcunet": {"unit_filters": 2 * w, "fusion_filters": 2 * w},
+        "segformer": {"decoder_filters": w},
         "glorenet": {"reduce_filters": 2 * w, "num_state": w // 2, "num_node": w // 4},
         "ginet": {"jpu_width": 2 * w, "reduce_filters": 2 * w, "num_state": w, "num_node": w // 3},
     }[model_name]

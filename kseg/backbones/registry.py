@@ -12,6 +12,8 @@ import functools
 
 from kseg.backbones import applications
 from kseg.backbones.applications import Application
+from kseg.backbones.mit import NAMES as MIT_NAMES
+from kseg.backbones.mit import MixTransformer
 from kseg.backbones.resnet import ResNet, ResNet18, ResNet34, ResNet50, ResNet101
 from kseg.backbones.vgg import VGG16
 from kseg.backbones.xception import Xception65
@@ -36,11 +38,16 @@ XCEPTION = {"xception65": Xception65}
 APPLICATIONS = {name: functools.partial(Application, name) for name in applications.NAMES}
 APPLICATION_FAMILIES = tuple(dict.fromkeys(family for _, family, _ in applications.TABLE.values()))
 
+#: SegFormer's Mix Transformer encoders, MiT-B0 ... B5 (`kseg.backbones.MixTransformer`),
+#: SegFormer's backbones. They have no dilated form: the dilated builders take them
+#: at output stride 32 only, and refuse 8 and 16 with the strides the encoder has.
+MIT = {name: functools.partial(MixTransformer, name) for name in MIT_NAMES}
+
 #: Every backbone name the dilated builders (DeepLab v2/v3/v3+, PSPNet, the
 #: ResNet FCN, GCU, GloRe and GI nets) and the encoder U-Net accept, and the
 #: families of a backbone model they accept.
-DILATED = {**RESNETS, **XCEPTION, **APPLICATIONS}
-DILATED_FAMILIES = ("resnet", "xception65", *APPLICATION_FAMILIES)
+DILATED = {**RESNETS, **XCEPTION, **APPLICATIONS, **MIT}
+DILATED_FAMILIES = ("resnet", "xception65", *APPLICATION_FAMILIES, "mit")
 
 #: The backbone name of the VGG builders (FCN-8s/16s/32s, DeepLab v1, SegNet),
 #: each of which builds its own variant.

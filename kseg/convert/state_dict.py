@@ -1,4 +1,5 @@
-"""PyTorch checkpoints (torchvision, timm, mmseg) into kseg layers: reading and strict copying.
+"""PyTorch checkpoints (torchvision, timm, mmseg, Hugging Face) into kseg layers: reading and
+strict copying.
 
 Used by `kseg.convert.from_torchvision` and by the ResNet backbones' `weights=` of the
 torch layouts (`kseg.backbones.ResNet(variant="v1.5")`). Reading a `.pth` file needs
@@ -8,7 +9,8 @@ beyond NumPy.
 A torch state dict maps dotted names to tensors. Convolution kernels are
 `(out, in, kh, kw)` in torch and `(kh, kw, in, out)` in Keras (for either
 `data_format`); BatchNorm's `weight`, `bias`, `running_mean` and `running_var`
-are Keras' `gamma`, `beta`, `moving_mean` and `moving_variance`. Copies are
+are Keras' `gamma`, `beta`, `moving_mean` and `moving_variance`; `nn.Linear` weights
+are `(out, in)`, a Keras Dense kernel `(in, out)`. Copies are
 strict: every weight of the target layers needs a source, every key of the
 checkpoint must be used (or skipped by name), every shape must agree, and
 nothing is assigned unless all of that holds.
@@ -276,14 +278,32 @@ class StrictCopy:
         self._kernel(layer, keys, lambda v: v.ndim == 4, "a 4-D conv kernel", (2, 3, 1, 0))
 
     def depthwise(self, layer, key):
-        """A DepthwiseConv2D `(kh, kw, in, 1)` from torch's grouped `(in, 1, kh, kw)` `key.weight`."""
+        """A DepthwiseConv2D `(kh, kw, in, 1)` from torch's grouped `(in, 1, kh, kw)` `key.weight`.
+
+        With `key.bias` when the layer has a bias.
+        """
+        keys = [f"{key}.weight"]
+        if getattr(layer, "use_bias", False):
+            keys.append(f"{key}.bias")
         self._kernel(
             layer,
-            [f"{key}.weight"],
+            keys,
             lambda v: v.ndim == 4 and v.shape[1] == 1,
             "a depthwise kernel (channels, 1, kh, kw)",
             (2, 3, 0, 1),
         )
+
+    def dense(self, layer, key):
+        """A Dense `(in, out)` from torch's `nn.Linear` `key.weight` `(out, in)` (and `key.bias`)."""
+        keys = [f"{key}.weight"]
+        if getattr(layer, "use_bias", False):
+            keys.append(f"{key}.bias")
+        self._kernel(layer, keys, lambda v: v.ndim == 2, "a 2-D linear weight", (1, 0))
+
+    def layer_norm(self, layer, key):
+        """A LayerNormalization from torch `key.{weight,bias}` (Keras' `gamma`, `beta`)."""
+        keys = [f"{key}.weight", f"{key}.bias"]
+        self._assign(layer, [self._take(k) for k in keys], keys)
 
     def bn(self, layer, key):
         """A BatchNormalization from torch `key.{weight,bias,running_mean,running_var}`."""

@@ -9,6 +9,12 @@ from kseg.layers.gcu import GraphConvolutionalUnit
 from kseg.layers.ginet import GraphInteractionUnit
 from kseg.layers.glore import GloReUnit
 from kseg.layers.jpu import JointPyramidUpsampling
+from kseg.layers.mix_transformer import (
+    DropPath,
+    EfficientSelfAttention,
+    MixFFN,
+    OverlapPatchEmbedding,
+)
 from kseg.layers.pooling import (
     AdaptiveAveragePooling2D,
     MaxPoolingWithArgmax2D,
@@ -37,4 +43,8 @@ __all__ = [
     "JointPyramidUpsampling",
     "CropLike",
     "ImageNormalization",
+    "OverlapPatchEmbedding",
+    "EfficientSelfAttention",
+    "MixFFN",
+    "DropPath",
 ]

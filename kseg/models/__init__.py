@@ -12,6 +12,7 @@ from kseg.models.gcunet import GCUNet
 from kseg.models.ginet import GINet, class_embedding_names, shipped_class_embeddings
 from kseg.models.glorenet import GloReNet
 from kseg.models.pspnet import PSPNet
+from kseg.models.segformer import SegFormer
 from kseg.models.segmentation_model import SegmentationModel, with_dataset
 from kseg.models.segnet import SegNet
 from kseg.models.unet import UNet
@@ -31,6 +32,7 @@ __all__ = [
     "GCUNet",
     "GloReNet",
     "GINet",
+    "SegFormer",
     "SegmentationModel",
     "with_dataset",
     "with_num_classes",

@@ -211,11 +211,15 @@ def resnet_features(
 ):
     """`backbone_features` for the dilated builders: ResNets and keras.applications encoders.
 
-    `multi_grid` applies to the last stage of a ResNet; Xception-65 and an
-    application encoder (by name) take only `output_stride` and `bn_momentum`.
+    `multi_grid` applies to the last stage of a ResNet; Xception-65, an
+    application encoder and a Mix Transformer (by name) take only
+    `output_stride` and `bn_momentum` (the Mix Transformer refuses any output
+    stride but 32).
     """
     if isinstance(backbone, str) and (
-        backbone in applications.NAMES or backbone in kbackbones.registry.XCEPTION
+        backbone in applications.NAMES
+        or backbone in kbackbones.registry.XCEPTION
+        or backbone in kbackbones.registry.MIT
     ):
         kwargs.pop("multi_grid", None)
     return backbone_features(

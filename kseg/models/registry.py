@@ -15,17 +15,20 @@ from kseg.models.gcunet import GCUNet
 from kseg.models.ginet import GINet
 from kseg.models.glorenet import GloReNet
 from kseg.models.pspnet import PSPNet
+from kseg.models.segformer import SegFormer
 from kseg.models.segnet import SegNet
 from kseg.models.unet import UNet
 
 #: The backbone names each kind of builder takes by name: the dilated builders
 #: (at output stride 8, 16 or 32) and the encoder U-Net (at 32; `backbone=None`
-#: is the paper's U-Net) the ResNets, Xception-65 and the keras.applications
-#: encoders; the VGG builders `"vgg16"`.
+#: is the paper's U-Net) the ResNets, Xception-65, the keras.applications
+#: encoders and the Mix Transformers (at 32 only); the VGG builders `"vgg16"`;
+#: SegFormer its Mix Transformers.
 BACKBONE_NAMES = {
     "dilated": tuple(backbones.DILATED),
     "unet": tuple(backbones.DILATED),
     "vgg16": tuple(backbones.VGG),
+    "mit": tuple(backbones.MIT),
 }
 
 
@@ -52,6 +55,7 @@ MODELS = {
     "gcunet": Model(GCUNet, "dilated", True),
     "glorenet": Model(GloReNet, "dilated", True),
     "ginet": Model(GINet, "dilated", True),
+    "segformer": Model(SegFormer, "mit", False),
 }
 
 

@@ -46,6 +46,18 @@ BUILDERS = {
 }
 
 
+def tiny_segformer():
+    """SegFormer on a Mix Transformer of widths 8-32, one block per stage (two in stage 2).
+
+    Tested at its training crop's token count (below), where a 64x64 image would reduce
+    its keys and values to a few positions.
+    """
+    backbone = kseg.backbones.MixTransformer(
+        hidden_sizes=(8, 16, 24, 32), depths=(1, 2, 1, 1), num_heads=(1, 2, 2, 4)
+    )
+    return kseg.models.SegFormer(num_classes=K, backbone=backbone, decoder_filters=8)
+
+
 def _randomize_zero_weights(model, seed=0):
     """Gives every all-zero trainable weight (zero-initialised gates, BN gammas,
     classifiers) small random values, so that each branch reaches the logits."""
@@ -143,6 +155,27 @@ def test_glorenet_paper_head_at_a_realistic_feature_size():
         got = infer(model, x)
         assert keras.backend.standardize_dtype(got.dtype) == "float32", policy
         assert_close_to_float32(got, expected, policy)
+
+
+def test_segformer_at_a_realistic_token_count():
+    # A 512x512 image (SegFormer's ADE20K crop) gives stage 1 128 x 128 = 16384 queries
+    # over 16 x 16 = 256 reduced keys and values: under float16 the attention's logits and
+    # softmax (computed in float32) and the LayerNorms (Keras computes them in float32)
+    # stay finite and close to float32. (bfloat16 has float32's range; one 512x512 pass
+    # costs 5-10 s on a 2-core CPU.)
+    x = np.random.default_rng(0).uniform(0, 255, (1, 512, 512, 3)).astype("float32")
+    reference = tiny_segformer()
+    _randomize_zero_weights(reference)
+    _calibrate_batch_norms(reference, x)
+    attention = reference.get_layer("mix_transformer").get_layer("stage1_block1_attention")
+    assert attention.sr_ratio == 8
+    expected = infer(reference, x)
+    keras.config.set_dtype_policy("mixed_float16")
+    model = tiny_segformer()
+    model.set_weights(reference.get_weights())
+    got = infer(model, x)
+    assert keras.backend.standardize_dtype(got.dtype) == "float32"
+    assert_close_to_float32(got, expected, "mixed_float16")
 
 
 def test_segnet_under_mixed_precision():
