@@ -196,10 +196,12 @@ def _auto_dataset(source, model, classes):
         return "none"
     from kseg.data.palette import dataset_description
 
-    wanted = [name.lower() for name in carried["class_names"]]
+    # A published checkpoint names its dataset; another is matched by its class names
+    # (compared without case and surrounding spaces: ADE20K's id2label has "bed ").
+    wanted = [name.strip().lower() for name in carried["class_names"]]
     for name in ("ade20k", "cityscapes", "voc"):
-        known = [n.lower() for n in dataset_description(name)["class_names"]]
-        if known == wanted:
+        known = [n.strip().lower() for n in dataset_description(name)["class_names"]]
+        if len(known) == len(wanted) and (carried.get("name") == name or known == wanted):
             return name
     return "checkpoint"
 
