@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from kseg._backend import erf
 from kseg._common import (
     check_float,
     check_int,
@@ -259,15 +260,32 @@ class EfficientSelfAttention(keras.layers.Layer):
         self.value.build(reduced)
         self.output_dense.build(shape)
 
+    def _whole_windows(self, x):
+        """`x` cut to whole `sr_ratio` windows: the rows and columns the reduction reads.
+
+        The strided "valid" convolution ignores the remainder anyway (torch's
+        output size `floor(h / r)`); cut first, its output size is `h // r`
+        in a form that jax2tf and jax2onnx can bound when they trace symbolic
+        sizes (the uncut form `(h - r) // r + 1` could be negative for all they
+        know, and the exports failed).
+        """
+        r = self.sr_ratio
+        shape = ops.shape(x)
+        rows, cols = (shape[1] // r) * r, (shape[2] // r) * r
+        return ops.slice(x, (0, 0, 0, 0), (shape[0], rows, cols, shape[3]))
+
     def _heads(self, x):
         """`(B, h, w, C)` -> `(B, heads, h * w, d)`."""
-        x = ops.reshape(x, (ops.shape(x)[0], -1, self.num_heads, self.head_size))
+        # The length written out, not -1: jax2tf cannot infer a -1 from symbolic sizes
+        # (it cannot decide that the product of two reduced sizes is non-negative).
+        shape = ops.shape(x)
+        x = ops.reshape(x, (shape[0], shape[1] * shape[2], self.num_heads, self.head_size))
         return ops.transpose(x, (0, 2, 1, 3))
 
     def call(self, inputs):
         x = to_channels_last(inputs, self.data_format)
         batch, height, width = ops.shape(x)[0], ops.shape(x)[1], ops.shape(x)[2]
-        reduced = x if self.sr is None else self.sr_norm(self.sr(x))
+        reduced = x if self.sr is None else self.sr_norm(self.sr(self._whole_windows(x)))
         query = self._heads(self.query(x))
         key = self._heads(self.key(reduced))
         value = self._heads(self.value(reduced))
@@ -275,7 +293,9 @@ class EfficientSelfAttention(keras.layers.Layer):
         logits = ops.matmul(
             ops.cast(query, "float32"), ops.transpose(ops.cast(key, "float32"), (0, 1, 3, 2))
         )
-        if key.shape[2] == 1:
+        # Only a size known when the graph is built: an exported graph's sizes are
+        # symbolic (jax2tf), and the softmax of one element is 1 anyway.
+        if isinstance(key.shape[2], int) and key.shape[2] == 1:
             # One key and value (a map reduced to 1x1): the softmax is exactly 1
             # (and Keras warns about a softmax over one element).
             weights = ops.ones_like(logits)
@@ -297,6 +317,16 @@ class EfficientSelfAttention(keras.layers.Layer):
             "epsilon": self.epsilon,
             "data_format": self.data_format,
         }
+
+
+def _gelu(x):
+    """The exact GELU, `x / 2 * (1 + erf(x / sqrt(2)))` (torch's `nn.GELU()`).
+
+    Written out rather than `ops.gelu(x, approximate=False)`: TensorFlow computes
+    that with `erfc`, which tf2onnx's ONNX opsets cannot express, so an ONNX export
+    from TensorFlow failed to load; `kseg._backend.erf` exports everywhere.
+    """
+    return ops.multiply(ops.multiply(x, 0.5), ops.add(1.0, erf(ops.multiply(x, 0.5**0.5))))
 
 
 @keras.saving.register_keras_serializable(package="kseg")
@@ -365,7 +395,7 @@ class MixFFN(keras.layers.Layer):
 
     def call(self, inputs):
         x = to_channels_last(inputs, self.data_format)
-        x = ops.gelu(self.dwconv(self.dense1(x)), approximate=False)
+        x = _gelu(self.dwconv(self.dense1(x)))
         return from_channels_last(self.dense2(x), self.data_format)
 
     def compute_output_shape(self, input_shape):

@@ -30,19 +30,33 @@ BUILDERS = {
         num_classes=K, backbone=tiny_resnet(16, multi_grid=(1, 2, 4)), aspp_filters=8, aux_head=True
     ),
     "deeplabv3plus": lambda: kseg.models.DeepLabV3Plus(
-        num_classes=K, backbone=tiny_resnet(8), aspp_filters=8, low_level_filters=4, decoder_filters=8
+        num_classes=K,
+        backbone=tiny_resnet(8),
+        aspp_filters=8,
+        low_level_filters=4,
+        decoder_filters=8,
     ),
     "gcunet": lambda: kseg.models.GCUNet(
         num_classes=K, backbone=tiny_resnet(8), unit_filters=8, fusion_filters=8, aux_head=True
     ),
     "glorenet": lambda: kseg.models.GloReNet(
-        num_classes=K, backbone=tiny_resnet(8), reduce_filters=16, num_state=8, num_node=4,
+        num_classes=K,
+        backbone=tiny_resnet(8),
+        reduce_filters=16,
+        num_state=8,
+        num_node=4,
         aux_head=True,
     ),
     "ginet": lambda: kseg.models.GINet(
-        num_classes=K, backbone=tiny_resnet(8), class_embeddings="learned", jpu_width=8,
-        reduce_filters=16, num_state=8, num_node=6,
+        num_classes=K,
+        backbone=tiny_resnet(8),
+        class_embeddings="learned",
+        jpu_width=8,
+        reduce_filters=16,
+        num_state=8,
+        num_node=6,
     ),
+    "segformer": lambda: tiny_segformer(),
 }
 
 

@@ -163,7 +163,11 @@ def test_channels_first_without_onednn_is_a_clear_error():
     env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
     run = subprocess.run(
         [sys.executable, "-c", _CHANNELS_FIRST_SCRIPT],
-        env=env, capture_output=True, text=True, timeout=300, check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
     )
     lines = run.stdout.strip().splitlines()
     if lines[0] == "supported":
@@ -180,3 +184,15 @@ def test_channels_first_accepted_where_supported():
         pytest.skip("no NCHW convolutions on this CPU")
     assert _backend.check_conv_data_format("channels_first") == "channels_first"
     assert _backend.check_conv_data_format("channels_last") == "channels_last"
+
+
+def test_erf_equals_the_backend_erf():
+    """`kseg._backend.erf` (a Chebyshev fit on JAX, for jax2tf) against NumPy's float64 erf."""
+    from math import erf as math_erf
+
+    from kseg._backend import erf
+
+    x = np.concatenate([np.linspace(-6.0, 6.0, 2401), [0.0, -0.0, 1e-8, -1e-8, 30.0, -30.0]])
+    expected = np.array([math_erf(v) for v in x])
+    got = keras.ops.convert_to_numpy(erf(keras.ops.convert_to_tensor(x.astype("float32"))))
+    np.testing.assert_allclose(got, expected, atol=3e-7, rtol=0)
