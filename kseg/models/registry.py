@@ -11,17 +11,20 @@ from typing import NamedTuple
 from kseg.backbones import registry as backbones
 from kseg.models.deeplab import DeepLabV1, DeepLabV2, DeepLabV3, DeepLabV3Plus
 from kseg.models.fcn import FCN8s, FCN16s, FCN32s
+from kseg.models.fpn import FPN
 from kseg.models.gcunet import GCUNet
 from kseg.models.ginet import GINet
 from kseg.models.glorenet import GloReNet
+from kseg.models.linknet import Linknet
 from kseg.models.pspnet import PSPNet
 from kseg.models.segnet import SegNet
 from kseg.models.unet import UNet
 
 #: The backbone names each kind of builder takes by name: the dilated builders
-#: (at output stride 8, 16 or 32) and the encoder U-Net (at 32; `backbone=None`
-#: is the paper's U-Net) the ResNets, Xception-65 and the keras.applications
-#: encoders; the VGG builders `"vgg16"`.
+#: (at output stride 8, 16 or 32; FPN and Linknet, listed with them, build theirs
+#: at 32) and the encoder U-Net (at 32; `backbone=None` is the paper's U-Net) the
+#: ResNets, Xception-65 and the keras.applications encoders; the VGG builders
+#: `"vgg16"`.
 BACKBONE_NAMES = {
     "dilated": tuple(backbones.DILATED),
     "unet": tuple(backbones.DILATED),
@@ -52,6 +55,8 @@ MODELS = {
     "gcunet": Model(GCUNet, "dilated", True),
     "glorenet": Model(GloReNet, "dilated", True),
     "ginet": Model(GINet, "dilated", True),
+    "fpn": Model(FPN, "dilated", False),
+    "linknet": Model(Linknet, "dilated", False),
 }
 
 
