@@ -285,6 +285,24 @@ class StrictCopy:
             (2, 3, 0, 1),
         )
 
+    def conv_transpose(self, layer, key):
+        """A Conv2DTranspose `(kh, kw, out, in)` from torch's `(in, out, kh, kw)` `key.weight`.
+
+        Both frameworks' transposed convolution is the adjoint of the same
+        correlation, so the kernel is only transposed, not flipped.
+        """
+        keys = [f"{key}.weight"]
+        if getattr(layer, "use_bias", False):
+            keys.append(f"{key}.bias")
+        self._kernel(
+            layer, keys, lambda v: v.ndim == 4, "a 4-D transposed-conv kernel", (2, 3, 1, 0)
+        )
+
+    def group_norm(self, layer, key):
+        """A GroupNormalization from torch `key.{weight,bias}` (its gamma and beta)."""
+        keys = [f"{key}.weight", f"{key}.bias"]
+        self._assign(layer, [self._take(k) for k in keys], keys)
+
     def bn(self, layer, key):
         """A BatchNormalization from torch `key.{weight,bias,running_mean,running_var}`."""
         keys = [f"{key}.{n}" for n in ("weight", "bias", "running_mean", "running_var")]
