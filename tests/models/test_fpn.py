@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import kseg
-from tests.helpers import infer
+from tests.helpers import batch_norms, infer
 
 
 def _tiny(input_shape=(None, None, 3), output_stride=32):
@@ -26,8 +26,11 @@ def _fpn(backbone=None, **kwargs):
 
 
 def test_fpn_by_name_gives_float32_logits_at_an_odd_size_and_reloads(tmp_path):
-    model = kseg.models.FPN(3, backbone="resnet18", pyramid_filters=16, segmentation_filters=32)
+    model = kseg.models.FPN(
+        3, backbone="resnet18", pyramid_filters=16, segmentation_filters=32, bn_momentum=0.8
+    )
     assert model.name == "fpn" and model.builder == "FPN"
+    assert {layer.momentum for layer in batch_norms(model)} == {0.8}  # the backbone's
     assert model.get_layer("normalize").mode == "torch"  # "auto": torchvision's ResNet-18
     # Compiled inference, not run_model_test's eager calls: on JAX an eager call compiles
     # each layer on its own; the layers' training is tested with them.

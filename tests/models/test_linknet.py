@@ -12,7 +12,7 @@ import pytest
 
 import kseg
 from kseg.backbones import feature_info
-from tests.helpers import infer
+from tests.helpers import batch_norms, infer
 
 # The tiny ResNet's features added at strides 16, 8, 4 and 2, then none.
 SKIPS = ("stage3", "stage2", "stage1", "stem", None)
@@ -25,8 +25,10 @@ def _tiny(input_shape=(None, None, 3), output_stride=32):
 
 
 def test_linknet_by_name_gives_float32_logits_at_an_odd_size_and_reloads(tmp_path):
-    model = kseg.models.Linknet(3, backbone="resnet18")
+    model = kseg.models.Linknet(3, backbone="resnet18", bn_momentum=0.8)
     assert model.name == "linknet" and model.builder == "Linknet"
+    assert {layer.momentum for layer in batch_norms(model)} == {0.8}  # backbone and decoder
+    assert len(batch_norms(model)) == len(batch_norms(model.get_layer("resnet18"))) + 15
     assert model.get_layer("normalize").mode == "torch"  # "auto": torchvision's ResNet-18
     # Compiled inference, not run_model_test's eager calls: on JAX an eager call compiles
     # each layer on its own; the layers' training is tested with them.
