@@ -21,8 +21,15 @@ SMOKE_RESNET = {"blocks": (1, 1, 1, 1), "width": 4}
 #: ResNet built here (demo and tests); U-Net takes "none", the paper's U-Net
 #: (compact in the smoke and demo runs), or an encoder (segmentation_models' U-Net
 #: decoder on it); SegFormer takes "compact", a Mix Transformer with one block per
-#: stage and widths that scale with the compact ResNet's (`compact_mit`).
-RECIPE_BACKBONES = {"dilated": ("compact",), "unet": ("none",), "vgg16": (), "mit": ("compact",)}
+#: stage and widths that scale with the compact ResNet's (`compact_mit`); the
+#: encoder-decoder models (FPN, Linknet, ...) the compact ResNet at output stride 32.
+RECIPE_BACKBONES = {
+    "dilated": ("compact",),
+    "unet": ("none",),
+    "vgg16": (),
+    "mit": ("compact",),
+    "encoder": ("compact",),
+}
 
 #: The backbone each model uses in its paper's PASCAL VOC configuration.
 PAPER_BACKBONES = {
@@ -152,6 +159,15 @@ def build_model(
             kwargs["aux_head"] = True
     elif family == "vgg16":
         kwargs["backbone_weights"] = backbone_weights
+    elif family == "encoder":
+        if backbone == "compact":
+            resnet = dict(compact or COMPACT_RESNET)
+            kwargs["backbone"] = kseg.backbones.ResNet(output_stride=32, **resnet)
+        else:
+            kwargs["backbone"] = backbone
+            kwargs["backbone_weights"] = backbone_weights
+        if aux_head:
+            kwargs["aux_head"] = True
     elif family == "mit":
         if backbone == "compact":
             kwargs["backbone"] = compact_mit((compact or COMPACT_RESNET)["width"])
@@ -221,6 +237,9 @@ def _compact_head_kwargs(model_name, width):
         },
         "gcunet": {"unit_filters": 2 * w, "fusion_filters": 2 * w},
         "segformer": {"decoder_filters": w},
+        # smp's GroupNorm(32) needs segmentation widths that are multiples of 32.
+        "fpn": {"pyramid_filters": w, "segmentation_filters": 32},
+        "linknet": {},
         "glorenet": {"reduce_filters": 2 * w, "num_state": w // 2, "num_node": w // 4},
         "ginet": {"jpu_width": 2 * w, "reduce_filters": 2 * w, "num_state": w, "num_node": w // 3},
     }[model_name]

@@ -1,9 +1,9 @@
-"""torchvision and timm as references in tests, beside the CPU torch wheel.
+"""torchvision, timm and smp as references in tests, beside the CPU torch wheel.
 
 `kseg.convert._torch_references` explains how they import where the PyPI
 torchvision wheel (a CUDA build) cannot load its compiled ops.
 
-The test sessions install both (`noxfile.py`); set `KSEG_REQUIRE_TORCH_REFERENCES=1`
+The test sessions install them (`noxfile.py`); set `KSEG_REQUIRE_TORCH_REFERENCES=1`
 (nox does) to make a missing reference an error instead of a skip.
 """
 
@@ -24,7 +24,10 @@ def _missing(module):
 
 
 def import_reference(module):
-    """Imports `torchvision` or `timm` (see `import_torch_reference`), or skips."""
+    """Imports `torchvision`, `timm` or `segmentation_models_pytorch` (smp), or skips.
+
+    All three import torchvision's model definitions (see `import_torch_reference`).
+    """
     if importlib.util.find_spec("torch") is None or importlib.util.find_spec(module) is None:
         _missing(module)
     return import_torch_reference(module)

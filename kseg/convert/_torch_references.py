@@ -6,8 +6,9 @@ fake kernels for `torchvision::nms` and `torchvision::qnms` (ops its `_C` would
 have defined). Only the pure-Python model definitions are needed to compare
 against or to benchmark, so the two op schemas (as torchvision's
 `csrc/ops/nms.cpp` declares them) are defined first when they are missing; no
-torchvision op is ever run. timm imports torchvision, so it goes through the
-same door. Used by the tests' references and by the benchmarks' peers.
+torchvision op is ever run. timm and segmentation_models_pytorch (smp, whose
+ResNet encoders subclass torchvision's) import torchvision, so they go through
+the same door. Used by the tests' references and by the benchmarks' peers.
 """
 
 import importlib
@@ -20,7 +21,8 @@ _LIBRARY = []  # keeps the op definitions alive
 
 
 def import_torch_reference(module):
-    """Imports `torchvision` or `timm`, defining torchvision's missing op schemas first."""
+    """Imports `torchvision`, `timm` or `segmentation_models_pytorch`, defining
+    torchvision's missing op schemas first."""
     import torch
 
     for schema in _OPS:

@@ -301,9 +301,27 @@ class StrictCopy:
         self._kernel(layer, keys, lambda v: v.ndim == 2, "a 2-D linear weight", (1, 0))
 
     def layer_norm(self, layer, key):
-        """A LayerNormalization from torch `key.{weight,bias}` (Keras' `gamma`, `beta`)."""
+        """A LayerNormalization (or GroupNormalization) from torch `key.{weight,bias}`.
+
+        Keras' `gamma` and `beta`, in that order, for either layer.
+        """
         keys = [f"{key}.weight", f"{key}.bias"]
         self._assign(layer, [self._take(k) for k in keys], keys)
+
+    group_norm = layer_norm
+
+    def conv_transpose(self, layer, key):
+        """A Conv2DTranspose `(kh, kw, out, in)` from torch's `(in, out, kh, kw)` `key.weight`.
+
+        Both frameworks' transposed convolution is the adjoint of the same
+        correlation, so the kernel is only transposed, not flipped.
+        """
+        keys = [f"{key}.weight"]
+        if getattr(layer, "use_bias", False):
+            keys.append(f"{key}.bias")
+        self._kernel(
+            layer, keys, lambda v: v.ndim == 4, "a 4-D transposed-conv kernel", (2, 3, 1, 0)
+        )
 
     def bn(self, layer, key):
         """A BatchNormalization from torch `key.{weight,bias,running_mean,running_var}`."""

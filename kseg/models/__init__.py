@@ -8,9 +8,11 @@ another class count (fine-tuning).
 from kseg.models.deeplab import DeepLabV1, DeepLabV2, DeepLabV3, DeepLabV3Plus
 from kseg.models.fcn import DilatedFCN, FCN8s, FCN16s, FCN32s
 from kseg.models.fine_tuning import with_num_classes
+from kseg.models.fpn import FPN
 from kseg.models.gcunet import GCUNet
 from kseg.models.ginet import GINet, class_embedding_names, shipped_class_embeddings
 from kseg.models.glorenet import GloReNet
+from kseg.models.linknet import Linknet
 from kseg.models.pspnet import PSPNet
 from kseg.models.segformer import SegFormer
 from kseg.models.segmentation_model import SegmentationModel, with_dataset
@@ -23,6 +25,8 @@ __all__ = [
     "FCN8s",
     "DilatedFCN",
     "UNet",
+    "FPN",
+    "Linknet",
     "SegNet",
     "PSPNet",
     "DeepLabV1",

@@ -268,3 +268,26 @@ def outputs_dict(main, aux=None, **extra):
         outs["aux"] = aux
     outs.update({k: v for k, v in extra.items() if v is not None})
     return main if len(outs) == 1 else outs
+
+
+def skip_features(info, strides):
+    """`{stride: key}`: the backbone's last feature with each true stride (None where none).
+
+    The skips of the encoder-decoder builders (FPN, Linknet), read from
+    `feature_info`, never from a position in the list of features.
+    """
+    return {
+        stride: next((s.key for s in reversed(info.features) if s.stride == stride), None)
+        for stride in strides
+    }
+
+
+def require_output_stride(info, output_stride, model):
+    """Raises unless the backbone's deepest feature has the true stride `output_stride`."""
+    stride = info.stride(info.high_level)
+    if stride != output_stride:
+        raise ValueError(
+            f"The {model} decoder starts from a stride-{output_stride} feature: build the "
+            f"backbone with `output_stride={output_stride}`. Received: a {info.family} backbone "
+            f"({info.variant!r}) at output stride {stride}"
+        )

@@ -11,9 +11,11 @@ from typing import NamedTuple
 from kseg.backbones import registry as backbones
 from kseg.models.deeplab import DeepLabV1, DeepLabV2, DeepLabV3, DeepLabV3Plus
 from kseg.models.fcn import FCN8s, FCN16s, FCN32s
+from kseg.models.fpn import FPN
 from kseg.models.gcunet import GCUNet
 from kseg.models.ginet import GINet
 from kseg.models.glorenet import GloReNet
+from kseg.models.linknet import Linknet
 from kseg.models.pspnet import PSPNet
 from kseg.models.segformer import SegFormer
 from kseg.models.segnet import SegNet
@@ -22,13 +24,15 @@ from kseg.models.unet import UNet
 #: The backbone names each kind of builder takes by name: the dilated builders
 #: (at output stride 8, 16 or 32) and the encoder U-Net (at 32; `backbone=None`
 #: is the paper's U-Net) the ResNets, Xception-65, the keras.applications
-#: encoders and the Mix Transformers (at 32 only); the VGG builders `"vgg16"`;
-#: SegFormer its Mix Transformers.
+#: encoders and the Mix Transformers (at 32 only); the encoder-decoder models
+#: that build their encoder at output stride 32 (FPN, Linknet) the same names;
+#: the VGG builders `"vgg16"`; SegFormer its Mix Transformers.
 BACKBONE_NAMES = {
     "dilated": tuple(backbones.DILATED),
     "unet": tuple(backbones.DILATED),
     "vgg16": tuple(backbones.VGG),
     "mit": tuple(backbones.MIT),
+    "encoder": tuple(backbones.DILATED),
 }
 
 
@@ -56,6 +60,8 @@ MODELS = {
     "glorenet": Model(GloReNet, "dilated", True),
     "ginet": Model(GINet, "dilated", True),
     "segformer": Model(SegFormer, "mit", False),
+    "fpn": Model(FPN, "encoder", False),
+    "linknet": Model(Linknet, "encoder", False),
 }
 
 

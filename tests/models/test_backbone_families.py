@@ -2,7 +2,7 @@
 
 The smallest member of each family is built by name (random weights) under
 PSPNet, DeepLab v3 and v3+, the GCU, GloRe and GI nets and U-Net, on an odd
-input size. The test then reads which encoder features the head consumes, and
+input size (every member with `-m large`, and under FPN and Linknet too). The test then reads which encoder features the head consumes, and
 their rows, columns and channels, and compares them with what the papers'
 tables give for the roles that builder needs at the output stride it runs at
 (tests/backbones/families.py; kseg's own ResNet-50 and Xception-65 below). A
@@ -49,11 +49,21 @@ BUILDERS = {
     "GINet": (8, (8, 16, 32)),
     "UNet": (32, (2, 4, 8, 16, 32)),
 }
+# Builders tried on every member only with `-m large` (each adds a build per member):
+# FPN reads the stride 4 ... 32 features, Linknet adds the stride 2 ... 16 ones.
+LARGE_BUILDERS = {
+    "FPN": (32, (4, 8, 16, 32)),
+    "Linknet": (32, (2, 4, 8, 16, 32)),
+}
+# The encoder-decoder builders build their backbone at output stride 32 and take no
+# `output_stride`.
+STRIDE_32 = ("UNet", "FPN", "Linknet")
+HEADS = {**BUILDERS, **LARGE_BUILDERS}
 
 
 def _output_stride(builder, family):
     """The builder's default, or the smallest larger one the family offers."""
-    default = BUILDERS[builder][0]
+    default = HEADS[builder][0]
     return min(stride for stride in STRIDES[family] if stride >= default)
 
 
@@ -62,7 +72,7 @@ def _expected(builder, name, output_stride):
     family, channels = MEMBERS[name]
     channels = dict(zip((2, 4, 8, 16, 32), channels))
     out = []
-    for nominal in BUILDERS[builder][1]:
+    for nominal in HEADS[builder][1]:
         if channels[nominal] is None:  # ConvNeXt has no stride-2 feature
             continue
         stride = min(nominal, output_stride)
@@ -94,7 +104,7 @@ def _consumed(model, encoder):
 def _build_and_check(builder, name):
     family = MEMBERS[name][0]
     output_stride = _output_stride(builder, family)
-    kwargs = {} if builder == "UNet" else {"output_stride": output_stride}
+    kwargs = {} if builder in STRIDE_32 else {"output_stride": output_stride}
     if builder == "DeepLabV3" and name == "resnet18":
         # DeepLab v3's default multi-grid (1, 2, 4) is one rate per block of a 3-block
         # last stage; ResNet-18's has 2 blocks.
@@ -127,4 +137,11 @@ def test_every_family_builds_every_model(builder, name):
 @pytest.mark.parametrize("builder", sorted(BUILDERS))
 @pytest.mark.parametrize("name", [name for name in MEMBERS if name not in DEFAULT])
 def test_every_member_builds_every_model(builder, name):
+    _build_and_check(builder, name)
+
+
+@pytest.mark.large
+@pytest.mark.parametrize("builder", sorted(LARGE_BUILDERS))
+@pytest.mark.parametrize("name", list(MEMBERS))
+def test_every_member_builds_the_encoder_decoder_models(builder, name):
     _build_and_check(builder, name)
