@@ -332,6 +332,19 @@ def write_images(folder, count, size=32):
     return folder
 
 
+# The encoder-decoder and transformer models on their compact networks: 20-60 s a run on a
+# 2-core CPU (-m large); SegFormer's smoke run is in the default suite through
+# tests/recipes/test_convert_huggingface.py (fine-tuning a converted checkpoint).
+@pytest.mark.large
+@pytest.mark.parametrize("model", ["segformer", "fpn", "linknet", "unetplusplus", "upernet"])
+def test_smoke_run_of_the_encoder_decoder_models(env, tmp_path, model):
+    logdir = tmp_path / "run"
+    result = run_recipe(env, "train.py", "--smoke", "--model", model, "--logdir", logdir)
+    present = [v for v in parse_iou_table(result.stdout).values() if v is not None]
+    np.testing.assert_allclose(parse_miou(result.stdout), np.mean(present), atol=5e-4)
+    assert (logdir / "best.keras").is_file()
+
+
 # Full-size encoders take 1-2 minutes a run on a 2-core CPU (-m large); the default suite
 # builds the recipe's models on named encoders in tests/recipes/test_datasets.py.
 @pytest.mark.large
