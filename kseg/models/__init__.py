@@ -15,6 +15,7 @@ from kseg.models.pspnet import PSPNet
 from kseg.models.segmentation_model import SegmentationModel, with_dataset
 from kseg.models.segnet import SegNet
 from kseg.models.unet import UNet
+from kseg.models.unetplusplus import UNetPlusPlus
 
 __all__ = [
     "FCN32s",
@@ -22,6 +23,7 @@ __all__ = [
     "FCN8s",
     "DilatedFCN",
     "UNet",
+    "UNetPlusPlus",
     "SegNet",
     "PSPNet",
     "DeepLabV1",

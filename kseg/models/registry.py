@@ -17,11 +17,12 @@ from kseg.models.glorenet import GloReNet
 from kseg.models.pspnet import PSPNet
 from kseg.models.segnet import SegNet
 from kseg.models.unet import UNet
+from kseg.models.unetplusplus import UNetPlusPlus
 
 #: The backbone names each kind of builder takes by name: the dilated builders
-#: (at output stride 8, 16 or 32) and the encoder U-Net (at 32; `backbone=None`
-#: is the paper's U-Net) the ResNets, Xception-65 and the keras.applications
-#: encoders; the VGG builders `"vgg16"`.
+#: (at output stride 8, 16 or 32; UNet++ at 32 only) and the
+#: encoder U-Net (at 32; `backbone=None` is the paper's U-Net) the ResNets,
+#: Xception-65 and the keras.applications encoders; the VGG builders `"vgg16"`.
 BACKBONE_NAMES = {
     "dilated": tuple(backbones.DILATED),
     "unet": tuple(backbones.DILATED),
@@ -52,6 +53,7 @@ MODELS = {
     "gcunet": Model(GCUNet, "dilated", True),
     "glorenet": Model(GloReNet, "dilated", True),
     "ginet": Model(GINet, "dilated", True),
+    "unetplusplus": Model(UNetPlusPlus, "dilated", False),
 }
 
 
