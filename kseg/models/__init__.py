@@ -16,6 +16,7 @@ from kseg.models.segmentation_model import SegmentationModel, with_dataset
 from kseg.models.segnet import SegNet
 from kseg.models.unet import UNet
 from kseg.models.unetplusplus import UNetPlusPlus
+from kseg.models.upernet import UPerNet
 
 __all__ = [
     "FCN32s",
@@ -33,6 +34,7 @@ __all__ = [
     "GCUNet",
     "GloReNet",
     "GINet",
+    "UPerNet",
     "SegmentationModel",
     "with_dataset",
     "with_num_classes",

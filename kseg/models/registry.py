@@ -18,9 +18,10 @@ from kseg.models.pspnet import PSPNet
 from kseg.models.segnet import SegNet
 from kseg.models.unet import UNet
 from kseg.models.unetplusplus import UNetPlusPlus
+from kseg.models.upernet import UPerNet
 
 #: The backbone names each kind of builder takes by name: the dilated builders
-#: (at output stride 8, 16 or 32; UNet++ at 32 only) and the
+#: (at output stride 8, 16 or 32; UNet++ and UPerNet at 32 only) and the
 #: encoder U-Net (at 32; `backbone=None` is the paper's U-Net) the ResNets,
 #: Xception-65 and the keras.applications encoders; the VGG builders `"vgg16"`.
 BACKBONE_NAMES = {
@@ -54,6 +55,7 @@ MODELS = {
     "glorenet": Model(GloReNet, "dilated", True),
     "ginet": Model(GINet, "dilated", True),
     "unetplusplus": Model(UNetPlusPlus, "dilated", False),
+    "upernet": Model(UPerNet, "dilated", True),
 }
 
 
