@@ -1,14 +1,15 @@
 """Every backbone family under every builder that takes a backbone, on every backend.
 
 The smallest member of each family is built by name (random weights) under
-PSPNet, DeepLab v3 and v3+, the GCU, GloRe and GI nets and U-Net, on an odd
-input size. The test then reads which encoder features the head consumes, and
-their rows, columns and channels, and compares them with what the papers'
-tables give for the roles that builder needs at the output stride it runs at
-(tests/backbones/families.py; kseg's own ResNet-50 and Xception-65 below). A
-builder that reads the wrong role, a family whose features do not fit a head,
-or a stride that does not compose fails here on each backend. The numerics of
-each head are tested against their references in the builders' own tests.
+PSPNet, DeepLab v3 and v3+, the GCU, GloRe and GI nets and U-Net (every member
+under UNet++ and UPerNet with `-m large`), on an odd input size. The test then
+reads which encoder features the head consumes, and their rows, columns and
+channels, and compares them with what the papers' tables give for the roles
+that builder needs at the output stride it runs at (tests/backbones/families.py;
+kseg's own ResNet-50 and Xception-65 below). A builder that reads the wrong
+role, a family whose features do not fit a head, or a stride that does not
+compose fails here on each backend. The numerics of each head are tested
+against their references in the builders' own tests.
 """
 
 import pytest
@@ -49,11 +50,23 @@ BUILDERS = {
     "GINet": (8, (8, 16, 32)),
     "UNet": (32, (2, 4, 8, 16, 32)),
 }
+# UNet++ reads U-Net's features and UPerNet DeepLab v3+'s and GINet's, which the default
+# suite checks on every family: their whole matrix is `large` (a full-size encoder each).
+LARGE_BUILDERS = {
+    "UNetPlusPlus": (32, (2, 4, 8, 16, 32)),
+    "UPerNet": (32, (4, 8, 16, 32)),
+}
+# The builders that run their backbone at output stride 32 only (no `output_stride`).
+STRIDE_32 = ("UNet", "UNetPlusPlus", "UPerNet")
+
+
+def _builder_entry(builder):
+    return BUILDERS[builder] if builder in BUILDERS else LARGE_BUILDERS[builder]
 
 
 def _output_stride(builder, family):
     """The builder's default, or the smallest larger one the family offers."""
-    default = BUILDERS[builder][0]
+    default = _builder_entry(builder)[0]
     return min(stride for stride in STRIDES[family] if stride >= default)
 
 
@@ -62,7 +75,7 @@ def _expected(builder, name, output_stride):
     family, channels = MEMBERS[name]
     channels = dict(zip((2, 4, 8, 16, 32), channels))
     out = []
-    for nominal in BUILDERS[builder][1]:
+    for nominal in _builder_entry(builder)[1]:
         if channels[nominal] is None:  # ConvNeXt has no stride-2 feature
             continue
         stride = min(nominal, output_stride)
@@ -94,7 +107,7 @@ def _consumed(model, encoder):
 def _build_and_check(builder, name):
     family = MEMBERS[name][0]
     output_stride = _output_stride(builder, family)
-    kwargs = {} if builder == "UNet" else {"output_stride": output_stride}
+    kwargs = {} if builder in STRIDE_32 else {"output_stride": output_stride}
     if builder == "DeepLabV3" and name == "resnet18":
         # DeepLab v3's default multi-grid (1, 2, 4) is one rate per block of a 3-block
         # last stage; ResNet-18's has 2 blocks.
@@ -127,4 +140,11 @@ def test_every_family_builds_every_model(builder, name):
 @pytest.mark.parametrize("builder", sorted(BUILDERS))
 @pytest.mark.parametrize("name", [name for name in MEMBERS if name not in DEFAULT])
 def test_every_member_builds_every_model(builder, name):
+    _build_and_check(builder, name)
+
+
+@pytest.mark.large
+@pytest.mark.parametrize("builder", sorted(LARGE_BUILDERS))
+@pytest.mark.parametrize("name", list(MEMBERS))
+def test_every_member_builds_unetplusplus_and_upernet(builder, name):
     _build_and_check(builder, name)
