@@ -36,14 +36,19 @@ def reference(smp):
     return randomize_batchnorm(model)
 
 
-@pytest.fixture(scope="module")
-def model(reference):
-    """The kseg model of the reference's config (`resnet18` by name), holding its weights."""
+def _convert(reference):
+    """The kseg model of an smp UnetPlusPlus's config, holding its weights."""
     model = _smp_decoders.build_from_config(reference.config, "UnetPlusPlus")
     copy = StrictCopy(read_state_dict(reference.state_dict()), "smp UnetPlusPlus")
     _smp_decoders.copy_encoder(copy, model)
     _smp_decoders.copy_unetplusplus(copy, model)
     return copy.finish(model)
+
+
+@pytest.fixture(scope="module")
+def model(reference):
+    """The kseg model of the reference (`resnet18` by name)."""
+    return _convert(reference)
 
 
 def _images(h, w, batch=1, seed=0):
@@ -58,6 +63,21 @@ def test_logits_equal_smp(reference, model):
         expected = nhwc(reference(torch_input(x)))
     got = infer(model, x)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+
+
+@pytest.mark.large
+@pytest.mark.parametrize("encoder", ["resnet34", "resnet50"])
+def test_smp_defaults_on_full_size_encoders(smp, encoder):
+    # smp's default encoder and decoder widths (256, 128, 64, 32, 16); ResNet-50 as v1.5.
+    import torch
+
+    torch.manual_seed(0)
+    reference = randomize_batchnorm(smp.UnetPlusPlus(encoder, encoder_weights=None, classes=3))
+    x = _images(64, 96)
+    with torch.no_grad():
+        expected = nhwc(reference(torch_input(x)))
+    # The full-width decoder's logits reach ~10^2 (UNet++): 1e-4 of their scale.
+    assert_matches(infer(_convert(reference), x), expected)
 
 
 def test_the_layout_of_smp_by_name_at_an_odd_size(model):

@@ -23,14 +23,13 @@ from tests.torch_refs import (
 )
 
 
-@pytest.fixture(scope="module")
-def reference():
-    """smp's UPerNet on ResNet-18 (random weights, BN and LayerNorm terms), built once."""
+def _smp_upernet(encoder, **kwargs):
+    """smp's UPerNet with random weights, BN statistics and LayerNorm terms."""
     import torch
 
     smp = import_reference("segmentation_models_pytorch")
     torch.manual_seed(0)
-    model = smp.UPerNet("resnet18", encoder_weights=None, classes=3, decoder_channels=32)
+    model = smp.UPerNet(encoder, encoder_weights=None, classes=3, **kwargs)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for norm in model.decoder.feature_norms:  # torch initialises them to 1 and 0
@@ -40,13 +39,24 @@ def reference():
 
 
 @pytest.fixture(scope="module")
-def model(reference):
-    """The kseg model of the reference's config (`resnet18` by name), holding its weights."""
+def reference():
+    """smp's UPerNet on ResNet-18, 32 wide, built once."""
+    return _smp_upernet("resnet18", decoder_channels=32)
+
+
+def _convert(reference):
+    """The kseg model of an smp UPerNet's config, holding its weights."""
     model = _smp_decoders.build_from_config(reference.config, "UPerNet")
     copy = StrictCopy(read_state_dict(reference.state_dict()), "smp UPerNet")
     _smp_decoders.copy_encoder(copy, model)
     _smp_decoders.copy_upernet(copy, model)
     return copy.finish(model)
+
+
+@pytest.fixture(scope="module")
+def model(reference):
+    """The kseg model of the reference (`resnet18` by name)."""
+    return _convert(reference)
 
 
 def _images(h, w, batch=1, seed=0):
@@ -61,6 +71,20 @@ def test_logits_equal_smp(reference, model):
         expected = nhwc(reference(torch_input(x)))
     got = infer(model, x)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+
+
+@pytest.mark.large
+@pytest.mark.parametrize("encoder", ["resnet34", "resnet50"])
+def test_smp_defaults_on_full_size_encoders(encoder):
+    # smp's default encoder and decoder width (256); ResNet-50 as v1.5.
+    import torch
+
+    reference = _smp_upernet(encoder)
+    x = _images(64, 96)
+    with torch.no_grad():
+        expected = nhwc(reference(torch_input(x)))
+    # The full-width decoder's logits reach ~10^2 (UNet++): 1e-4 of their scale.
+    assert_matches(infer(_convert(reference), x), expected)
 
 
 def test_smp_layout_by_name_at_an_odd_size(model):
