@@ -240,6 +240,8 @@ def _compact_head_kwargs(model_name, width):
         # smp's GroupNorm(32) needs segmentation widths that are multiples of 32.
         "fpn": {"pyramid_filters": w, "segmentation_filters": 32},
         "linknet": {},
+        "unetplusplus": {"decoder_filters": tuple(max(w // 2**i, 4) for i in range(5))},
+        "upernet": {"decoder_filters": 2 * w},
         "glorenet": {"reduce_filters": 2 * w, "num_state": w // 2, "num_node": w // 4},
         "ginet": {"jpu_width": 2 * w, "reduce_filters": 2 * w, "num_state": w, "num_node": w // 3},
     }[model_name]

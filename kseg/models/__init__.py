@@ -18,6 +18,8 @@ from kseg.models.segformer import SegFormer
 from kseg.models.segmentation_model import SegmentationModel, with_dataset
 from kseg.models.segnet import SegNet
 from kseg.models.unet import UNet
+from kseg.models.unetplusplus import UNetPlusPlus
+from kseg.models.upernet import UPerNet
 
 __all__ = [
     "FCN32s",
@@ -27,6 +29,7 @@ __all__ = [
     "UNet",
     "FPN",
     "Linknet",
+    "UNetPlusPlus",
     "SegNet",
     "PSPNet",
     "DeepLabV1",
@@ -37,6 +40,7 @@ __all__ = [
     "GloReNet",
     "GINet",
     "SegFormer",
+    "UPerNet",
     "SegmentationModel",
     "with_dataset",
     "with_num_classes",

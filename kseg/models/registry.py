@@ -20,12 +20,15 @@ from kseg.models.pspnet import PSPNet
 from kseg.models.segformer import SegFormer
 from kseg.models.segnet import SegNet
 from kseg.models.unet import UNet
+from kseg.models.unetplusplus import UNetPlusPlus
+from kseg.models.upernet import UPerNet
 
 #: The backbone names each kind of builder takes by name: the dilated builders
 #: (at output stride 8, 16 or 32) and the encoder U-Net (at 32; `backbone=None`
 #: is the paper's U-Net) the ResNets, Xception-65, the keras.applications
 #: encoders and the Mix Transformers (at 32 only); the encoder-decoder models
-#: that build their encoder at output stride 32 (FPN, Linknet) the same names;
+#: that build their encoder at output stride 32 (FPN, Linknet, UNet++, UPerNet) the
+#: same names;
 #: the VGG builders `"vgg16"`; SegFormer its Mix Transformers.
 BACKBONE_NAMES = {
     "dilated": tuple(backbones.DILATED),
@@ -62,6 +65,8 @@ MODELS = {
     "segformer": Model(SegFormer, "mit", False),
     "fpn": Model(FPN, "encoder", False),
     "linknet": Model(Linknet, "encoder", False),
+    "unetplusplus": Model(UNetPlusPlus, "encoder", False),
+    "upernet": Model(UPerNet, "encoder", True),
 }
 
 

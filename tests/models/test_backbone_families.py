@@ -2,7 +2,8 @@
 
 The smallest member of each family is built by name (random weights) under
 PSPNet, DeepLab v3 and v3+, the GCU, GloRe and GI nets and U-Net, on an odd
-input size (every member with `-m large`, and under FPN and Linknet too). The test then reads which encoder features the head consumes, and
+input size (every member with `-m large`, and under FPN, Linknet, UNet++ and UPerNet
+too). The test then reads which encoder features the head consumes, and
 their rows, columns and channels, and compares them with what the papers'
 tables give for the roles that builder needs at the output stride it runs at
 (tests/backbones/families.py; kseg's own ResNet-50 and Xception-65 below). A
@@ -50,14 +51,18 @@ BUILDERS = {
     "UNet": (32, (2, 4, 8, 16, 32)),
 }
 # Builders tried on every member only with `-m large` (each adds a build per member):
-# FPN reads the stride 4 ... 32 features, Linknet adds the stride 2 ... 16 ones.
+# FPN and UPerNet read the stride 4 ... 32 features, Linknet and UNet++ the stride 2 ... 32
+# ones (U-Net's, DeepLab v3+'s and GINet's roles, which the default suite checks on every
+# family).
 LARGE_BUILDERS = {
     "FPN": (32, (4, 8, 16, 32)),
     "Linknet": (32, (2, 4, 8, 16, 32)),
+    "UNetPlusPlus": (32, (2, 4, 8, 16, 32)),
+    "UPerNet": (32, (4, 8, 16, 32)),
 }
 # The encoder-decoder builders build their backbone at output stride 32 and take no
 # `output_stride`.
-STRIDE_32 = ("UNet", "FPN", "Linknet")
+STRIDE_32 = ("UNet", "FPN", "Linknet", "UNetPlusPlus", "UPerNet")
 HEADS = {**BUILDERS, **LARGE_BUILDERS}
 
 
