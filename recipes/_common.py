@@ -41,6 +41,13 @@ PAPER_BACKBONES = {
     "glorenet": "resnet101",
     "ginet": "resnet101",
     "unet": "none",
+    # smp's default encoder for its FPN, Linknet and UnetPlusPlus (ResNet-34, torchvision's
+    # ImageNet weights); UPerNet's paper and mmsegmentation use ResNet-50 (mmseg's v1c, which
+    # has no download: the v1.5 layout's torchvision weights instead).
+    "fpn": "resnet34",
+    "linknet": "resnet34",
+    "unetplusplus": "resnet34",
+    "upernet": "resnet50_v1.5",
 }
 
 #: Loss weight of GINet's semantic context loss (Wu et al., ECCV 2020, section 4.1).
