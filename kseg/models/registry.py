@@ -27,9 +27,8 @@ from kseg.models.upernet import UPerNet
 #: (at output stride 8, 16 or 32) and the encoder U-Net (at 32; `backbone=None`
 #: is the paper's U-Net) the ResNets, Xception-65, the keras.applications
 #: encoders and the Mix Transformers (at 32 only); the encoder-decoder models
-#: that build their encoder at output stride 32 (FPN, Linknet, UNet++, UPerNet) the
-#: same names;
-#: the VGG builders `"vgg16"`; SegFormer its Mix Transformers.
+#: that build their encoder at output stride 32 (FPN, Linknet, UNet++, UPerNet)
+#: the same names; the VGG builders `"vgg16"`; SegFormer its Mix Transformers.
 BACKBONE_NAMES = {
     "dilated": tuple(backbones.DILATED),
     "unet": tuple(backbones.DILATED),

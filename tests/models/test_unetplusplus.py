@@ -41,7 +41,7 @@ def _convert(reference):
     model = _smp_decoders.build_from_config(reference.config, "UnetPlusPlus")
     copy = StrictCopy(read_state_dict(reference.state_dict()), "smp UnetPlusPlus")
     _smp_decoders.copy_encoder(copy, model)
-    _smp_decoders.copy_unetplusplus(copy, model)
+    _smp_decoders.copy_unetplusplus(copy, model, head="segmentation_head.0")
     return copy.finish(model)
 
 
@@ -137,7 +137,7 @@ def test_a_backbone_without_a_stride_2_feature_as_smp(smp):
     state = {f"decoder.{k}": v for k, v in decoder.state_dict().items()}
     state.update({f"segmentation_head.{k}": v for k, v in head.state_dict().items()})
     copy = StrictCopy(read_state_dict(state), "smp UnetPlusPlusDecoder")
-    _smp_decoders.copy_unetplusplus(copy, model)
+    _smp_decoders.copy_unetplusplus(copy, model, head="segmentation_head.0")
     copy.keep(backbone)
     copy.finish(model)
 
