@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 from kseg import backbones as kbackbones
 from kseg._common import check_int
+from kseg.convert import _smp_decoders
 from kseg.convert.state_dict import StrictCopy, read_state_dict, resnet_copy
 
 #: smp encoder names -> kseg backbone names. smp's ResNet encoders are torchvision's
@@ -298,6 +299,9 @@ ARCHITECTURES = {
     ),
 }
 
+# smp's UnetPlusPlus and UPerNet, whose builders and copies live in `_smp_decoders`.
+ARCHITECTURES.update(_smp_decoders.architectures())
+
 
 def read_config(path):
     """The `config.json` of an smp `save_pretrained` folder, as a dict."""
@@ -391,6 +395,11 @@ def from_smp(path, num_classes=None, input_shape=(None, None, 3), name=None, nor
       `decoder_segmentation_channels`, `decoder_merge_policy`,
       `decoder_dropout`).
     - `Linknet`: `kseg.models.Linknet` (`decoder_use_norm`).
+    - `UnetPlusPlus`: `kseg.models.UNetPlusPlus` (`decoder_channels`,
+      `decoder_use_norm`).
+    - `UPerNet`: `kseg.models.UPerNet` with smp's options
+      (`decoder_channels`; `feature_norm=True`, no dropout, the logits
+      upsampled with `align_corners=True`).
     - `DeepLabV3`: `kseg.models.DeepLabV3` on the encoder dilated as smp's
       (`encoder_output_stride` 8 or 16, every block of a dilated stage at the
       full rate), no multi-grid, its rates, a 3x3 ConvBNReLU head and

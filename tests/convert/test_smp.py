@@ -182,7 +182,7 @@ def _config(**changes):
 @pytest.mark.parametrize(
     "changes, match",
     [
-        ({"_model_class": "UnetPlusPlus"}, r"Received: _model_class='UnetPlusPlus'"),
+        ({"_model_class": "MAnet"}, r"Received: _model_class='MAnet'"),
         ({"_model_class": "PSPNet"}, r"smp's PSPNet is not converted: .*encoder_depth=3"),
         ({"_model_class": "DeepLabV3Plus"}, r"smp's DeepLabV3Plus is not converted"),
         ({"encoder_name": "efficientnet-b0"}, r"Received: encoder_name='efficientnet-b0'"),

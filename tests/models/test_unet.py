@@ -317,8 +317,8 @@ def test_normalization_auto_per_kind():
 
 
 def test_encoder_unet_errors():
-    with pytest.raises(ValueError, match=r"'resnet50'.*'mobilenetv2'.*backbone='resnet18'"):
-        kseg.models.UNet(2, backbone="resnet18")
+    with pytest.raises(ValueError, match=r"'resnet50'.*'mobilenetv2'.*backbone='resnet9'"):
+        kseg.models.UNet(2, backbone="resnet9")
     for arg, value in (
         ("base_filters", 8),
         ("depth", 3),
