@@ -6,7 +6,12 @@ from keras import ops
 from kseg._backend import int_range, is_symbolic_dim
 from kseg._common import check_choice, check_float, check_int
 from kseg.layers import ConvBNAct, CropLike, Resize2D, ResizeLike
-from kseg.models._base import check_num_classes, normalization_layer, resnet_features
+from kseg.models._base import (
+    check_num_classes,
+    normalization_layer,
+    require_output_stride,
+    resnet_features,
+)
 from kseg.models.segmentation_model import builder
 
 
@@ -417,12 +422,7 @@ def _encoder_unet(
         output_stride=32,
         bn_momentum=bn_momentum,
     )
-    if info.stride(info.high_level) != 32:
-        raise ValueError(
-            "The U-Net decoder upsamples from a stride-32 feature: build the backbone with "
-            f"`output_stride=32`. Received: a {info.family} backbone ({info.variant!r}) at "
-            f"output stride {info.stride(info.high_level)}"
-        )
+    require_output_stride(info, 32, "U-Net")
     channels_last = keras.config.image_data_format() == "channels_last"
     axis = -1 if channels_last else 1
 

@@ -4,7 +4,7 @@ import keras
 
 from kseg._common import check_float
 from kseg.layers import ConvBNAct, Resize2D, ResizeLike
-from kseg.models._base import check_num_classes, resnet_features
+from kseg.models._base import check_num_classes, require_output_stride, resnet_features
 from kseg.models.segmentation_model import builder
 from kseg.models.unet import DECODER_FILTERS, _check_decoder_filters, _skip_features
 
@@ -138,12 +138,7 @@ def UNetPlusPlus(
         output_stride=32,
         bn_momentum=bn_momentum,
     )
-    if info.stride(info.high_level) != 32:
-        raise ValueError(
-            "The UNet++ decoder upsamples from a stride-32 feature: build the backbone with "
-            f"`output_stride=32`. Received: a {info.family} backbone ({info.variant!r}) at "
-            f"output stride {info.stride(info.high_level)}"
-        )
+    require_output_stride(info, 32, "UNet++")
     axis = -1 if keras.config.image_data_format() == "channels_last" else 1
 
     def double_conv(x, filters, prefix):
