@@ -57,6 +57,20 @@ BUILDERS = {
         num_node=6,
     ),
     "segformer": lambda: tiny_segformer(),
+    # The encoder-decoder models read the stride-4 to 32 features of an output-stride-32
+    # backbone (UNet++ and Linknet also the stride-2 one).
+    "fpn": lambda: kseg.models.FPN(
+        num_classes=K, backbone=tiny_resnet(32), pyramid_filters=8, segmentation_filters=32
+    ),
+    "linknet": lambda: kseg.models.Linknet(
+        num_classes=K, backbone=tiny_resnet(32), final_filters=8
+    ),
+    "unetplusplus": lambda: kseg.models.UNetPlusPlus(
+        num_classes=K, backbone=tiny_resnet(32), decoder_filters=(16, 8, 8, 8, 4)
+    ),
+    "upernet": lambda: kseg.models.UPerNet(
+        num_classes=K, backbone=tiny_resnet(32), decoder_filters=8, aux_head=True
+    ),
 }
 
 

@@ -26,7 +26,8 @@ BUILDER_NAMES = {
     "fcn8s": "FCN8s", "unet": "UNet", "segnet": "SegNet", "pspnet": "PSPNet",
     "deeplabv1": "DeepLabV1", "deeplabv2": "DeepLabV2", "deeplabv3": "DeepLabV3",
     "deeplabv3plus": "DeepLabV3Plus", "gcunet": "GCUNet", "glorenet": "GloReNet",
-    "ginet": "GINet", "segformer": "SegFormer",
+    "ginet": "GINet", "segformer": "SegFormer", "fpn": "FPN", "linknet": "Linknet",
+    "unetplusplus": "UNetPlusPlus", "upernet": "UPerNet",
 }
 
 
