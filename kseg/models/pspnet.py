@@ -50,12 +50,11 @@ def PSPNet(
 
     segmentation_models.pytorch's `PSPNet` (smp 0.6; `kseg.convert.from_smp`
     builds it) is this model with `feature="stage2"` (the ResNet cut after
-    its stride-8 stage, which no output stride dilates: smp's
-    `encoder_depth=3`),
-    `global_bn=False, pyramid_first=True, fusion_kernel_size=1,
-    classifier_kernel_size=3, align_corners=True`, `fusion_filters` its
-    `psp_out_channels` (512), `dropout` its `psp_dropout` (0.2) and
-    `batch_norm` its `decoder_use_norm`.
+    its stride-8 stage, undilated at every output stride: smp's default
+    `encoder_depth=3`), `global_bn=False, pyramid_first=True,
+    fusion_kernel_size=1, classifier_kernel_size=3, align_corners=True`,
+    `fusion_filters` its `psp_out_channels` (512), `dropout` its
+    `psp_dropout` (0.2) and `batch_norm` its `decoder_use_norm`.
 
     Args:
         num_classes: number of classes.
