@@ -42,6 +42,13 @@ def check_choice(name, value, choices):
     return value
 
 
+def check_bool(name, value):
+    """Returns `value` (a bool, or a numpy bool as a bool), or raises `ValueError` naming it."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ValueError(f"Expected `{name}` to be True or False. Received: {name}={value!r}")
+
+
 def check_int(name, value, minimum=1):
     """Returns `value` as an int, or raises when it is not an integer `>= minimum`."""
     if isinstance(value, bool) or not isinstance(value, int):

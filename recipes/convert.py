@@ -1,4 +1,4 @@
-"""Converts a torchvision or Hugging Face checkpoint into a kseg `.keras` model.
+"""Converts a torchvision, Hugging Face or smp checkpoint into a kseg `.keras` model.
 
     python recipes/convert.py --from torchvision --arch deeplabv3_resnet101 \\
         --weights deeplabv3_resnet101_coco-586e9e4e.pth --output deeplabv3_resnet101.keras
@@ -9,6 +9,7 @@
     python recipes/convert.py --from huggingface \\
         --weights nvidia/segformer-b0-finetuned-ade-512-512 --output segformer_b0_ade.keras
     python recipes/convert.py --from huggingface --weights ./my-segformer --output mine.keras
+    python recipes/convert.py --from smp --weights ./my-pspnet --output pspnet.keras
 
 torchvision: the model has torchvision's layout, built from kseg's builders
 (`kseg.convert.from_torchvision`), and takes RGB images in [0, 255]: it
@@ -26,6 +27,17 @@ is downloaded on first use (`pip install kseg[huggingface]`;
 `kseg.convert.from_huggingface`). The model carries the checkpoint's class
 names (`id2label`); with `--dataset auto` a checkpoint whose class names are
 those of ADE20K, Cityscapes or VOC carries that dataset's palette too.
+
+smp (segmentation_models.pytorch 0.6): `--weights` is the folder an smp
+model's `save_pretrained` writes (`config.json` and `model.safetensors`) of a
+`Unet`, `UnetPlusPlus`, `FPN`, `Linknet`, `PSPNet`, `DeepLabV3`,
+`DeepLabV3Plus` or `UPerNet` on a ResNet-18/34/50/101 encoder
+(`kseg.convert.from_smp`, which names what it does not convert). The model
+takes RGB images in [0, 255] and normalises them inside with the ImageNet
+mean and std on [0, 1], what smp's ResNet encoders expect; its logits equal
+smp's at the sizes smp takes (see `from_smp`), and it takes any other size.
+smp checkpoints carry no class names: `--dataset` gives them (`--dataset
+auto` is `none`).
 
 The converted file is reloaded (`safe_mode=True`) and checked against the
 model in memory on one image before the recipe exits; `--skip-check` skips it.
@@ -51,14 +63,15 @@ ARCHS = (
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="convert.py",
-        description="Convert a torchvision or Hugging Face checkpoint into a kseg .keras model.",
+        description="Convert a torchvision, Hugging Face or segmentation_models.pytorch "
+        "checkpoint into a kseg .keras model.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--from",
         dest="source",
         required=True,
-        choices=("torchvision", "huggingface"),
+        choices=("torchvision", "huggingface", "smp"),
         help="checkpoint family",
     )
     parser.add_argument("--arch", choices=ARCHS, help="torchvision: the architecture (required)")
@@ -66,7 +79,8 @@ def build_parser():
         "--weights",
         required=True,
         help="torchvision: the checkpoint, .pth (state dict) or .safetensors; huggingface: "
-        "a model folder or a published model's name (downloaded on first use)",
+        "a model folder or a published model's name (downloaded on first use); smp: the "
+        "folder an smp model's save_pretrained writes (config.json, model.safetensors)",
     )
     parser.add_argument("--output", required=True, help="the .keras file to write")
     parser.add_argument(
@@ -81,7 +95,7 @@ def build_parser():
         choices=("auto", "voc", "ade20k", "cityscapes", "none"),
         help="the class names and palette the model carries; auto: torchvision: voc when the "
         "model keeps the checkpoint's 21 classes, none otherwise; huggingface: the dataset "
-        "whose class names are the checkpoint's, else the checkpoint's names",
+        "whose class names are the checkpoint's, else the checkpoint's names; smp: none",
     )
     parser.add_argument(
         "--skip-check", action="store_true", help="do not reload the file to check it"
@@ -92,11 +106,17 @@ def build_parser():
 def parse_args(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.source == "huggingface":
+    if args.source in ("huggingface", "smp"):
         if args.arch is not None:
+            family = "a Hugging Face" if args.source == "huggingface" else "an smp"
             parser.error(
-                "argument --arch: the architecture of a Hugging Face model is in its "
+                f"argument --arch: the architecture of {family} model is in its "
                 f"config.json. Received: --arch {args.arch}"
+            )
+        if args.source == "smp" and not os.path.isdir(args.weights):
+            parser.error(
+                "argument --weights: expected the folder an smp model's save_pretrained "
+                f"writes (config.json, model.safetensors). Received: {args.weights!r}"
             )
     elif args.arch is None:
         parser.error("argument --arch: required with --from torchvision")
@@ -133,6 +153,12 @@ def main(argv=None):
         except (OSError, ValueError, ImportError) as error:
             raise SystemExit(f"convert.py: error: argument --weights: {error}") from None
         arch = getattr(model, "builder", None) or model.name
+    elif args.source == "smp":
+        try:
+            model = kseg.convert.from_smp(args.weights, num_classes=args.num_classes)
+        except (OSError, ValueError, ImportError) as error:
+            raise SystemExit(f"convert.py: error: argument --weights: {error}") from None
+        arch = model.builder
     else:
         model = kseg.convert.from_torchvision(args.arch, args.weights, num_classes=args.num_classes)
         arch = args.arch
@@ -191,6 +217,8 @@ def _auto_dataset(source, model, classes):
     """`--dataset auto`: the dataset whose classes the model keeps (or "checkpoint" / "none")."""
     if source == "torchvision":
         return "voc" if classes == 21 else "none"
+    if source == "smp":
+        return "none"  # smp checkpoints carry no class names
     carried = getattr(model, "dataset", None)
     if carried is None:
         return "none"

@@ -32,7 +32,8 @@ ENCODERS = {
     "resnet101": "resnet101_v1.5",
 }
 
-#: Options every smp model class takes, with the one value kseg converts. `encoder_depth`
+#: Options every smp model class takes, with the one value kseg converts (unless the
+#: class lists the option among its own, as PSPNet does `encoder_depth`). `encoder_depth`
 #: 5 is smp's default (every stage); `activation` None returns logits (`"identity"` is
 #: the same); `aux_params` None means no classification head on the encoder.
 COMMON_OPTIONS = {"encoder_depth": 5, "in_channels": 3, "activation": None, "aux_params": None}
@@ -44,21 +45,9 @@ _READ_SEPARATELY = ("encoder_name", "encoder_weights", "classes")
 #: Names of options before smp 0.5 -> their smp 0.6 names (smp still accepts them).
 _ALIASES = {"decoder_use_batchnorm": "decoder_use_norm", "psp_use_batchnorm": "decoder_use_norm"}
 
-#: smp classes kseg knows and does not convert, and why.
-REFUSED = {
-    "PSPNet": (
-        "smp's PSPNet cuts the encoder after its stride-8 stage (`encoder_depth=3`, no "
-        "dilation), has no BatchNorm in the 1x1 pooling branch, puts the pyramid before the "
-        "input in its concatenation, fuses with a 1x1 convolution and classifies with a 3x3 "
-        "one; kseg's PSPNet (hszhao/semseg's, on a dilated backbone) cannot express that"
-    ),
-    "DeepLabV3Plus": (
-        "smp's DeepLabV3Plus has depthwise-separable convolutions without BatchNorm between "
-        "the depthwise and pointwise parts in its ASPP, an extra separable convolution after "
-        "the ASPP and a single fusion convolution; kseg's ASPP and DeepLabV3PlusDecoder "
-        "(TF DeepLab's layout) cannot express all of that"
-    ),
-}
+#: smp classes kseg knows and does not convert, and why (`from_smp` refuses them by
+#: name with the reason). Every smp 0.6 class kseg knows converts today.
+REFUSED = {}
 
 
 class Architecture(NamedTuple):
@@ -299,7 +288,8 @@ ARCHITECTURES = {
     ),
 }
 
-# smp's UnetPlusPlus and UPerNet, whose builders and copies live in `_smp_decoders`.
+# smp's UnetPlusPlus, UPerNet, PSPNet and DeepLabV3Plus, whose builders and copies live
+# in `_smp_decoders`.
 ARCHITECTURES.update(_smp_decoders.architectures())
 
 
@@ -357,6 +347,8 @@ def _options(arch, architecture, config):
             + ", ".join(f"{k}={config[k]!r}" for k in unknown)
         )
     for option, value in COMMON_OPTIONS.items():
+        if option in architecture.options:  # the class's own default and rules
+            continue
         given = config.get(option, value)
         if option == "activation" and given == "identity":
             given = None
@@ -405,14 +397,28 @@ def from_smp(path, num_classes=None, input_shape=(None, None, 3), name=None, nor
       full rate), no multi-grid, its rates, a 3x3 ConvBNReLU head and
       bilinear upsampling with `align_corners=True` (`decoder_channels`,
       `decoder_atrous_rates`, `decoder_aspp_dropout`; not separable).
+    - `DeepLabV3Plus`: `kseg.models.DeepLabV3Plus` on the encoder dilated as
+      smp's (`encoder_output_stride` 16 or 8) with smp's decoder
+      (`separable_inner_bn_act=False`: its separable convolutions have
+      nothing between the depthwise and pointwise parts; `aspp_conv=True`:
+      its separable ConvBNReLU after the ASPP; one separable fusion
+      convolution; every upsampling with `align_corners=True`; the 1x1
+      classifier; `decoder_channels`, `decoder_atrous_rates`,
+      `decoder_aspp_separable`, `decoder_aspp_dropout`).
+    - `PSPNet`: `kseg.models.PSPNet` on the encoder cut after its stride-8
+      stage (smp's `encoder_depth=3`; 4 and 5 convert too), with smp's pyramid
+      (no BatchNorm in the bin-1 branch, the pyramid before the feature in the
+      concatenation, `align_corners=True`), a 1x1 fusion convolution, a 3x3
+      classifier and bilinear upsampling with `align_corners=True`
+      (`psp_out_channels`, `decoder_use_norm`, `psp_dropout`; `upsampling`
+      must be `2**encoder_depth`).
 
     Encoders (`ENCODERS`): `resnet18`, `resnet34`, `resnet50`, `resnet101`
     (torchvision's ResNets; kseg's `"resnet50_v1.5"` / `"resnet101_v1.5"`).
-    smp's `PSPNet` and `DeepLabV3Plus` are refused, with the reason
-    (`REFUSED`), and so is any other class, encoder, option or option value
-    kseg does not express (by name): `encoder_depth` other than 5,
-    `in_channels` other than 3, an `activation`, `aux_params`, attention in
-    the U-Net, other interpolations or upsampling factors.
+    Any other class, encoder, option or option value kseg does not express
+    is refused by name, with the value: `encoder_depth` other than 5 (3 to 5
+    for PSPNet), `in_channels` other than 3, an `activation`, `aux_params`,
+    attention in the U-Net, other interpolations or upsampling factors.
 
     Preprocessing: smp models take the image the user normalised; smp's
     ResNet encoders were trained on RGB in [0, 1] normalised with the
@@ -424,9 +430,11 @@ def from_smp(path, num_classes=None, input_shape=(None, None, 3), name=None, nor
     on other statistics.
 
     The logits equal smp's (smp in inference mode, to float32 rounding) at
-    every size smp accepts (height and width divisible by 32). kseg takes any
-    size; at other sizes its decoders align maps by resizing to the exact size
-    of the map they meet (see each builder's docstring), where smp refuses.
+    every size smp accepts (height and width divisible by the encoder's output
+    stride: 32; 16 or 8 for the DeepLabs; 8 for PSPNet's default depth).
+    kseg takes any size; at other sizes its decoders align maps by resizing to
+    the exact size of the map they meet (see each builder's docstring), where
+    smp refuses.
 
     Args:
         path: the folder (`str` or path-like).

@@ -5,6 +5,7 @@ from keras import ops
 
 from kseg._backend import check_conv_data_format
 from kseg._common import (
+    check_bool,
     check_choice,
     check_float,
     check_int,
@@ -84,6 +85,11 @@ class ASPP(keras.layers.Layer):
         bn_momentum: float, Keras BN momentum (torch 0.1 == Keras 0.9; TF
             DeepLab uses 0.9997). Defaults to `0.9`.
         bn_epsilon: float, BN epsilon. Defaults to `1e-5`.
+        separable_inner_bn_act: bool, with `separable=True`: BN and ReLU
+            between the depthwise and pointwise convolutions of the atrous
+            branches (TF DeepLab, mmseg), or nothing between them
+            (segmentation_models.pytorch's `SeparableConv2d`; see
+            `kseg.layers.ConvBNAct`). Defaults to `True`.
         data_format: `"channels_last"` or `"channels_first"`. Defaults to
             `keras.config.image_data_format()`.
         **kwargs: base layer keyword arguments, such as `name` and `dtype`.
@@ -114,6 +120,7 @@ class ASPP(keras.layers.Layer):
         pool_align_corners=False,
         bn_momentum=0.9,
         bn_epsilon=1e-5,
+        separable_inner_bn_act=True,
         data_format=None,
         **kwargs,
     ):
@@ -129,6 +136,7 @@ class ASPP(keras.layers.Layer):
         self.pool_align_corners = bool(pool_align_corners)
         self.bn_momentum = check_float("bn_momentum", bn_momentum, 0.0, 1.0)
         self.bn_epsilon = check_float("bn_epsilon", bn_epsilon, 0.0, None, inclusive=False)
+        self.separable_inner_bn_act = check_bool("separable_inner_bn_act", separable_inner_bn_act)
         self.data_format = check_conv_data_format(standardize_data_format(data_format))
         self._channel_axis = -1 if self.data_format == "channels_last" else 1
         self._spatial_axes = (1, 2) if self.data_format == "channels_last" else (2, 3)
@@ -166,6 +174,7 @@ class ASPP(keras.layers.Layer):
                     3,
                     dilation_rate=rate,
                     separable=self.separable,
+                    separable_inner_bn_act=self.separable_inner_bn_act,
                     name=f"aspp{i}",
                     **conv_kwargs,
                 )
@@ -237,5 +246,6 @@ class ASPP(keras.layers.Layer):
             "pool_align_corners": self.pool_align_corners,
             "bn_momentum": self.bn_momentum,
             "bn_epsilon": self.bn_epsilon,
+            "separable_inner_bn_act": self.separable_inner_bn_act,
             "data_format": self.data_format,
         }

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from kseg._common import (
+    check_bool,
     check_float,
     check_int,
     standardize_data_format,
@@ -47,6 +48,11 @@ class DeepLabV3PlusDecoder(keras.layers.Layer):
         bn_momentum: float, Keras BN momentum (torch 0.1 == Keras 0.9).
             Defaults to `0.9`.
         bn_epsilon: float, BN epsilon. Defaults to `1e-5`.
+        separable_inner_bn_act: bool, with `separable=True`: BN and ReLU
+            between the depthwise and pointwise convolutions (TF DeepLab,
+            mmseg), or nothing between them (segmentation_models.pytorch's
+            `SeparableConv2d`; see `kseg.layers.ConvBNAct`). Defaults to
+            `True`.
         data_format: `"channels_last"` or `"channels_first"`. Defaults to
             `keras.config.image_data_format()`.
         **kwargs: base layer keyword arguments, such as `name` and `dtype`.
@@ -75,6 +81,7 @@ class DeepLabV3PlusDecoder(keras.layers.Layer):
         num_convs=2,
         bn_momentum=0.9,
         bn_epsilon=1e-5,
+        separable_inner_bn_act=True,
         data_format=None,
         **kwargs,
     ):
@@ -86,6 +93,7 @@ class DeepLabV3PlusDecoder(keras.layers.Layer):
         self.num_convs = check_int("num_convs", num_convs, 1)
         self.bn_momentum = check_float("bn_momentum", bn_momentum, 0.0, 1.0)
         self.bn_epsilon = check_float("bn_epsilon", bn_epsilon, 0.0, None, inclusive=False)
+        self.separable_inner_bn_act = check_bool("separable_inner_bn_act", separable_inner_bn_act)
         self.data_format = standardize_data_format(data_format)
         self._channel_axis = -1 if self.data_format == "channels_last" else 1
 
@@ -110,6 +118,7 @@ class DeepLabV3PlusDecoder(keras.layers.Layer):
                 self.filters,
                 3,
                 separable=self.separable,
+                separable_inner_bn_act=self.separable_inner_bn_act,
                 name=f"decoder_conv{i}",
                 **conv_kwargs,
             )
@@ -171,5 +180,6 @@ class DeepLabV3PlusDecoder(keras.layers.Layer):
             "num_convs": self.num_convs,
             "bn_momentum": self.bn_momentum,
             "bn_epsilon": self.bn_epsilon,
+            "separable_inner_bn_act": self.separable_inner_bn_act,
             "data_format": self.data_format,
         }

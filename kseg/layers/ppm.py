@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from kseg._common import (
+    check_bool,
     check_choice,
     check_float,
     check_int,
@@ -29,7 +30,13 @@ class PyramidPoolingModule(keras.layers.Layer):
     reference: `"ascending"` gives `[X, P1, P2, P3, P6]` (hszhao/semseg and
     mmseg), `"descending"` gives `[X, P6, P3, P2, P1]` (PaddleSeg, which
     reverses the branch list). The order is by bin size, whatever the order of
-    `bins`.
+    `bins`. `input_position="last"` puts the input after the branch maps,
+    `[P1, P2, P3, P6, X]` (segmentation_models.pytorch).
+
+    segmentation_models.pytorch's `PSPModule` also leaves the BatchNorm out of
+    the branch of bin size 1 (its convolution has a bias instead), since
+    BatchNorm cannot train on one value per channel with a batch of one:
+    `global_bn=False`.
 
     The 3x3 ConvBNReLU that fuses the concatenation (the "bottleneck") belongs
     to the model's head, not to this layer, so that its width and dropout stay
@@ -49,6 +56,13 @@ class PyramidPoolingModule(keras.layers.Layer):
         bn_momentum: float, Keras BN momentum (torch 0.1 == Keras 0.9).
             Defaults to `0.9`.
         bn_epsilon: float, BN epsilon. Defaults to `1e-5`.
+        use_bn: bool, BatchNorm in the branch convolutions; without it they
+            have a bias. Defaults to `True`.
+        global_bn: bool, BatchNorm in the branch of bin size 1 too (when
+            `use_bn`); False gives that branch a bias and no BatchNorm, see
+            above. Defaults to `True`.
+        input_position: `"first"` or `"last"`, where the input goes in the
+            concatenation. Defaults to `"first"`.
         data_format: `"channels_last"` or `"channels_first"`. Defaults to
             `keras.config.image_data_format()`.
         **kwargs: base layer keyword arguments, such as `name` and `dtype`.
@@ -76,6 +90,9 @@ class PyramidPoolingModule(keras.layers.Layer):
         concat_order="ascending",
         bn_momentum=0.9,
         bn_epsilon=1e-5,
+        use_bn=True,
+        global_bn=True,
+        input_position="first",
         data_format=None,
         **kwargs,
     ):
@@ -98,6 +115,9 @@ class PyramidPoolingModule(keras.layers.Layer):
         self.concat_order = check_choice("concat_order", concat_order, ("ascending", "descending"))
         self.bn_momentum = check_float("bn_momentum", bn_momentum, 0.0, 1.0)
         self.bn_epsilon = check_float("bn_epsilon", bn_epsilon, 0.0, None, inclusive=False)
+        self.use_bn = check_bool("use_bn", use_bn)
+        self.global_bn = check_bool("global_bn", global_bn)
+        self.input_position = check_choice("input_position", input_position, ("first", "last"))
         self.data_format = standardize_data_format(data_format)
         self._channel_axis = -1 if self.data_format == "channels_last" else 1
         # Branch indices in concatenation order (by bin size).
@@ -134,6 +154,7 @@ class PyramidPoolingModule(keras.layers.Layer):
             ConvBNAct(
                 filters,
                 1,
+                use_bn=self.use_bn and (self.global_bn or b != 1),
                 bn_momentum=self.bn_momentum,
                 bn_epsilon=self.bn_epsilon,
                 data_format=self.data_format,
@@ -174,11 +195,12 @@ class PyramidPoolingModule(keras.layers.Layer):
             conv.build(tuple(shape))
 
     def call(self, inputs, training=None):
-        maps = [inputs]
+        maps = []
         for i in self._order:
             y = self.pools[i](inputs)
             y = self.convs[i](y, training=training)
             maps.append(self.resizes[i]([y, inputs]))
+        maps = [inputs, *maps] if self.input_position == "first" else [*maps, inputs]
         return ops.concatenate(maps, axis=self._channel_axis)
 
     def compute_output_shape(self, input_shape):
@@ -197,5 +219,8 @@ class PyramidPoolingModule(keras.layers.Layer):
             "concat_order": self.concat_order,
             "bn_momentum": self.bn_momentum,
             "bn_epsilon": self.bn_epsilon,
+            "use_bn": self.use_bn,
+            "global_bn": self.global_bn,
+            "input_position": self.input_position,
             "data_format": self.data_format,
         }

@@ -1,5 +1,7 @@
 """Pieces every model builder shares: backbone lookup, input normalisation, heads, outputs."""
 
+import dataclasses
+
 import keras
 
 from kseg import backbones as kbackbones
@@ -148,9 +150,7 @@ def normalization_layer(normalization, input_shape, preprocessing="unit", pretra
                 f"Received: normalization={normalization!r}"
             )
         return ImageNormalization("custom", **normalization, name="normalize")
-    check_choice(
-        "normalization", normalization, ("auto", "caffe", "torch", "tf", "unit", None)
-    )
+    check_choice("normalization", normalization, ("auto", "caffe", "torch", "tf", "unit", None))
     if normalization == "auto":
         if not pretrained and channels not in (None, 3):
             normalization = "unit"
@@ -185,21 +185,62 @@ def image_input(input_shape, normalization, info_preprocessing, pretrained=False
     return inputs, layer(inputs)
 
 
+def cut_backbone(model, feature):
+    """`model`, a kseg backbone, cut after its output `feature`: a `Backbone` of the rest.
+
+    The result shares `model`'s layers and weights, holds only the layers up to
+    `feature` and returns the features up to it, which becomes the deepest
+    (`high_level`); the `low_level` and `aux` roles stay where they are kept.
+    """
+    info = feature_info(model)
+    if feature not in info.keys():
+        raise ValueError(
+            f"Expected `feature` to be None or one of the backbone's features {info.keys()}. "
+            f"Received: feature={feature!r}"
+        )
+    kept = info.keys()[: info.keys().index(feature) + 1]
+    if len(kept) == len(info.keys()):
+        return model, info
+    outputs = {key: model.get_layer(info[key].layer).output for key in kept}
+    specs = tuple(info[key] for key in kept)
+    info = dataclasses.replace(
+        info,
+        features=specs,
+        output_stride=max(spec.stride for spec in specs),
+        high_level=feature,
+        low_level=info.low_level if info.low_level in kept else None,
+        aux=info.aux if info.aux in kept else None,
+    )
+    return kbackbones.Backbone(model.input, outputs, name=model.name, feature_info=info), info
+
+
 def backbone_features(
-    backbone, *, input_shape, backbone_weights, normalization, pretrained=None, **kwargs
+    backbone,
+    *,
+    input_shape,
+    backbone_weights,
+    normalization,
+    pretrained=None,
+    feature=None,
+    **kwargs,
 ):
     """Builds the model input and runs the (normalised) image through the backbone.
 
     `kwargs` go to `resolve_backbone` (`names`, `family`, `required_variant`
     and the backbone builder's own arguments). `pretrained` says whether the
     backbone gets pretrained weights (for `normalization="auto"`); None means
-    whether `backbone_weights` are given for a backbone name. Returns
+    whether `backbone_weights` are given for a backbone name. `feature`, when
+    not None, cuts the backbone after that output (`cut_backbone`). Returns
     `(inputs, features, info)`: the `keras.Input`, the backbone's dict of
     feature maps and its `BackboneInfo`.
     """
+    roles = kwargs.pop("roles", ())
     model, info = resolve_backbone(
         backbone, input_shape=input_shape, backbone_weights=backbone_weights, **kwargs
     )
+    if feature is not None:
+        model, info = cut_backbone(model, feature)
+    check_roles(info, roles)
     if pretrained is None:
         pretrained = isinstance(backbone, str) and backbone_weights is not None
     inputs, x = image_input(input_shape, normalization, info.preprocessing, pretrained)
@@ -239,12 +280,17 @@ def upsample_logits(logits, reference, align_corners=False, name="logits"):
     return ResizeLike(align_corners=align_corners, dtype="float32", name=name)([logits, reference])
 
 
-def classify(x, inputs, num_classes, align_corners, dropout=0.0, dropout_layer=None):
-    """Dropout -> 1x1 classifier (N(0, 0.01^2)) -> logits resized to the input size."""
+def classify(x, inputs, num_classes, align_corners, dropout=0.0, dropout_layer=None, kernel_size=1):
+    """Dropout -> classifier (N(0, 0.01^2), 1x1 or `kernel_size` with same padding) -> logits
+    resized to the input size."""
     if dropout:
         x = (dropout_layer or keras.layers.Dropout)(dropout, name="dropout")(x)
     x = keras.layers.Conv2D(
-        num_classes, 1, kernel_initializer=classifier_initializer(), name="classifier"
+        num_classes,
+        kernel_size,
+        padding="valid" if kernel_size == 1 else "same",
+        kernel_initializer=classifier_initializer(),
+        name="classifier",
     )(x)
     return upsample_logits(x, inputs, align_corners)
 

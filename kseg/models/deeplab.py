@@ -2,7 +2,7 @@
 
 import keras
 
-from kseg._common import check_int
+from kseg._common import check_bool, check_int
 from kseg.backbones._weights import check_weights
 from kseg.backbones.registry import VGG
 from kseg.backbones.vgg import check_load_fc, load_vgg16_weights
@@ -305,7 +305,9 @@ def DeepLabV3(
     )(feats[info.high_level])
     if head_filters is not None:
         x = ConvBNAct(
-            check_int("head_filters", head_filters, 1), 3, bn_momentum=bn_momentum,
+            check_int("head_filters", head_filters, 1),
+            3,
+            bn_momentum=bn_momentum,
             name="head_conv",
         )(x)
     main = classify(x, inputs, num_classes, align_corners)
@@ -334,6 +336,10 @@ def DeepLabV3Plus(
     align_corners=False,
     normalization="auto",
     bn_momentum=0.9,
+    decoder_separable=None,
+    separable_inner_bn_act=True,
+    aspp_conv=False,
+    decoder_convs=2,
     name="deeplabv3plus",
 ):
     """DeepLab v3+ encoder-decoder (Chen et al., ECCV 2018).
@@ -348,6 +354,15 @@ def DeepLabV3Plus(
     section 6.3) is `backbone="mobilenetv2", atrous_rates=()`: the ASPP keeps
     its 1x1 and image-pooling branches only, and the decoder reads the 24-channel
     stride-4 feature (block 2's output).
+
+    segmentation_models.pytorch's `DeepLabV3Plus` (smp 0.6;
+    `kseg.convert.from_smp` builds it) is this model with
+    `separable_inner_bn_act=False` (its `SeparableConv2d`: nothing between
+    the depthwise and pointwise convolutions), `aspp_conv=True` (its separable
+    ConvBNReLU after the ASPP), `decoder_separable=True, decoder_convs=1`,
+    `align_corners=True`, `dropout=0.5`, its rates (12, 24, 36) at either
+    output stride, `separable` its `decoder_aspp_separable` (True), and
+    `aspp_filters` and `decoder_filters` both its `decoder_channels`.
 
     Args:
         num_classes: number of classes.
@@ -384,6 +399,15 @@ def DeepLabV3Plus(
             head's and, for a backbone given by name, the backbone's (Keras'
             convention: torch's momentum 0.1 is 0.9). Defaults to 0.9. A
             backbone model keeps its own.
+        decoder_separable: depthwise-separable decoder convs (and `aspp_conv`).
+            Defaults to None: as `separable`.
+        separable_inner_bn_act: BN and ReLU between the depthwise and
+            pointwise parts of every separable conv (TF DeepLab), or nothing
+            between them (smp). Defaults to True.
+        aspp_conv: a 3x3 ConvBNReLU of `aspp_filters` after the ASPP
+            (`aspp_conv`), separable as the decoder convs. Defaults to False.
+        decoder_convs: number of 3x3 fusion convs of the decoder. Defaults
+            to 2.
         name: model name.
 
     Returns:
@@ -406,6 +430,13 @@ def DeepLabV3Plus(
         roles=("high_level", "low_level"),
     )
     rates = default_atrous_rates(info.output_stride) if atrous_rates is None else atrous_rates
+    separable = check_bool("separable", separable)
+    decoder_separable = (
+        separable
+        if decoder_separable is None
+        else check_bool("decoder_separable", decoder_separable)
+    )
+    inner = check_bool("separable_inner_bn_act", separable_inner_bn_act)
     x = ASPP(
         filters=aspp_filters,
         atrous_rates=rates,
@@ -413,14 +444,26 @@ def DeepLabV3Plus(
         separable=separable,
         pool_align_corners=align_corners,
         bn_momentum=bn_momentum,
+        separable_inner_bn_act=inner,
         name="aspp",
     )(feats[info.high_level])
+    if check_bool("aspp_conv", aspp_conv):
+        x = ConvBNAct(
+            aspp_filters,
+            3,
+            separable=decoder_separable,
+            separable_inner_bn_act=inner,
+            bn_momentum=bn_momentum,
+            name="aspp_conv",
+        )(x)
     x = DeepLabV3PlusDecoder(
         filters=decoder_filters,
         low_level_filters=low_level_filters,
-        separable=separable,
+        separable=decoder_separable,
         align_corners=align_corners,
+        num_convs=check_int("decoder_convs", decoder_convs),
         bn_momentum=bn_momentum,
+        separable_inner_bn_act=inner,
         name="decoder",
     )([x, feats[info.low_level]])
     return keras.Model(inputs, classify(x, inputs, num_classes, align_corners), name=name)

@@ -2,6 +2,7 @@
 
 import keras
 
+from kseg._common import check_bool, check_int
 from kseg.layers import ConvBNAct, PyramidPoolingModule
 from kseg.models._base import (
     aux_logits,
@@ -27,6 +28,12 @@ def PSPNet(
     align_corners=False,
     normalization="auto",
     bn_momentum=0.9,
+    feature=None,
+    batch_norm=True,
+    global_bn=True,
+    pyramid_first=False,
+    fusion_kernel_size=3,
+    classifier_kernel_size=1,
     name="pspnet",
 ):
     """PSPNet (Zhao et al., "Pyramid Scene Parsing Network", CVPR 2017).
@@ -40,6 +47,14 @@ def PSPNet(
     auxiliary head on stage 3 (3x3 ConvBNReLU to 256, dropout 0.1, 1x1) comes
     with `aux_head=True`; outputs then become `{"main", "aux"}`, and the paper
     weighs the aux loss 0.4 (`loss_weights={"main": 1.0, "aux": 0.4}`).
+
+    segmentation_models.pytorch's `PSPNet` (smp 0.6; `kseg.convert.from_smp`
+    builds it) is this model with `feature="stage2"` (the ResNet cut after
+    its stride-8 stage, undilated at every output stride: smp's default
+    `encoder_depth=3`), `global_bn=False, pyramid_first=True,
+    fusion_kernel_size=1, classifier_kernel_size=3, align_corners=True`,
+    `fusion_filters` its `psp_out_channels` (512), `dropout` its
+    `psp_dropout` (0.2) and `batch_norm` its `decoder_use_norm`.
 
     Args:
         num_classes: number of classes.
@@ -73,6 +88,20 @@ def PSPNet(
             head's and, for a backbone given by name, the backbone's (Keras'
             convention: torch's momentum 0.1 is 0.9). Defaults to 0.9. A
             backbone model keeps its own.
+        feature: None (default: the backbone's deepest feature) or the key
+            of the backbone feature the pyramid pools (`"stage2"`, ...); the
+            backbone is cut after it, and the stages after it are not built.
+        batch_norm: BatchNorm in the pyramid branches and the fusion
+            convolution (without it they have a bias). Defaults to True.
+        global_bn: BatchNorm in the pyramid branch of bin size 1 too; False
+            gives it a bias instead (smp). Defaults to True.
+        pyramid_first: concatenate the pyramid maps before the backbone
+            feature, `[P1, P2, P3, P6, X]` (smp), instead of after it.
+            Defaults to False.
+        fusion_kernel_size: kernel size of the fusion convolution. Defaults
+            to 3 (smp: 1).
+        classifier_kernel_size: kernel size of the classifier (same
+            padding). Defaults to 1 (smp: 3).
         name: model name.
 
     Returns:
@@ -88,14 +117,34 @@ def PSPNet(
         normalization=normalization,
         bn_momentum=bn_momentum,
         roles=("high_level", "aux") if aux_head else ("high_level",),
+        feature=feature,
     )
+    batch_norm = check_bool("batch_norm", batch_norm)
     x = PyramidPoolingModule(
-        bins=bins, align_corners=align_corners, bn_momentum=bn_momentum, name="ppm"
-    )(
-        feats[info.high_level]
+        bins=bins,
+        align_corners=align_corners,
+        bn_momentum=bn_momentum,
+        use_bn=batch_norm,
+        global_bn=check_bool("global_bn", global_bn),
+        input_position="last" if check_bool("pyramid_first", pyramid_first) else "first",
+        name="ppm",
+    )(feats[info.high_level])
+    x = ConvBNAct(
+        fusion_filters,
+        check_int("fusion_kernel_size", fusion_kernel_size),
+        use_bn=batch_norm,
+        bn_momentum=bn_momentum,
+        name="fusion",
+    )(x)
+    main = classify(
+        x,
+        inputs,
+        num_classes,
+        align_corners,
+        dropout,
+        keras.layers.SpatialDropout2D,
+        kernel_size=check_int("classifier_kernel_size", classifier_kernel_size),
     )
-    x = ConvBNAct(fusion_filters, 3, bn_momentum=bn_momentum, name="fusion")(x)
-    main = classify(x, inputs, num_classes, align_corners, dropout, keras.layers.SpatialDropout2D)
     aux = (
         aux_logits(feats[info.aux], inputs, num_classes, align_corners, bn_momentum=bn_momentum)
         if aux_head

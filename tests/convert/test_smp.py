@@ -3,10 +3,11 @@
 smp builds each reference with `encoder_weights=None` (nothing is downloaded),
 its BatchNorm statistics and GroupNorm affine terms randomised, and writes it
 with `save_pretrained`; the converted kseg model, given the [0, 255] image,
-must give smp's logits on the ImageNet-normalised image at 64x96 (smp needs
-sizes divisible by 32) on every backend. Each reference is built once per
-module. The default suite converts the decoders on ResNet-18 and DeepLabV3 on
-ResNet-34; `-m large` adds ResNet-50.
+must give smp's logits on the ImageNet-normalised image at 96x128, and where
+smp takes it (sizes divisible by the encoder's output stride, 8 or 16 for
+PSPNet and the DeepLabs) at a size that 32 does not divide, on every backend.
+Each reference is built once per module. The default suite converts the
+decoders on ResNet-18 and DeepLabV3 on ResNet-34; `-m large` adds ResNet-50.
 """
 
 import json
@@ -24,7 +25,10 @@ from tests.torch_refs import (
     torch_input,
 )
 
-SIZE = (64, 96)
+SIZE = (96, 128)
+
+#: Sizes that 32 does not divide, where smp's encoder output stride allows one.
+ODD_SIZES = {8: (72, 104), 16: (80, 112)}
 
 # Small decoder widths keep the references cheap; the layouts are smp's defaults otherwise.
 CASES = {
@@ -57,7 +61,46 @@ CASES = {
         "resnet50",
         {"decoder_channels": 16, "encoder_output_stride": 16},
     ),
+    # smp's defaults: the encoder cut after its stride-8 stage (encoder_depth=3), BatchNorm.
+    "pspnet": ("PSPNet", "resnet18", {"psp_out_channels": 16}),
+    # One stage deeper (stride 16, upsampling x16) and no normalisation (convs with bias).
+    "pspnet_depth4_identity": (
+        "PSPNet",
+        "resnet34",
+        {
+            "psp_out_channels": 8,
+            "encoder_depth": 4,
+            "upsampling": 16,
+            "decoder_use_norm": "identity",
+        },
+    ),
+    # smp's defaults: output stride 16, a separable ASPP.
+    "deeplabv3plus": ("DeepLabV3Plus", "resnet18", {"decoder_channels": 16}),
+    # Output stride 8 and plain ASPP convolutions (the decoder stays separable).
+    "deeplabv3plus_os8_plain": (
+        "DeepLabV3Plus",
+        "resnet34",
+        {
+            "decoder_channels": 16,
+            "encoder_output_stride": 8,
+            "decoder_aspp_separable": False,
+            "decoder_atrous_rates": (2, 4, 6),
+        },
+    ),
+    "deeplabv3plus_resnet50": ("DeepLabV3Plus", "resnet50", {"decoder_channels": 16}),
 }
+
+
+def _output_stride(case):
+    """The stride smp's input size must be divisible by (`SegmentationModel.check_input_shape`)."""
+    arch, _, options = CASES[case]
+    if arch == "PSPNet":
+        return 2 ** options.get("encoder_depth", 3)
+    if arch == "DeepLabV3Plus":
+        return options.get("encoder_output_stride", 16)
+    if arch == "DeepLabV3":
+        return options.get("encoder_output_stride", 8)
+    return 32
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +108,8 @@ def smp():
     return import_reference("segmentation_models_pytorch")
 
 
-@pytest.fixture(scope="module")
-def images():
-    return np.random.default_rng(0).uniform(0, 255, (1, *SIZE, 3)).astype("float32")
+def _images(size):
+    return np.random.default_rng(0).uniform(0, 255, (1, *size, 3)).astype("float32")
 
 
 def _randomize_group_norm(model, seed=0):
@@ -106,23 +148,29 @@ def saved(smp, tmp_path_factory):
     return make
 
 
-LARGE = ("deeplabv3_resnet50",)
+LARGE = ("deeplabv3_resnet50", "deeplabv3plus_resnet50")
 
 
 @pytest.mark.parametrize(
     "case",
     [pytest.param(c, marks=pytest.mark.large) if c in LARGE else c for c in sorted(CASES)],
 )
-def test_logits_match_smp(saved, images, case):
+def test_logits_match_smp(saved, case):
     import torch
 
     reference, folder = saved(case)
     model = kseg.convert.from_smp(folder)
     assert model.name == f"{CASES[case][0].lower()}_{CASES[case][1]}"
     assert model.get_layer("normalize").mode == "torch"
-    with torch.no_grad():
-        expected = nhwc(reference(torch_input(images)))
-    assert_matches(infer(model, images), expected)
+    sizes = [SIZE]
+    if _output_stride(case) in ODD_SIZES:
+        sizes.append(ODD_SIZES[_output_stride(case)])
+    for size in sizes:
+        images = _images(size)
+        with torch.no_grad():
+            expected = nhwc(reference(torch_input(images)))
+        assert expected.shape == (1, *size, 3)
+        assert_matches(infer(model, images), expected)
 
 
 def test_other_class_count_replaces_the_head_only(saved):
@@ -183,8 +231,23 @@ def _config(**changes):
     "changes, match",
     [
         ({"_model_class": "MAnet"}, r"Received: _model_class='MAnet'"),
-        ({"_model_class": "PSPNet"}, r"smp's PSPNet is not converted: .*encoder_depth=3"),
-        ({"_model_class": "DeepLabV3Plus"}, r"smp's DeepLabV3Plus is not converted"),
+        (
+            {"_model_class": "PSPNet", "encoder_depth": 5},
+            r"`upsampling` 32 \(2\*\*encoder_depth.*Received: upsampling=8",
+        ),
+        (
+            {"_model_class": "PSPNet", "encoder_depth": 2, "upsampling": 4},
+            r"Received: encoder_depth=2",
+        ),
+        (
+            {"_model_class": "DeepLabV3Plus", "encoder_output_stride": 32},
+            r"Received: encoder_output_stride=32",
+        ),
+        ({"_model_class": "DeepLabV3Plus", "upsampling": 2}, r"Received: upsampling=2"),
+        (
+            {"_model_class": "DeepLabV3Plus", "encoder_depth": 4},
+            r"`encoder_depth=5`.*Received: encoder_depth=4",
+        ),
         ({"encoder_name": "efficientnet-b0"}, r"Received: encoder_name='efficientnet-b0'"),
         ({"encoder_depth": 4}, r"`encoder_depth=5`.*Received: encoder_depth=4"),
         ({"activation": "sigmoid"}, r"activation=None.*Received: activation='sigmoid'"),

@@ -153,7 +153,9 @@ def test_channels_first_matches_channels_last():
 
 
 def test_structure_names_and_bn_settings():
-    layer = ASPP(filters=4, atrous_rates=(2, 3), bn_momentum=0.9997, bn_epsilon=1e-3, separable=True)
+    layer = ASPP(
+        filters=4, atrous_rates=(2, 3), bn_momentum=0.9997, bn_epsilon=1e-3, separable=True
+    )
     layer.build((1, 8, 8, 6))
     assert [b.name for b in layer.branches] == ["aspp0", "aspp1", "aspp2"]
     assert layer.pool_conv.name == "image_pooling" and layer.projection.name == "projection"
@@ -168,9 +170,25 @@ def test_structure_names_and_bn_settings():
     assert layer.dropout_layer.rate == pytest.approx(0.1)
 
 
+def test_separable_without_inner_bn_act():
+    # segmentation_models.pytorch's SeparableConv2d: depthwise -> pointwise -> BN -> ReLU.
+    layer = ASPP(filters=4, atrous_rates=(2,), separable=True, separable_inner_bn_act=False)
+    x = random_array((1, 7, 9, 6))
+    y = to_numpy(layer(x, training=False))
+    branch = layer.branches[1]
+    assert branch.depthwise_bn is None and branch.depthwise_act is None
+    assert not branch.depthwise.use_bias and not branch.pointwise.use_bias
+    assert layer.get_config()["separable_inner_bn_act"] is False
+    again = ASPP.from_config(layer.get_config())
+    again(x)
+    again.set_weights(layer.get_weights())
+    np.testing.assert_allclose(to_numpy(again(x, training=False)), y, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
+        ({"separable_inner_bn_act": 0}, ValueError, "Received: separable_inner_bn_act=0"),
         ({"atrous_rates": [], "mode": "v2"}, ValueError, "at least one rate"),
         ({"atrous_rates": (6, 0)}, ValueError, "atrous_rates"),
         ({"atrous_rates": (6, -12)}, ValueError, "atrous_rates"),

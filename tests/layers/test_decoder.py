@@ -19,12 +19,34 @@ def test_layer_basics():
 def test_layer_basics_separable_one_conv():
     run_layer_test(
         DeepLabV3PlusDecoder,
-        {"filters": 4, "low_level_filters": 2, "separable": True, "num_convs": 1, "align_corners": True},
+        {
+            "filters": 4,
+            "low_level_filters": 2,
+            "separable": True,
+            "num_convs": 1,
+            "align_corners": True,
+        },
         [(1, 3, 4, 6), (1, 9, 13, 5)],
         (1, 9, 13, 4),
         train=False,
         mixed_precision=False,
     )
+
+
+def test_separable_without_inner_bn_act_round_trips():
+    kwargs = {"filters": 4, "low_level_filters": 2, "separable": True, "num_convs": 1}
+    run_layer_test(
+        DeepLabV3PlusDecoder,
+        {**kwargs, "separable_inner_bn_act": False},
+        [(1, 3, 4, 6), (1, 9, 13, 5)],
+        (1, 9, 13, 4),
+        train=False,
+        mixed_precision=False,
+    )
+    layer = DeepLabV3PlusDecoder(**kwargs, separable_inner_bn_act=False)
+    conv = layer.fusion_convs[0]
+    assert conv.depthwise_bn is None and conv.depthwise_act is None
+    assert layer.get_config()["separable_inner_bn_act"] is False
 
 
 @pytest.mark.parametrize("align", [False, True])
@@ -95,6 +117,7 @@ def test_channels_first():
         ({"low_level_filters": 0}, "low_level_filters"),
         ({"filters": -1}, "filters"),
         ({"bn_momentum": 2.0}, "bn_momentum"),
+        ({"separable_inner_bn_act": "no"}, "Received: separable_inner_bn_act='no'"),
     ],
 )
 def test_bad_arguments(kwargs, match):

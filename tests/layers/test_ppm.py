@@ -122,6 +122,44 @@ def test_concat_order():
     assert np.ptp(branch[1]) < 1e-5
 
 
+def test_input_last_and_batch_norm_options():
+    # segmentation_models.pytorch's layout: [P1, P2, P3, P6, X], no BN in the bin-1 branch.
+    x = random_array((1, 9, 11, 8))
+    first = PyramidPoolingModule(bins=(1, 2, 3, 6), filters=1, global_bn=False)
+    last = PyramidPoolingModule(
+        bins=(1, 2, 3, 6), filters=1, global_bn=False, input_position="last"
+    )
+    y_first = to_numpy(first(x, training=False))
+    last(x)
+    last.set_weights(first.get_weights())
+    y_last = to_numpy(last(x, training=False))
+    np.testing.assert_allclose(y_last[..., :4], y_first[..., 8:], atol=1e-6)
+    np.testing.assert_allclose(y_last[..., 4:], x, atol=1e-6)
+    conv1 = first.convs[0]
+    assert conv1.bn is None and conv1.conv.use_bias
+    assert all(c.bn is not None and not c.conv.use_bias for c in first.convs[1:])
+    plain = PyramidPoolingModule(bins=(1, 3), filters=2, use_bn=False)
+    plain.build((1, 9, 11, 8))
+    assert all(c.bn is None and c.conv.use_bias for c in plain.convs)
+
+
+def test_smp_options_round_trip_through_the_config():
+    run_layer_test(
+        PyramidPoolingModule,
+        {"bins": [1, 2], "filters": 2, "global_bn": False, "input_position": "last"},
+        (2, 9, 8, 5),
+        (2, 9, 8, 9),
+        train=False,
+        mixed_precision=False,
+    )
+    config = PyramidPoolingModule(use_bn=False, input_position="last").get_config()
+    assert (config["use_bn"], config["global_bn"], config["input_position"]) == (
+        False,
+        True,
+        "last",
+    )
+
+
 def test_default_filters_and_bn_settings():
     layer = PyramidPoolingModule(bn_momentum=0.99, bn_epsilon=1e-3)
     assert layer.compute_output_shape((None, None, None, 2048)) == (None, None, None, 4096)
@@ -154,6 +192,9 @@ def test_channels_first():
         ({"bins": 6}, TypeError, "bins"),
         ({"filters": 0}, ValueError, "filters"),
         ({"concat_order": "reversed"}, ValueError, "concat_order"),
+        ({"input_position": "middle"}, ValueError, "Received: input_position='middle'"),
+        ({"use_bn": "yes"}, ValueError, "Received: use_bn='yes'"),
+        ({"global_bn": None}, ValueError, "Received: global_bn=None"),
         ({"data_format": "NCHW"}, ValueError, "data_format"),
     ],
 )

@@ -55,6 +55,48 @@ def test_deeplab_v3plus_tiny():
     run_model_test(model, (1, 37, 45, 3), 4)
 
 
+def test_deeplab_v3plus_smp_layout():
+    # segmentation_models.pytorch's decoder: separable convs with nothing between the
+    # depthwise and pointwise parts, a separable conv after the ASPP, one fusion conv.
+    model = kseg.models.DeepLabV3Plus(
+        num_classes=3,
+        backbone=tiny_resnet(16),
+        aspp_filters=8,
+        low_level_filters=4,
+        decoder_filters=8,
+        separable=False,
+        decoder_separable=True,
+        separable_inner_bn_act=False,
+        aspp_conv=True,
+        decoder_convs=1,
+        align_corners=True,
+    )
+    assert not model.get_layer("aspp").branches[1].separable
+    conv = model.get_layer("aspp_conv")
+    assert conv.separable and conv.depthwise_bn is None and conv.depthwise_act is None
+    decoder = model.get_layer("decoder")
+    assert decoder.num_convs == 1 and decoder.separable
+    assert decoder.fusion_convs[0].depthwise_bn is None
+    args = model.arguments
+    assert (args["decoder_separable"], args["separable_inner_bn_act"]) == (True, False)
+    assert (args["aspp_conv"], args["decoder_convs"]) == (True, 1)
+    run_model_test(model, (1, 37, 45, 3), 3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"decoder_separable": "yes"}, r"Received: decoder_separable='yes'"),
+        ({"separable_inner_bn_act": 0}, r"Received: separable_inner_bn_act=0"),
+        ({"aspp_conv": None}, r"Received: aspp_conv=None"),
+        ({"decoder_convs": 0}, r"Received: decoder_convs=0"),
+    ],
+)
+def test_deeplab_v3plus_bad_decoder_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        kseg.models.DeepLabV3Plus(num_classes=2, backbone=tiny_resnet(16), aspp_filters=4, **kwargs)
+
+
 def test_deeplab_v3plus_full_size_builds_by_name():
     # The user's first line: the default layout with a ResNet-50 at output stride 16.
     model = kseg.models.DeepLabV3Plus(num_classes=21)
@@ -71,14 +113,23 @@ def test_deeplab_v3plus_on_the_aligned_xception65_as_the_paper_builds_it(output_
     )
     xception = model.get_layer("xception65")
     info = kseg.backbones.feature_info(xception)
-    assert (info.output_stride, info.low_level, info.high_level) == (output_stride, "level2", "level5")
+    assert (info.output_stride, info.low_level, info.high_level) == (
+        output_stride,
+        "level2",
+        "level5",
+    )
     assert model.get_layer("normalize").mode == "tf"
     rates = (6, 12, 18) if output_stride == 16 else (12, 24, 36)
     assert tuple(model.get_layer("aspp").atrous_rates) == rates
     # 97x131 input: the ASPP reads 2048 channels at the output stride, the decoder the
     # 256-channel feature at stride 4 (ceil sizes), and the logits have the input size.
     features = xception.compute_output_spec(keras.KerasTensor((1, 97, 131, 3)))
-    assert tuple(features["level5"].shape) == (1, -(-97 // output_stride), -(-131 // output_stride), 2048)
+    assert tuple(features["level5"].shape) == (
+        1,
+        -(-97 // output_stride),
+        -(-131 // output_stride),
+        2048,
+    )
     assert tuple(features["level2"].shape) == (1, 25, 33, 256)
     assert model.compute_output_spec(keras.KerasTensor((1, 97, 131, 3))).shape == (1, 97, 131, 21)
 
