@@ -468,7 +468,10 @@ def replica_context():
 
 
 def num_replicas():
-    """Number of replicas whose step runs in sync with this one (1 outside `tf.distribute`)."""
+    """The divisor of a reduced loss: the replicas of a `tf.distribute` step (else 1).
+
+    1 on torch too, whose distributed step averages the gradients instead of summing
+    them (see above)."""
     context = replica_context()
     return 1 if context is None else int(context.num_replicas_in_sync)
 

@@ -369,8 +369,11 @@ def distribute_torch_steps(model, group=None):
         )
     if getattr(model, "_kseg_distributed_steps", False):
         return model  # already done
-    model.optimizer.build(model.trainable_variables)
-    _broadcast_variables(list(model.variables) + list(model.optimizer.variables), group)
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    # The weights (moving statistics included) and the optimizer's state; not the random
+    # generators' seeds.
+    _broadcast_variables(list(model.weights) + list(model.optimizer.variables), group)
     own_train_step, own_test_step = type(model).train_step, type(model).test_step
     optimizer = model.optimizer
     own_apply = optimizer.apply
