@@ -197,7 +197,7 @@ def test_a_killed_two_process_run_resumes(tmp_path):
     """The recipe on two processes: killed after a backup, it resumes from it."""
     logdir = tmp_path / "run"
     run = subprocess.Popen(
-        _recipe(logdir, "--steps", "3", "--save-every", "1"),
+        _recipe(logdir, "--steps", "4", "--save-every", "1"),
         env=_env(),
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -213,7 +213,7 @@ def test_a_killed_two_process_run_resumes(tmp_path):
     finally:
         output, _ = run.communicate(timeout=60)
     saved = _saved_step(logdir)
-    assert saved is not None and 1 <= saved < 3, output[-6000:]
+    assert saved is not None and 1 <= saved < 4, output[-6000:]
     resumed = subprocess.run(
         _recipe(logdir, "--resume"),
         env=_env(),
@@ -225,9 +225,10 @@ def test_a_killed_two_process_run_resumes(tmp_path):
     output = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, output[-6000:]
     assert f"Resuming after training step {saved} " in output, output[-6000:]
+    assert "the run ends after step 4." in output
     assert output.count("Resuming after training step") == 1  # process 0 alone prints
     assert "global batch 4 = 2 x 2 per device" in output
     assert "torch.distributed (gloo) over 2 processes" in output
-    assert _saved_step(logdir) == 3
+    assert _saved_step(logdir) == 4  # 2 epochs of 2 steps
     assert "Validation mIoU" in output
     assert (logdir / "best.keras").is_file()
