@@ -194,7 +194,8 @@ def plan_distribution(choice="auto"):
 
     Raises:
         ValueError: for an unknown `choice`, `"local"` or `"multihost"` on torch
-            outside `torchrun`, or `"multihost"` on TensorFlow without `TF_CONFIG`.
+            outside `torchrun` (`"none"` inside it with several processes), or
+            `"multihost"` on TensorFlow without `TF_CONFIG`.
     """
     if choice not in CHOICES:
         raise ValueError(
@@ -202,6 +203,14 @@ def plan_distribution(choice="auto"):
         )
     backend = keras.backend.backend()
     if choice == "none":
+        world = _torchrun_world() if backend == "torch" else None
+        if world is not None and world > 1:
+            raise ValueError(
+                f"torchrun started {world} processes, which would each train alone and "
+                "write the same files: pass distribute='local' (or 'auto', 'multihost') to "
+                "train them together, or start one process. Received: distribute='none' "
+                f"with WORLD_SIZE={world}"
+            )
         return DistributionPlan("none", 1, "one device")
     if backend == "torch":
         return _torch_plan(choice)

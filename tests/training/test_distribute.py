@@ -213,6 +213,19 @@ def test_torch_outside_torchrun_says_how_to_launch(monkeypatch):
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="runs in the torch session")
+def test_torch_refuses_one_device_in_several_torchrun_processes(monkeypatch):
+    from kseg.training import plan_distribution
+    from kseg.training.distribute import TORCHRUN_VARIABLES
+
+    values = ["2", "1", "1", "127.0.0.1", "29500"]
+    for name, value in zip(TORCHRUN_VARIABLES, values):
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match="torchrun started 2 processes") as info:
+        plan_distribution("none")
+    assert str(info.value).endswith("Received: distribute='none' with WORLD_SIZE=2")
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="runs in the torch session")
 def test_torch_steps_need_torch_distributed_and_a_compiled_model():
     from kseg.training.distribute import distribute_torch_steps
 
