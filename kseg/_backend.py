@@ -399,7 +399,7 @@ def torch_replica_step(group=None):
         _TORCH_STEP_GROUP.pop()
 
 
-def _torch_step():
+def torch_step_group():
     """`(group,)` inside a `torch_replica_step` of several processes, else None."""
     if not _TORCH_STEP_GROUP or keras.backend.backend() != "torch":
         return None
@@ -482,7 +482,7 @@ def sum_over_replicas(values):
     Differentiable. Every replica must call it the same number of times in the
     same order (it is a collective operation).
     """
-    torch_step = _torch_step()
+    torch_step = torch_step_group()
     if torch_step is not None:
         single = not isinstance(values, (list, tuple))
         tensors = [ops.convert_to_tensor(v) for v in ([values] if single else values)]
@@ -506,7 +506,7 @@ def gather_over_replicas(values):
     costs `N` times a gather's traffic; `ReplicaContext.all_gather` aborted with a
     collective-type mismatch next to the loss's all-reduces (TensorFlow 2.21, CPU).
     """
-    torch_step = _torch_step()
+    torch_step = torch_step_group()
     if torch_step is not None:
         return _torch_gather(values, torch_step[0])
     context = replica_context()
@@ -560,7 +560,7 @@ def synchronized_moments(inputs, axes, mask=None):
     less the last axis; masked-out positions do not count. Returns float32 tensors of
     the kept axis (float16 / bfloat16 inputs are summed in float32).
     """
-    torch_step = _torch_step()
+    torch_step = torch_step_group()
     if torch_step is None and mask is None:
         return ops.moments(inputs, axes=axes)
     x = ops.convert_to_tensor(inputs)

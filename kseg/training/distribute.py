@@ -388,7 +388,7 @@ def distribute_torch_steps(model, group=None):
     own_apply = optimizer.apply
 
     def apply(grads, trainable_variables=None):
-        if _backend._torch_step() is not None:
+        if _backend.torch_step_group() is not None:
             grads = average_gradients(grads, group)
         return own_apply(grads, trainable_variables)
 
