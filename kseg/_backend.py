@@ -12,7 +12,8 @@ backends through this module; tests/test_layout.py checks it. Here:
   (`predict_keeps_intermediates`, for `kseg.inference`'s lean runner);
 - the forms JAX's export tracing (symbolic sizes; jax2tf, jax2onnx) needs:
   `int_range`, `divmod_nonnegative`, `set_at`, `is_symbolic_dim`;
-- the cross-replica sums and gathers of losses and metrics under `tf.distribute`;
+- the cross-replica sums and gathers of losses and metrics under `tf.distribute`
+  and `torch.distributed`, and BatchNorm moments over every torch process;
 - the row sums of the dense CRF's lattice (`segment_sum_rows`).
 """
 
@@ -349,13 +350,17 @@ def _torch_pool_argmax(view, rows):
 
 
 # ---------------------------------------------------------------------------
-# Cross-replica sums and gathers for losses and metrics under `tf.distribute`.
+# Cross-replica sums and gathers for losses and metrics on several replicas.
 #
-# Backend-specific code (DESIGN.md): only TensorFlow runs one copy of a training step
-# per replica (`tf.distribute.MirroredStrategy`, `MultiWorkerMirroredStrategy`), each
-# seeing its slice of the global batch. JAX's `keras.distribution.DataParallel` runs
-# one SPMD program over the global batch and torch has no distribution in Keras 3.15,
-# so on those backends every function of this section is the identity.
+# Backend-specific code (DESIGN.md). Two backends run one copy of a training step per
+# replica, each on its slice of the global batch:
+# - TensorFlow (`tf.distribute.MirroredStrategy`, `MultiWorkerMirroredStrategy`);
+# - torch under `torch.distributed` (one process per device, launched by `torchrun`),
+#   while `kseg.training`'s step runs inside `torch_replica_step` (and only then: a
+#   collective outside the step, e.g. a loss called by one process alone, would wait
+#   for the others forever).
+# JAX's `keras.distribution.DataParallel` runs one SPMD program over the global batch,
+# so there every function of this section is the identity.
 #
 # Keras' convention on TensorFlow (`keras/src/losses/loss.py`,
 # `scale_loss_for_distribution`, and the trainer's `unscale_loss_for_distribution`):
@@ -366,6 +371,84 @@ def _torch_pool_argmax(view, rows):
 # is an all-reduce sum, `tf.distribute.ReplicaContext.all_reduce`) and divide it by
 # `num_replicas()`, so that the summed gradients and the reported value are those of
 # one device on the whole batch.
+#
+# torch: kseg's step averages the processes' gradients (as DistributedDataParallel
+# does) and the losses are not scaled (`num_replicas()` is 1 there): every process
+# computes the loss of the global batch from cross-process sums; the backward of the
+# all-reduce sums the processes' gradients of it, so each process holds `N` times its
+# own pixels' share of the global gradient and the average is the global gradient.
+# Keras' own losses (a mean over the process's images) and the regularisation losses
+# (the same on every process) come out right under the average too.
+
+# The process groups of the `torch.distributed` steps running now (innermost last).
+_TORCH_STEP_GROUP = []
+
+
+@contextlib.contextmanager
+def torch_replica_step(group=None):
+    """Inside it, the sums and gathers of this section run across the torch processes.
+
+    `group` is the `torch.distributed` process group (None: the default group). Every
+    process of the group must enter it for the same step (kseg.training's distributed
+    train and test steps do).
+    """
+    _TORCH_STEP_GROUP.append(group)
+    try:
+        yield
+    finally:
+        _TORCH_STEP_GROUP.pop()
+
+
+def torch_step_group():
+    """`(group,)` inside a `torch_replica_step` of several processes, else None."""
+    if not _TORCH_STEP_GROUP or keras.backend.backend() != "torch":
+        return None
+    import torch.distributed as dist
+
+    group = _TORCH_STEP_GROUP[-1]
+    if not dist.is_initialized() or dist.get_world_size(group) == 1:
+        return None
+    return (group,)
+
+
+@functools.cache
+def _torch_all_reduce_function():
+    """A `torch.autograd.Function`: the sum over the processes, whose gradient is the sum
+    over the processes of the gradients (every process's loss depends on every input)."""
+    import torch
+    import torch.distributed as dist
+
+    class AllReduceSum(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, tensor, group):
+            ctx.group = group
+            tensor = tensor.clone()
+            dist.all_reduce(tensor, group=group)
+            return tensor
+
+        @staticmethod
+        def backward(ctx, grad):
+            grad = grad.contiguous().clone()
+            dist.all_reduce(grad, group=ctx.group)
+            return grad, None
+
+    return AllReduceSum
+
+
+def _torch_all_reduce_sum(values, group):
+    """Differentiable sum over the processes of a list of tensors, in one all-reduce."""
+    import torch
+
+    shapes = [tuple(v.shape) for v in values]
+    dtype = functools.reduce(torch.promote_types, [v.dtype for v in values])
+    flat = torch.cat([v.reshape(-1).to(dtype) for v in values])
+    flat = _torch_all_reduce_function().apply(flat, group)
+    out, start = [], 0
+    for value, shape in zip(values, shapes):
+        size = int(np.prod(shape, dtype=np.int64))
+        out.append(flat[start : start + size].reshape(shape).to(value.dtype))
+        start += size
+    return out
 
 
 def replica_context():
@@ -385,7 +468,10 @@ def replica_context():
 
 
 def num_replicas():
-    """Number of replicas whose step runs in sync with this one (1 outside `tf.distribute`)."""
+    """The divisor of a reduced loss: the replicas of a `tf.distribute` step (else 1).
+
+    1 on torch too, whose distributed step averages the gradients instead of summing
+    them (see above)."""
     context = replica_context()
     return 1 if context is None else int(context.num_replicas_in_sync)
 
@@ -396,6 +482,12 @@ def sum_over_replicas(values):
     Differentiable. Every replica must call it the same number of times in the
     same order (it is a collective operation).
     """
+    torch_step = torch_step_group()
+    if torch_step is not None:
+        single = not isinstance(values, (list, tuple))
+        tensors = [ops.convert_to_tensor(v) for v in ([values] if single else values)]
+        summed = _torch_all_reduce_sum(tensors, torch_step[0])
+        return summed[0] if single else summed
     context = replica_context()
     if context is None:
         return values
@@ -414,6 +506,9 @@ def gather_over_replicas(values):
     costs `N` times a gather's traffic; `ReplicaContext.all_gather` aborted with a
     collective-type mismatch next to the loss's all-reduces (TensorFlow 2.21, CPU).
     """
+    torch_step = torch_step_group()
+    if torch_step is not None:
+        return _torch_gather(values, torch_step[0])
     context = replica_context()
     if context is None:
         return values
@@ -432,6 +527,58 @@ def gather_over_replicas(values):
     padded = [tf.pad(v, [[start, after]] + [[0, 0]] * (len(v.shape) - 1)) for v in values]
     gathered = context.all_reduce(tf.distribute.ReduceOp.SUM, padded)
     return gathered[0] if single else list(gathered)
+
+
+def _torch_gather(values, group):
+    """`gather_over_replicas` on torch processes: a differentiable all-reduce of padded
+    copies, as on TensorFlow (the sizes first, in a plain all-reduce)."""
+    import torch
+    import torch.distributed as dist
+
+    single = not isinstance(values, (list, tuple))
+    values = [ops.convert_to_tensor(v) for v in ([values] if single else values)]
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    count = int(values[0].shape[0])
+    sizes = torch.zeros(world, dtype=torch.int64, device=values[0].device)
+    sizes[rank] = count
+    dist.all_reduce(sizes, group=group)
+    start = int(sizes[:rank].sum())
+    after = int(sizes.sum()) - start - count
+    padded = [torch.nn.functional.pad(v, [0, 0] * (v.dim() - 1) + [start, after]) for v in values]
+    gathered = _torch_all_reduce_sum(padded, group)
+    return gathered[0] if single else gathered
+
+
+def synchronized_moments(inputs, axes, mask=None):
+    """Mean and variance of `inputs` over `axes` and over every torch process's batch.
+
+    Inside a distributed torch step (`torch_replica_step`) the sums of `x`, `x**2` and
+    the count are all-reduced, differentiably (the gradient flows through the global
+    statistics, as in torch's `SyncBatchNorm`), and the variance is `E[x^2] - E[x]^2`,
+    the formula of Keras' torch `moments`. Elsewhere: the local moments (Keras'
+    `ops.moments`, or their masked form). `mask` (optional) has the shape of `inputs`
+    less the last axis; masked-out positions do not count. Returns float32 tensors of
+    the kept axis (float16 / bfloat16 inputs are summed in float32).
+    """
+    torch_step = torch_step_group()
+    if torch_step is None and mask is None:
+        return ops.moments(inputs, axes=axes)
+    x = ops.convert_to_tensor(inputs)
+    if x.dtype in ("float16", "bfloat16"):
+        x = ops.cast(x, "float32")
+    if mask is None:
+        weight = None
+        count = ops.convert_to_tensor(float(np.prod([int(x.shape[a]) for a in axes])), x.dtype)
+    else:
+        weight = ops.cast(ops.broadcast_to(ops.expand_dims(mask, -1), ops.shape(x)), x.dtype)
+        count = ops.sum(weight, axis=axes)
+    total = ops.sum(x if weight is None else x * weight, axis=axes)
+    squares = ops.sum(x * x if weight is None else x * x * weight, axis=axes)
+    if torch_step is not None:
+        total, squares, count = _torch_all_reduce_sum([total, squares, count], torch_step[0])
+    count = ops.maximum(count, 1e-12)
+    mean = total / count
+    return mean, ops.maximum(squares / count - mean * mean, 0.0)
 
 
 # ----------------------------------------------------------------------------- kernel choices

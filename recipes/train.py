@@ -188,16 +188,18 @@ def build_parser(prog="train.py", voc_entry=False):
         default="auto",
         choices=("auto", "none", "local", "multihost"),
         help="auto: every local accelerator when there is more than one (several hosts "
-        "when TF_CONFIG or KERAS_DISTRIBUTION_JOB_ADDRESSES is set), else one device; "
-        "none: one device; local: every local device, CPUs included; multihost: "
-        "several hosts (JAX: keras.distribution.initialize; TensorFlow: TF_CONFIG). "
-        "JAX and TensorFlow only",
+        "when TF_CONFIG or KERAS_DISTRIBUTION_JOB_ADDRESSES is set; torch: the processes "
+        "torchrun started), else one device; none: one device; local: every local device, "
+        "CPUs included; multihost: several hosts (JAX: keras.distribution.initialize; "
+        "TensorFlow: TF_CONFIG). torch: local and multihost train one process per device, "
+        "started by torchrun (torchrun --nproc_per_node=N recipes/train.py ...)",
     )
     parser.add_argument(
         "--sync-bn",
         action="store_true",
-        help="TensorFlow: BatchNorm statistics of the global batch, all-reduced across the "
-        "replicas (kseg.training.synchronize_batch_norm); JAX computes them so already",
+        help="TensorFlow and torch: BatchNorm statistics of the global batch, all-reduced "
+        "across the replicas (kseg.training.synchronize_batch_norm); JAX computes them so "
+        "already",
     )
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=int, default=None, help="passes over the training set")
@@ -318,8 +320,8 @@ def parse_args(argv=None, prog="train.py", voc_entry=False):
     """Parses and checks the command line; with --resume, the saved arguments are the defaults.
 
     Every check of the arguments is made here, before any data or model is built:
-    also those that need the backend (`--sync-bn` on torch) and the devices
-    (`--distribute` and a `--batch-size` that must split across them).
+    also those that need the devices (`--distribute` and a `--batch-size` that
+    must split across them).
 
     Args:
         argv: the arguments (default `sys.argv[1:]`).
@@ -459,12 +461,13 @@ def _check_init_from(parser, args, argv):
 
 
 def _check_devices(args):
-    """Plans the devices (`args.plan`); refuses a --distribute, --batch-size or --sync-bn
-    that they cannot run. Before anything touches the devices (TensorFlow's strategies
-    need that)."""
-    _common.quiet_tensorflow()
-    import keras
+    """Plans the devices (`args.plan`); refuses a --distribute or --batch-size that they
+    cannot run. Before anything touches the devices (TensorFlow's strategies need that).
 
+    On torch under torchrun this joins the processes (`torch.distributed`); only
+    process 0 prints and writes the run's files from here on (`plan.is_chief`).
+    """
+    _common.quiet_tensorflow()
     import kseg.training
 
     try:
@@ -472,11 +475,8 @@ def _check_devices(args):
         args.plan.per_replica_batch(args.batch_size)
     except ValueError as e:
         raise SystemExit(f"{args.prog}: error: argument --distribute: {e}") from None
-    if args.sync_bn and keras.backend.backend() == "torch":
-        raise SystemExit(
-            f"{args.prog}: error: argument --sync-bn: the torch backend trains on one "
-            "device (Keras 3.15 has no distribution for it). Received: --sync-bn on torch"
-        )
+    global _PRINTS
+    _PRINTS = args.plan.is_chief
 
 
 def _folder_defaults():
@@ -605,7 +605,7 @@ def bn_statistics(args, plan):
     """How BatchNorm computes its batch statistics in this run, for the log."""
     if plan.num_replicas == 1:
         return "of the batch"
-    if plan.strategy is None:  # JAX: the step sees the whole sharded batch
+    if plan.kind == "data_parallel":  # JAX: the step sees the whole sharded batch
         return "of the global batch"
     if args.sync_bn:
         return "of the global batch (--sync-bn)"
@@ -621,8 +621,13 @@ def compact_note(args):
     return " (full size, compact heads)"
 
 
+# False in the processes of a torch.distributed run other than process 0.
+_PRINTS = True
+
+
 def log(message=""):
-    print(message, flush=True)
+    if _PRINTS:
+        print(message, flush=True)
 
 
 def _size_text(size):
@@ -634,7 +639,9 @@ def make_data(args):
 
     Returns:
         A dict: `train_ds` (repeated, augmented batches), `steps_per_epoch`,
-        `val_ds` (the per-epoch validation batches of `fit`), `val_steps`,
+        `val_ds` (the per-epoch validation batches of `fit`), `fit_val_ds` (this
+        process's share of them: each torch.distributed process validates on its
+        own), `val_steps`,
         `eval_ds` (what the final evaluation scores: full images one by one
         for the sliding-window datasets, else `val_ds`), `eval_steps`,
         `sliding` (whether the final evaluation slides windows of the
@@ -695,17 +702,22 @@ def make_data(args):
             f"training set ({num_train} images)"
         )
     steps_per_epoch = num_train // args.batch_size
+    fit_val_ds = val_ds
+    index, count = args.plan.shard
+    if count > 1:
+        fit_val_ds = _shard_validation(kdata, val, val_ds, args, count, index, ignore)
     val_steps = None
     if args.smoke:
         steps_per_epoch = min(steps_per_epoch, _configs.SMOKE_STEPS_PER_EPOCH)
         val_steps = _configs.SMOKE_STEPS_PER_EPOCH
     train_ds = kdata.train_pipeline(
         train,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size // count,
         crop_size=args.crop_size,
         scale_range=args.scale_range,
         seed=args.seed,
         repeat=True,
+        shard=(index, count) if count > 1 else None,
         **ignore,
     )
     if entry["sliding"]:
@@ -717,12 +729,41 @@ def make_data(args):
         "train_ds": train_ds,
         "steps_per_epoch": steps_per_epoch,
         "val_ds": val_ds,
+        "fit_val_ds": fit_val_ds,
         "val_steps": val_steps,
         "eval_ds": eval_ds,
         "eval_steps": eval_steps,
         "sliding": entry["sliding"],
         "dataset": dataset,
     }
+
+
+def _shard_validation(kdata, val, val_ds, args, count, index, ignore):
+    """This process's share of the per-epoch validation batches of a torch.distributed run.
+
+    Every process must run the same number of validation steps: the validation
+    images (brought to their batch size by `val_ds`'s preprocessing) are padded to a
+    multiple of the global batch with copies of the first image whose labels are all
+    `ignore_index`, which no metric counts (they do weigh in `val_loss`), and process
+    `index` takes images `index`, `index + count`, ... in batches of
+    `--batch-size / count`. The metrics sum the processes' counts: each validation
+    pixel is counted once.
+    """
+    import tensorflow as tf
+
+    images = val_ds.unbatch()
+    total = int(val.cardinality())
+    if total < 0:
+        total = sum(1 for _ in images)
+    missing = -total % args.batch_size
+    if missing:
+        fill = ignore["ignore_index"]
+        blank = images.take(1).map(
+            lambda image, mask: (image, tf.fill(tf.shape(mask), tf.cast(fill, mask.dtype)))
+        )
+        images = images.concatenate(blank.repeat(missing))
+    per_process = args.batch_size // count
+    return images.shard(count, index).batch(per_process).prefetch(tf.data.AUTOTUNE)
 
 
 def compile_model(model, args, num_classes, total_steps, jit_compile, keras, kseg, ignore_index):
@@ -863,7 +904,7 @@ def make_model(args, setup, data, total_steps):
             model = _init_model(args, dataset, kseg)
         else:
             model = _build_model(args, dataset, compact)
-        if args.sync_bn and setup["backend"] == "tensorflow":
+        if args.sync_bn and setup["backend"] in ("tensorflow", "torch"):
             kseg.training.synchronize_batch_norm(model)
         miou, monitor, outputs = compile_model(
             model,
@@ -875,6 +916,7 @@ def make_model(args, setup, data, total_steps):
             kseg,
             _ignore_index(dataset),
         )
+    args.plan.prepare(model)  # torch.distributed: steps across the processes
     return model, miou, monitor, outputs
 
 
@@ -917,6 +959,8 @@ def save_args(args):
     """Writes the resolved arguments to `<logdir>/args.json`, the defaults of --resume."""
     from kseg.training.callbacks.saving import save_atomically, write_json
 
+    if not args.plan.is_chief:
+        return
     saved = _saved(args)
     save_atomically(os.path.join(args.logdir, "args.json"), lambda path: write_json(path, saved))
 
@@ -999,7 +1043,9 @@ def make_callbacks(args, data, miou, monitor):
         backup_dir=backup_dir,
         backup_save_freq=args.save_every or "epoch",
         delete_backup=False,
-        verbose=1,
+        verbose=1 if args.plan.is_chief else 0,
+        # torch.distributed: process 0 writes; the others restore what it wrote.
+        writes=args.plan.is_chief,
     )
 
 
@@ -1007,7 +1053,7 @@ def fit(args, model, data, outputs, epochs, steps_per_epoch, callbacks):
     """`model.fit`; a diverging run or a full disk ends with what is kept and how to go on."""
     import kseg.training
 
-    train_ds, val_ds = data["train_ds"], data["val_ds"]
+    train_ds, val_ds = data["train_ds"], data["fit_val_ds"]
     if outputs is not None:
 
         def to_dict(images, masks):
@@ -1024,7 +1070,7 @@ def fit(args, model, data, outputs, epochs, steps_per_epoch, callbacks):
             validation_steps=data["val_steps"],
             callbacks=callbacks,
             shuffle=False,  # the pipeline shuffles
-            verbose=1 if sys.stdout.isatty() else 2,
+            verbose=(1 if sys.stdout.isatty() else 2) if args.plan.is_chief else 0,
         )
     except kseg.training.DivergenceError as e:
         raise SystemExit(_stopped(args, e, backup_dir, checkpoint_path, diverged=True)) from None
@@ -1033,10 +1079,16 @@ def fit(args, model, data, outputs, epochs, steps_per_epoch, callbacks):
 
 
 def final_evaluation(args, model, data, checkpoint, wall_start):
-    """Scores the final model on the validation set and prints the results."""
+    """Scores the final model on the validation set and prints the results.
+
+    In a torch.distributed run, process 0 alone evaluates (the others return None).
+    """
     import keras
 
     import kseg
+
+    if not args.plan.is_chief:
+        return None
 
     eval_kwargs = {}
     if data["sliding"]:

@@ -260,6 +260,7 @@ def train_pipeline(
     repeat=False,
     drop_remainder=True,
     num_parallel_calls=tf.data.AUTOTUNE,
+    shard=None,
 ):
     """Turns an unbatched `(image, mask)` dataset into augmented training batches.
 
@@ -283,6 +284,14 @@ def train_pipeline(
         repeat: repeat forever (then pass `steps_per_epoch` to `fit`).
         drop_remainder: drop the last incomplete batch. Defaults to True.
         num_parallel_calls: augmentation parallelism. Defaults to AUTOTUNE.
+        shard: None, or `(index, count)`: this process's share of a data-parallel
+            run of `count` processes (`kseg.training.DistributionPlan.shard`). It
+            keeps samples `index`, `index + count`, ... of the sequence an unsharded
+            pipeline would augment, with the same augmentations, so that the
+            `count` processes' batches of `batch_size` (the global batch divided by
+            `count`) hold together exactly the global batch of the unsharded
+            pipeline. Every process still reads and decodes every sample; only its
+            own are augmented.
 
     Returns:
         A dataset of `(images, masks)` batches: float32 `(B, h, w, 3)` in
@@ -319,6 +328,9 @@ def train_pipeline(
     # One random int64 per sample, different at each iteration, reproducible under `seed`.
     randoms = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
     ds = tf.data.Dataset.zip((ds, randoms))
+    if shard is not None:
+        index, count = _check_shard(shard)
+        ds = ds.shard(count, index)
     salt = tf.constant(0 if seed is None else int(seed), tf.int64)
 
     def _augment(sample, r):
@@ -328,6 +340,21 @@ def train_pipeline(
     ds = ds.map(_augment, num_parallel_calls=num_parallel_calls, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _check_shard(shard):
+    """`(index, count)` of a `shard` argument, or a `ValueError` naming it."""
+    try:
+        index, count = shard
+        valid = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in shard)
+    except (TypeError, ValueError):
+        valid = False
+    if not valid or count < 1 or not 0 <= index < count:
+        raise ValueError(
+            "Expected `shard` to be None or (index, count) with integers "
+            f"0 <= index < count. Received: shard={shard!r}"
+        )
+    return int(index), int(count)
 
 
 def eval_preprocess(

@@ -1,6 +1,6 @@
 """Training utilities: the poly learning-rate schedule, the papers' SGD and AdamW, TensorBoard /
 checkpoint / resumable-backup / label-check callbacks, atomic saves, and multi-device
-set-up (`plan_distribution`, `synchronize_batch_norm`).
+set-up (`plan_distribution`, `synchronize_batch_norm`; on torch `distribute_torch_steps`).
 
 Uses TensorFlow's `tf.summary` (imported here, whatever the Keras backend) to
 write images and scalars next to `keras.callbacks.TensorBoard`'s logs.
@@ -20,7 +20,12 @@ from kseg.training.callbacks import (
     segmentation_callbacks,
     take_samples,
 )
-from kseg.training.distribute import DistributionPlan, plan_distribution, synchronize_batch_norm
+from kseg.training.distribute import (
+    DistributionPlan,
+    distribute_torch_steps,
+    plan_distribution,
+    synchronize_batch_norm,
+)
 from kseg.training.divergence import DivergenceCheck, DivergenceError
 from kseg.training.optimizers import SGD, AdamW, variable_groups
 from kseg.training.schedules import PolyDecay, PolyLearningRateSchedule
@@ -47,5 +52,6 @@ __all__ = [
     "take_samples",
     "DistributionPlan",
     "plan_distribution",
+    "distribute_torch_steps",
     "synchronize_batch_norm",
 ]

@@ -15,6 +15,10 @@ Keras 3.15 keeps these without documenting them:
   unreadable), so kseg's subclass writes exactly those;
 - `Layer._flatten_layers(include_self=True, recursive=True)`: a layer and every
   layer it holds, however nested (`.layers` lists only a Model's own);
+- `BatchNormalization._moments(inputs, mask)`: the batch mean and variance that
+  `BatchNormalization.call` normalises with in training, which
+  `kseg.training.synchronize_batch_norm` replaces on the torch backend with the
+  moments of every process's batch;
 - `Optimizer._apply_weight_decay(variables)`, the decoupled decay that `apply`
   runs before the updates with the base learning rate, which kseg's `SGD` and
   `AdamW` (training/optimizers.py) override to do nothing, as they decay in
@@ -58,3 +62,9 @@ def backup_files(callback):
 def nested_layers(layer):
     """`layer` and every layer it holds, however nested."""
     return layer._flatten_layers(include_self=True, recursive=True)
+
+
+def set_batch_norm_moments(layer, moments):
+    """Makes `layer` (a `keras.layers.BatchNormalization`) train with `moments(inputs, mask)`
+    -> `(mean, variance)` instead of its own batch moments."""
+    layer._moments = moments

@@ -276,3 +276,29 @@ def test_bad_arguments():
         augment.eval_pipeline(ds, 1, size=4, policy="crop")
     with pytest.raises(ValueError, match="Received: size=None"):
         augment.eval_pipeline(ds, 1, policy="pad")
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_shards_hold_together_the_unsharded_batches(fake_root, count):
+    """Each of `count` processes takes every `count`-th sample with its augmentation: the
+    shards' batches of `batch / count` are together the unsharded batch, step by step."""
+
+    def make(batch, shard=None):
+        source = voc.voc_dataset(fake_root, "train", shuffle=True, seed=3)
+        return augment.train_pipeline(
+            source, batch, 24, seed=3, repeat=True, color_jitter=0.2, shard=shard
+        )
+
+    whole = _batches(make(2 * count).take(3))
+    shards = [_batches(make(2, (index, count)).take(3)) for index in range(count)]
+    for step, (images, masks) in enumerate(whole):
+        # Sample j of the global batch is sample j // count of shard j % count.
+        order = [(j % count, j // count) for j in range(2 * count)]
+        np.testing.assert_array_equal(np.stack([shards[s][step][0][k] for s, k in order]), images)
+        np.testing.assert_array_equal(np.stack([shards[s][step][1][k] for s, k in order]), masks)
+
+
+@pytest.mark.parametrize("shard", [(2, 2), (0, 0), (-1, 2), 3, (0.0, 2), (True, 2)])
+def test_bad_shard(fake_root, shard):
+    with pytest.raises(ValueError, match=r"Expected `shard` to be None or \(index, count\)"):
+        augment.train_pipeline(voc.voc_dataset(fake_root, "train"), 2, 16, shard=shard)

@@ -197,25 +197,50 @@ def test_tensorflow_two_replicas_match_one_device():
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="runs in the torch session")
-def test_torch_says_which_backends_scale_out():
+def test_torch_outside_torchrun_says_how_to_launch(monkeypatch):
     from kseg.training import plan_distribution
+    from kseg.training.distribute import TORCHRUN_VARIABLES
 
+    for name in TORCHRUN_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
     for choice in ("local", "multihost"):
-        with pytest.raises(ValueError, match="JAX .* and TensorFlow") as info:
+        with pytest.raises(ValueError, match="started by torchrun .*--nproc_per_node") as info:
             plan_distribution(choice)
-        assert f"distribute={choice!r}" in str(info.value)
+        assert f"Received: distribute={choice!r} with WORLD_SIZE, RANK" in str(info.value)
     assert plan_distribution("none").num_replicas == 1
     assert plan_distribution("auto").num_replicas == 1
+    assert plan_distribution("auto").shard == (0, 1)
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="runs in the torch session")
-def test_torch_refuses_sync_bn_in_the_recipe(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(os.path.join(ROOT, "recipes"))
-    import train
+def test_torch_refuses_one_device_in_several_torchrun_processes(monkeypatch):
+    from kseg.training import plan_distribution
+    from kseg.training.distribute import TORCHRUN_VARIABLES
 
-    with pytest.raises(SystemExit, match="argument --sync-bn: the torch backend trains on one"):
-        train.main(["--smoke", "--sync-bn", "--logdir", str(tmp_path / "run")])
-    assert not (tmp_path / "run").exists()
+    values = ["2", "1", "1", "127.0.0.1", "29500"]
+    for name, value in zip(TORCHRUN_VARIABLES, values):
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match="torchrun started 2 processes") as info:
+        plan_distribution("none")
+    assert str(info.value).endswith("Received: distribute='none' with WORLD_SIZE=2")
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="runs in the torch session")
+def test_torch_steps_need_torch_distributed_and_a_compiled_model():
+    from kseg.training.distribute import distribute_torch_steps
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    with pytest.raises(ValueError, match="needs torch.distributed initialised"):
+        distribute_torch_steps(model)
+
+
+@pytest.mark.skipif(BACKEND == "torch", reason="the other backends")
+def test_torch_steps_refuse_another_backend():
+    from kseg.training.distribute import distribute_torch_steps
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    with pytest.raises(ValueError, match=f"for the torch backend .*backend {BACKEND!r}"):
+        distribute_torch_steps(model)
 
 
 def test_synchronized_batch_norm_saves_a_config_every_backend_loads():
@@ -225,9 +250,8 @@ def test_synchronized_batch_norm_saves_a_config_every_backend_loads():
     inputs = keras.Input((4, 4, 2))
     outputs = keras.layers.BatchNormalization(name="head_bn")(inner(inputs))
     model = keras.Model(inputs, keras.layers.Conv2D(2, 1)(outputs))
-    if BACKEND != "tensorflow":
-        word = "global batch" if BACKEND == "jax" else "one device"
-        with pytest.raises(ValueError, match=f"TensorFlow's tf.distribute only: .*{word}"):
+    if BACKEND == "jax":
+        with pytest.raises(ValueError, match="torch.distributed only: .*global batch"):
             synchronize_batch_norm(model)
         return
     assert synchronize_batch_norm(model) == 2
@@ -358,3 +382,42 @@ def test_device_kind_names_the_accelerator_or_the_cpu():
 
     assert device_kind() == ("gpu" if _accelerators(BACKEND) else "cpu")
     assert device_kind("numpy") == "cpu"
+
+
+class _FastBatchNorm(keras.layers.BatchNormalization):
+    """A subclass with its own `call`, as a backend's fast path would have."""
+
+    def call(self, inputs, training=None, mask=None):
+        raise AssertionError("the subclass's call ran, not the synchronised one")
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch: one process, no torch.distributed")
+def test_synchronized_batch_norm_trains_as_plain_batch_norm_in_one_torch_process():
+    """Synchronised layers (a subclass with its own `call` too) compute the moments of
+    the process's batch outside torch.distributed: two steps as Keras' plain layer."""
+    from kseg.training import synchronize_batch_norm
+
+    def build(norm):
+        keras.utils.set_random_seed(1)
+        inputs = keras.Input((8, 8, 3))
+        x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+        x = norm(momentum=0.5, name="bn")(x)
+        return keras.Model(inputs, keras.layers.Conv2D(3, 1)(x))
+
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(4, 8, 8, 3)).astype("float32")
+    masks = rng.integers(0, 3, size=(4, 8, 8))
+    plain, synchronized = build(keras.layers.BatchNormalization), build(_FastBatchNorm)
+    synchronized.set_weights(plain.get_weights())
+    assert synchronize_batch_norm(synchronized) == 1
+    assert synchronized.get_layer("bn").get_config()["synchronized"] is False
+    results = []
+    for model in (plain, synchronized):
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.1), loss=kseg.losses.SegmentationCrossEntropy()
+        )
+        history = model.fit(images, masks, batch_size=4, epochs=2, verbose=0, shuffle=False)
+        results.append((history.history["loss"], model.get_weights()))
+    np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-6)
+    for a, b in zip(results[0][1], results[1][1]):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)

@@ -155,3 +155,19 @@ def test_weight_decay_hooks_are_the_ones_apply_uses():
     optimizer.exclude_from_weight_decay(var_names=["kern"])
     if optimizer._use_weight_decay(variable):
         _fail("Optimizer._use_weight_decay", "True for a variable excluded by name")
+
+
+def test_batch_norm_trains_with_the_moments_it_is_given():
+    if not callable(getattr(keras.layers.BatchNormalization, "_moments", None)):
+        _fail("BatchNormalization._moments")
+    layer = keras.layers.BatchNormalization(momentum=0.5, epsilon=0.0, center=False, scale=False)
+    x = np.arange(12, dtype="float32").reshape(3, 2, 2)
+    layer.build(x.shape)
+    given = (keras.ops.full((2,), 1.0), keras.ops.full((2,), 4.0))
+    _keras_internals.set_batch_norm_moments(layer, lambda inputs, mask: given)
+    out = keras.ops.convert_to_numpy(layer(x, training=True))
+    # Normalised with the given moments (mean 1, variance 4), not those of `x`.
+    if not np.allclose(out, (x - 1.0) / 2.0, atol=1e-6):
+        _fail("BatchNormalization._moments", "not what call normalises with in training")
+    if not np.allclose(keras.ops.convert_to_numpy(layer.moving_mean), 0.5):
+        _fail("BatchNormalization._moments", "not what the moving statistics follow")

@@ -74,6 +74,7 @@ def segmentation_callbacks(
     delete_backup=True,
     state_path=None,
     verbose=0,
+    writes=True,
 ):
     """The standard set of callbacks of the training recipe.
 
@@ -98,6 +99,11 @@ def segmentation_callbacks(
             across a resume (`BestCheckpoint`), or None.
         verbose: `verbose` of `BackupAndRestore` and the checkpoint (1 prints
             a line at every save). Defaults to 0.
+        writes: False for a process that writes nothing (the processes of a
+            torch.distributed run other than process 0,
+            `kseg.training.DistributionPlan.is_chief`): only `DivergenceCheck`,
+            `BackupAndRestore(writes=False)` (it restores the backup that process 0
+            wrote) and `LabelCheck`, which every process runs alike. Defaults to True.
 
     Returns:
         A list: `DivergenceCheck` (a non-finite loss stops the run before
@@ -115,10 +121,13 @@ def segmentation_callbacks(
                 save_freq=backup_save_freq,
                 delete_checkpoint=delete_backup,
                 verbose=verbose,
+                writes=writes,
             )
         )
     if label_check:
         callbacks.append(LabelCheck())
+    if not writes:
+        return callbacks
     callbacks.append(keras.callbacks.TensorBoard(os.fspath(log_dir)))
     callbacks.append(LearningRateLogger(log_dir, update_freq=lr_update_freq))
     if metric is not None:

@@ -56,6 +56,11 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
     folder on each host's own disk every host keeps the copy it must restore from
     (every worker restores, and all must resume at the same step).
 
+    torch.distributed (`kseg.training.DistributionPlan.prepare`): only process 0
+    writes (`writes=True` there, False on the others); every process restores, from
+    the files process 0 wrote, so the backup folder must be one that all can read
+    (on several hosts, a shared folder).
+
     Step-level resuming needs `fit` to know the number of steps per epoch
     (`steps_per_epoch`, or a dataset of known length); `save_freq` as an
     integer without it is an error. A backup written by Keras' own callback (no
@@ -71,6 +76,8 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         delete_checkpoint: delete the backup when `fit` ends. Defaults to True
             (as Keras); False keeps it, so that a finished run can be extended.
         verbose: 1 prints a line at every save and restore. Defaults to 0.
+        writes: False restores but never writes nor deletes anything (the processes
+            of a torch.distributed run other than process 0). Defaults to True.
 
     Attributes:
         restored_step: the training step the last `fit` resumed after, or None
@@ -89,6 +96,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         double_checkpoint=False,
         delete_checkpoint=True,
         verbose=0,
+        writes=True,
     ):
         if save_freq != "epoch" and (
             isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1
@@ -106,6 +114,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
             delete_checkpoint=delete_checkpoint,
         )
         self.verbose = int(verbose)
+        self.writes = bool(writes)
         self._files = _keras_internals.backup_files(self)
         self.restored_step = None
         self._step = None
@@ -132,7 +141,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
                 "steps, which needs the number of steps per epoch: pass `steps_per_epoch` to "
                 "`fit` (or a dataset of known length). Received: steps_per_epoch=None"
             )
-        for path in (self._files.weights, self._files.metadata):
+        for path in (self._files.weights, self._files.metadata) if self.writes else ():
             if os.path.isdir(os.path.dirname(path)):
                 remove_stale_temporaries(path)
         # Keras restores the weights (and the `.bkp` copies when the latest is unreadable)
@@ -208,10 +217,14 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         if self.model is not None:
             # Not to leak into a later `fit`.
             _keras_internals.set_initial_epoch(self.model, None)
-        super().on_train_end(logs)
+        if self.writes:
+            super().on_train_end(logs)  # deletes the backup when `delete_checkpoint`
 
     def _save_model(self):
         """Writes the weights, then the metadata, each atomically, once they are finite."""
+        if not self.writes:
+            self._saved_step = self._step
+            return
         check_finite_state(self.model, f"the backup in {self.backup_dir}")
         os.makedirs(self.backup_dir, exist_ok=True)
         if self.double_checkpoint:

@@ -320,3 +320,33 @@ def test_standard_set_takes_the_recipe_options_in_the_documented_order(tmp_path)
     assert (backup.save_freq, backup.delete_checkpoint, backup.verbose) == (7, False, 1)
     assert isinstance(checkpoint, BestCheckpoint)
     assert checkpoint.state_path == str(tmp_path / "best.json") and checkpoint.verbose == 1
+
+
+def test_a_process_that_does_not_write_restores_and_writes_nothing(tmp_path):
+    """`writes=False` (a torch.distributed process other than 0): it resumes from the
+    backup process 0 wrote, at the same step, and leaves the folder as it was."""
+    backup = str(tmp_path / "backup")
+    with pytest.raises(KeyboardInterrupt):
+        _fit(_model(), [BackupAndRestore(backup, save_freq=4), _Interrupt(5)])
+    files = {name: os.path.getmtime(os.path.join(backup, name)) for name in os.listdir(backup)}
+    model, recorder = _model(), _EpochRecorder()
+    reader = BackupAndRestore(backup, save_freq=4, writes=False)
+    _fit(model, [reader, recorder])
+    assert reader.restored_step == 4
+    assert recorder.steps == EPOCHS * STEPS_PER_EPOCH - 4
+    assert {n: os.path.getmtime(os.path.join(backup, n)) for n in os.listdir(backup)} == files
+    fresh = str(tmp_path / "fresh")
+    _fit(_model(), [BackupAndRestore(fresh, save_freq=4, writes=False)])
+    assert not os.path.exists(fresh)
+
+
+def test_a_process_that_does_not_write_gets_no_logging_callbacks(tmp_path):
+    callbacks = segmentation_callbacks(
+        str(tmp_path / "logs"),
+        checkpoint_path=tmp_path / "best.keras",
+        backup_dir=tmp_path / "backup",
+        writes=False,
+    )
+    names = [type(c).__name__ for c in callbacks]
+    assert names == ["DivergenceCheck", "BackupAndRestore", "LabelCheck"]
+    assert callbacks[1].writes is False
