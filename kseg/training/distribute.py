@@ -392,19 +392,19 @@ def distribute_torch_steps(model, group=None):
             grads = average_gradients(grads, group)
         return own_apply(grads, trainable_variables)
 
-    def train_step(data):
-        before = _metric_values(model)
-        with _backend.torch_replica_step(group):
-            own_train_step(model, data)
-        _sum_metric_updates(model, before, group)
-        return model.get_metrics_result()
+    def across_processes(own_step):
+        """`own_step` in this process, then every metric's update summed over the group."""
 
-    def test_step(data):
-        before = _metric_values(model)
-        with _backend.torch_replica_step(group):
-            own_test_step(model, data)
-        _sum_metric_updates(model, before, group)
-        return model.get_metrics_result()
+        def step(data):
+            before = _metric_values(model)
+            with _backend.torch_replica_step(group):
+                own_step(model, data)
+            _sum_metric_updates(model, before, group)
+            return model.get_metrics_result()
+
+        return step
+
+    train_step, test_step = across_processes(own_train_step), across_processes(own_test_step)
 
     optimizer.apply = apply
     model.train_step = train_step
