@@ -1,9 +1,8 @@
 """UPerNet against segmentation_models.pytorch's `UPerNet` and transformers' `UperNetHead`.
 
 smp's model (random weights) checks the layout its options give: written with
-`save_pretrained` and read by `kseg.convert.from_smp` with the table entries
-`kseg.convert._smp_decoders.architectures()` proposes (the full-size cases:
-built and copied with that module's functions directly). transformers' UperNet
+`save_pretrained` and read by `kseg.convert.from_smp` (the full-size cases:
+built and copied with `kseg.convert._smp_decoders`' functions directly). transformers' UperNet
 head and FCN auxiliary head, which follow mmsegmentation's `UPerHead`, check
 the default layout on the features of a small kseg backbone.
 """
@@ -13,7 +12,6 @@ import pytest
 
 import kseg
 from kseg.convert import _smp_decoders
-from kseg.convert import smp as smp_converter
 from kseg.convert.state_dict import StrictCopy, read_state_dict
 from kseg.models.upernet import pyramid_features
 from tests.helpers import infer, to_numpy
@@ -61,10 +59,7 @@ def model(reference, tmp_path_factory):
     """The reference's `save_pretrained` folder through `from_smp` (`resnet18` by name)."""
     folder = tmp_path_factory.mktemp("smp_upernet")
     reference.save_pretrained(str(folder))
-    with pytest.MonkeyPatch.context() as patch:
-        for arch, entry in _smp_decoders.architectures().items():
-            patch.setitem(smp_converter.ARCHITECTURES, arch, entry)
-        return kseg.convert.from_smp(folder)
+    return kseg.convert.from_smp(folder)
 
 
 def _images(h, w, batch=1, seed=0):
