@@ -8,6 +8,7 @@ fresh process, one backend, and its own peak-memory figure) and prints one table
     python benchmarks/train_step.py --zoo --zoo-backend all --comparison "" --no-peer  # zoo only
     python benchmarks/train_step.py --profile             # + where the DeepLabV3+ step goes
     python benchmarks/train_step.py --batch 1 --size 64 --steps 2 --warmup 1   # smoke run
+    python benchmarks/train_step.py --pairs all           # PAIRS: kseg beside its smp peer
 
 A step is `model.train_on_batch(x, y)` after `model.compile(optimizer=SGD(0.01,
 momentum=0.9), loss=kseg.losses.SegmentationCrossEntropy())`, on random images in
@@ -443,9 +444,10 @@ def run_pairs(args):
     for name in names:
         arch, encoder, kwargs, backends = PAIRS[name]
         group = {"smp": measure_peer(args, arch, encoder, kwargs)}
-        group["torch, Keras' layers (before)"] = measure_kseg(
-            args, name, "torch", False, "channels_last", keras_layers=True
-        )
+        if not args.no_before:
+            group["torch, Keras' layers (before)"] = measure_kseg(
+                args, name, "torch", False, "channels_last", keras_layers=True
+            )
         group["torch"] = measure_kseg(args, name, "torch", False, "channels_last")
         if backends == "all":
             group["jax"] = measure_kseg(args, name, "jax", True, "channels_last")
@@ -500,6 +502,9 @@ def main(argv=None):
     parser.add_argument("--data-format", default="channels_last", help=argparse.SUPPRESS)
     parser.add_argument("--part", default="full", help=argparse.SUPPRESS)
     parser.add_argument("--keras-bn", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--no-before", action="store_true", help="--pairs without the torch rows on Keras' layers"
+    )
     parser.add_argument("--keras-conv", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
         "--pairs",

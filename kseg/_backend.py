@@ -13,7 +13,10 @@ backends through this module; tests/test_layout.py checks it. Here:
 - the forms JAX's export tracing (symbolic sizes; jax2tf, jax2onnx) needs:
   `int_range`, `divmod_nonnegative`, `set_at`, `is_symbolic_dim`;
 - the cross-replica sums and gathers of losses and metrics under `tf.distribute`;
-- the row sums of the dense CRF's lattice (`segment_sum_rows`).
+- the row sums of the dense CRF's lattice (`segment_sum_rows`);
+- on torch, the `call` of every `BatchNormalization` (torch's fused kernel) and NHWC
+  `Conv2D` / `DepthwiseConv2D` (no layout copies) of a kseg model
+  (`use_fused_batch_norm`, `use_direct_conv`, applied by `SegmentationModel`).
 """
 
 import contextlib
