@@ -16,7 +16,8 @@ backends through this module; tests/test_layout.py checks it. Here:
 - the row sums of the dense CRF's lattice (`segment_sum_rows`);
 - on torch, the `call` of every `BatchNormalization` (torch's fused kernel) and NHWC
   `Conv2D` / `DepthwiseConv2D` (no layout copies) of a kseg model
-  (`use_fused_batch_norm`, `use_direct_conv`, applied by `SegmentationModel`).
+  (`use_fused_batch_norm`, `use_direct_conv`, applied by `SegmentationModel` and
+  `Backbone`).
 """
 
 import contextlib

@@ -180,6 +180,10 @@ BUILT = {
     "deeplabv3plus_mobilenetv2": lambda: kseg.models.DeepLabV3Plus(
         3, input_shape=(32, 32, 3), backbone="mobilenetv2"
     ),
+    # Backbones alone (a kseg.backbones.Backbone) take the paths too.
+    "mobilenetv2_backbone": lambda: kseg.backbones.Application(
+        "mobilenetv2", input_shape=(32, 32, 3)
+    ),
     "ginet": lambda: kseg.models.GINet(
         3,
         input_shape=(32, 32, 3),
