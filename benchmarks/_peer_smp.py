@@ -1,18 +1,34 @@
-"""Training-step timing of segmentation_models_pytorch's DeepLabV3+ (the peer) in plain PyTorch.
+"""Training-step timing of a segmentation_models_pytorch model (the peer) in plain PyTorch.
 
 Run by `train_step.py` in its own process; prints one `RESULT {json}` line, or
 `RESULT {"error": "peer not installed ..."}` when segmentation_models_pytorch (or the
-torchvision it imports) cannot be imported. `encoder_weights=None`: nothing downloads.
+torchvision it imports) cannot be imported. `--arch` is the smp class (default
+`DeepLabV3Plus`), `--encoder` its encoder (default `resnet50`), `--kwargs` a JSON object
+of further constructor arguments (default `{"encoder_output_stride": 16}` for the
+default DeepLabV3+). `encoder_weights=None`: nothing downloads. kseg itself is not
+imported (its Keras would load TensorFlow into this process and into its peak memory):
+torchvision's missing op schemas are defined by `kseg/convert/_torch_references.py`,
+loaded as a file.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
 
 from train_step import peak_rss_mb, summarize, time_steps  # noqa: E402
+
+
+def _import_smp():
+    path = os.path.join(os.path.dirname(HERE), "kseg", "convert", "_torch_references.py")
+    spec = importlib.util.spec_from_file_location("_kseg_torch_references", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.import_torch_reference("segmentation_models_pytorch")
 
 
 def main(argv=None):
@@ -23,18 +39,26 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--budget", type=float, default=None)
     parser.add_argument("--num-classes", type=int, default=21)
+    parser.add_argument("--arch", default="DeepLabV3Plus")
+    parser.add_argument("--encoder", default="resnet50")
+    parser.add_argument("--kwargs", default=None, help="JSON object of constructor arguments")
     args = parser.parse_args(argv)
+    if args.kwargs is None:
+        kwargs = {"encoder_output_stride": 16} if args.arch == "DeepLabV3Plus" else {}
+    else:
+        kwargs = json.loads(args.kwargs)
 
     try:
-        import segmentation_models_pytorch as smp
         import torch
+
+        smp = _import_smp()
     except Exception as e:  # ImportError, or torchvision's operator registration failing
         print("RESULT " + json.dumps({"error": f"peer not installed ({type(e).__name__})"}))
         return 0
 
     torch.manual_seed(0)
-    model = smp.DeepLabV3Plus(
-        "resnet50", encoder_output_stride=16, encoder_weights=None, classes=args.num_classes
+    model = getattr(smp, args.arch)(
+        args.encoder, encoder_weights=None, classes=args.num_classes, **kwargs
     )
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -53,7 +77,7 @@ def main(argv=None):
     result = summarize(times, cpu, args.batch)
     result.update(
         {
-            "model": "smp.DeepLabV3Plus",
+            "model": f"smp.{args.arch}",
             "backend": f"torch {torch.__version__} (peer)",
             "jit_compile": False,
             "data_format": "channels_first",

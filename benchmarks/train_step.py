@@ -8,6 +8,7 @@ fresh process, one backend, and its own peak-memory figure) and prints one table
     python benchmarks/train_step.py --zoo --zoo-backend all --comparison "" --no-peer  # zoo only
     python benchmarks/train_step.py --profile             # + where the DeepLabV3+ step goes
     python benchmarks/train_step.py --batch 1 --size 64 --steps 2 --warmup 1   # smoke run
+    python benchmarks/train_step.py --pairs all           # PAIRS: kseg beside its smp peer
 
 A step is `model.train_on_batch(x, y)` after `model.compile(optimizer=SGD(0.01,
 momentum=0.9), loss=kseg.losses.SegmentationCrossEntropy())`, on random images in
@@ -57,6 +58,43 @@ MODELS = {
     "SegNet": ("SegNet", {}),
 }
 COMPARISON = ["DeepLabV3Plus", "DeepLabV3Plus-separable"]
+
+# Models in smp's exact layout, built by `kseg.convert.smp` (the layout `from_smp` gives
+# an smp checkpoint of that class), on smp's default ResNet-34 (`ENCODERS`).
+SMP_LAYOUTS = {
+    "Unet-r34": ("Unet", "resnet34"),
+    "FPN-r34": ("FPN", "resnet34"),
+    "Linknet-r34": ("Linknet", "resnet34"),
+    "UnetPlusPlus-r34": ("UnetPlusPlus", "resnet34"),
+    "UPerNet-r34": ("UPerNet", "resnet34"),
+}
+MODELS.update(
+    {
+        "SegFormer-B0": ("SegFormer", {"backbone": "mit_b0"}),
+        "SegFormer-B2": ("SegFormer", {"backbone": "mit_b2"}),
+    }
+)
+
+# `--pairs`: kseg model -> (smp class, encoder, smp keyword arguments, kseg backends). The
+# kseg model and the peer have the same layout except where the README's table says
+# "sized" (PSPNet: smp's PSPNet is not dilated and stops at stride 8, so the peer is smp's
+# DeepLabV3 on the same dilated ResNet-50 at output stride 8).
+PAIRS = {
+    "DeepLabV3Plus-separable": (
+        "DeepLabV3Plus",
+        "resnet50",
+        {"encoder_output_stride": 16},
+        "torch",
+    ),
+    "PSPNet": ("DeepLabV3", "resnet50", {"encoder_output_stride": 8}, "torch"),
+    "Unet-r34": ("Unet", "resnet34", {}, "torch"),
+    "SegFormer-B0": ("Segformer", "mit_b0", {}, "torch"),
+    "SegFormer-B2": ("Segformer", "mit_b2", {}, "torch"),
+    "FPN-r34": ("FPN", "resnet34", {}, "all"),
+    "Linknet-r34": ("Linknet", "resnet34", {}, "all"),
+    "UnetPlusPlus-r34": ("UnetPlusPlus", "resnet34", {}, "all"),
+    "UPerNet-r34": ("UPerNet", "resnet34", {}, "all"),
+}
 
 # (backend, jit_compile, image data format): what a user gets by default on a CPU
 # (JAX: XLA; TensorFlow: Keras' "auto" is plain tf.function on a CPU-only machine;
@@ -120,8 +158,17 @@ def summarize(times, cpu, batch):
 def _build(model_key, size, data_format):
     import kseg
 
-    builder, kwargs = MODELS[model_key]
     shape = (size, size, 3) if data_format == "channels_last" else (3, size, size)
+    if model_key in SMP_LAYOUTS:
+        from kseg.convert import smp
+
+        arch, encoder = SMP_LAYOUTS[model_key]
+        architecture = smp.ARCHITECTURES[arch]
+        return architecture.build(
+            dict(architecture.options), NUM_CLASSES, smp.ENCODERS[encoder], shape, "torch",
+            model_key.lower().replace("-", "_"),
+        )  # fmt: skip
+    builder, kwargs = MODELS[model_key]
     return getattr(kseg.models, builder)(num_classes=NUM_CLASSES, input_shape=shape, **kwargs)
 
 
@@ -157,6 +204,16 @@ def run_kseg_worker(args):
     import numpy as np
 
     keras.config.set_image_data_format(args.data_format)
+    if args.keras_bn:
+        # The "before" rows: every BatchNormalization keeps Keras' own computation.
+        import kseg._backend
+
+        kseg._backend.use_fused_batch_norm = lambda model: 0
+    if args.keras_conv:
+        # ... and every convolution Keras' own layout copies.
+        import kseg._backend
+
+        kseg._backend.use_direct_conv = lambda model: 0
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
     model = _build(args.model, args.size, args.data_format)
@@ -201,6 +258,8 @@ def run_kseg_worker(args):
             "jit_compile": bool(args.jit),
             "data_format": args.data_format,
             "params": int(model.count_params()),
+            "keras_bn": bool(args.keras_bn),
+            "keras_conv": bool(args.keras_conv),
             "build_s": build_s,
             "first_step_s": first,
             "peak_rss_mb": peak_rss_mb(),
@@ -255,17 +314,22 @@ def _common_flags(args):
     ]  # fmt: skip
 
 
-def measure_kseg(args, model, backend, jit, data_format, part="full", size=None, batch=None):
+def measure_kseg(
+    args, model, backend, jit, data_format, part="full", size=None, batch=None, keras_layers=False
+):
     sub = argparse.Namespace(**vars(args))
     sub.size = size or args.size
     sub.batch = batch or args.batch
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--model", model]
     cmd += ["--data-format", data_format, "--part", part]
     cmd += _common_flags(sub) + (["--jit"] if jit else [])
+    cmd += ["--keras-bn", "--keras-conv"] if keras_layers else []
     env = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=ROOT)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     label = f"{model}[{part}] {backend} jit={jit} {data_format} b{sub.batch} {sub.size}px"
+    label += " keras-layers" if keras_layers else ""
     result = _run(cmd, env, label, args.timeout)
+    result["keras_layers"] = keras_layers
     result.setdefault("model", model if part == "full" else f"{model}[{part}]")
     result.update(
         {"backend": backend, "jit_compile": jit, "data_format": data_format}
@@ -276,16 +340,18 @@ def measure_kseg(args, model, backend, jit, data_format, part="full", size=None,
     return result
 
 
-def measure_peer(args):
+def measure_peer(args, arch="DeepLabV3Plus", encoder="resnet50", kwargs=None):
     python = args.peer_python or sys.executable
     cmd = [python, os.path.join(HERE, "_peer_smp.py")] + _common_flags(args)
-    cmd += ["--num-classes", str(NUM_CLASSES)]
-    result = _run(cmd, dict(os.environ), "peer smp DeepLabV3Plus torch", args.timeout)
+    cmd += ["--num-classes", str(NUM_CLASSES), "--arch", arch, "--encoder", encoder]
+    if kwargs is not None:
+        cmd += ["--kwargs", json.dumps(kwargs)]
+    result = _run(cmd, dict(os.environ), f"peer smp {arch} {encoder} torch", args.timeout)
     if result.get("error", "").startswith("peer not installed") or "not installed" in str(
         result.get("error", "")
     ):
         result = {"error": "peer not installed"}
-    result.setdefault("model", "smp.DeepLabV3Plus")
+    result.setdefault("model", f"smp.{arch}")
     result.setdefault("backend", "torch (peer)")
     result.setdefault("jit_compile", False)
     result.setdefault("data_format", "channels_first")
@@ -341,6 +407,62 @@ def versions(peer_python):
     return out
 
 
+def format_pairs(rows):
+    lines = [
+        "| model | run | params (M) | median s/step | CPU s/step | peak RSS (MB) | "
+        "time / smp | RSS / smp |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, group in rows:
+        peer = group.get("smp")
+        for label, r in group.items():
+            if "error" in r:
+                lines.append(f"| {name} | {label} | {r['error']} | | | | | |")
+                continue
+            ratio = rss = ""
+            if peer and "error" not in peer and label != "smp":
+                ratio = f"{r['median_s'] / peer['median_s']:.2f}x"
+                rss = f"{r['peak_rss_mb'] / peer['peak_rss_mb']:.2f}x"
+            lines.append(
+                f"| {name} | {label} | {r['params'] / 1e6:.1f} | {r['median_s']:.3f} | "
+                f"{r['cpu_s']:.3f} | {r['peak_rss_mb']:.0f} | {ratio} | {rss} |"
+            )
+    return "\n".join(lines)
+
+
+def run_pairs(args):
+    """Each kseg model of `PAIRS` beside its smp peer, in one run, with the GEMM ceiling."""
+    from _machine import cpu_model, has_avx512f, matmul_gflops
+
+    info = versions(args.peer_python)
+    info["cpu"] = cpu_model()
+    info["avx512f"] = has_avx512f()
+    info["matmul_gflops_start"] = matmul_gflops()
+    print(f"# {json.dumps(info)}", flush=True)
+    names = list(PAIRS) if args.pairs == "all" else [n.strip() for n in args.pairs.split(",")]
+    rows = []
+    for name in names:
+        arch, encoder, kwargs, backends = PAIRS[name]
+        group = {"smp": measure_peer(args, arch, encoder, kwargs)}
+        if not args.no_before:
+            group["torch, Keras' layers (before)"] = measure_kseg(
+                args, name, "torch", False, "channels_last", keras_layers=True
+            )
+        group["torch"] = measure_kseg(args, name, "torch", False, "channels_last")
+        if backends == "all":
+            group["jax"] = measure_kseg(args, name, "jax", True, "channels_last")
+            group["tensorflow"] = measure_kseg(args, name, "tensorflow", False, "channels_last")
+        rows.append((name, group))
+    info["matmul_gflops_end"] = matmul_gflops()
+    info["load_after"] = os.getloadavg()
+    print(f"# {json.dumps({k: info[k] for k in ('matmul_gflops_end', 'load_after')})}")
+    print(format_pairs(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"info": info, "rows": rows}, f, indent=1)
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=4)
@@ -379,11 +501,25 @@ def main(argv=None):
     parser.add_argument("--jit", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--data-format", default="channels_last", help=argparse.SUPPRESS)
     parser.add_argument("--part", default="full", help=argparse.SUPPRESS)
+    parser.add_argument("--keras-bn", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--no-before", action="store_true", help="--pairs without the torch rows on Keras' layers"
+    )
+    parser.add_argument("--keras-conv", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--pairs",
+        default=None,
+        help="measure these PAIRS ('all' or comma-separated names) against their smp peers, "
+        "with torch rows before (Keras' BatchNorm and Conv2D calls) and after (kseg's torch "
+        "paths), and nothing else",
+    )
     args = parser.parse_args(argv)
 
     if args.worker:
         run_kseg_worker(args)
         return 0
+    if args.pairs:
+        return run_pairs(args)
 
     info = versions(args.peer_python)
     print(f"# {json.dumps(info)}", flush=True)

@@ -14,7 +14,11 @@ backends through this module; tests/test_layout.py checks it. Here:
   `int_range`, `divmod_nonnegative`, `set_at`, `is_symbolic_dim`;
 - the cross-replica sums and gathers of losses and metrics under `tf.distribute`
   and `torch.distributed`, and BatchNorm moments over every torch process;
-- the row sums of the dense CRF's lattice (`segment_sum_rows`).
+- the row sums of the dense CRF's lattice (`segment_sum_rows`);
+- on torch, the `call` of every `BatchNormalization` (torch's fused kernel) and NHWC
+  `Conv2D` / `DepthwiseConv2D` (no layout copies) of a kseg model
+  (`use_fused_batch_norm`, `use_direct_conv`, applied by `SegmentationModel` and
+  `Backbone`).
 """
 
 import contextlib
@@ -682,3 +686,189 @@ def erf(x):
         poly = c + t * poly
     erfc = t * ops.exp(-z * z + poly)
     return ops.sign(x) * (1.0 - erfc)
+
+
+# --- BatchNorm on torch ---------------------------------------------------------------------
+#
+# Keras' torch `BatchNormalization` computes `ops.moments` and normalises with elementwise
+# ops, each of which keeps an activation-sized tensor for the backward pass; torch's fused
+# kernel (`torch.native_batch_norm`) keeps the input and two per-channel vectors. Measured in
+# benchmarks/README.md ("Training step on the torch backend").
+
+#: Set this attribute of a `BatchNormalization` to False to keep it on Keras' own `call`
+#: (`use_fused_batch_norm` then leaves it alone). Layers with `synchronized=True`, renorm,
+#: a mask, or a symbolic input always take Keras' path.
+FUSED_BATCH_NORM_ATTRIBUTE = "kseg_fused_batch_norm"
+
+
+def _fused_batch_norm_call(layer, inputs, training=None, mask=None):
+    """`keras.layers.BatchNormalization.call` with torch's fused kernel; same results."""
+    import torch
+
+    keras_call = type(layer).call
+    if (
+        mask is not None
+        or layer.renorm
+        or layer.synchronized
+        or not getattr(layer, FUSED_BATCH_NORM_ATTRIBUTE, True)
+        or not isinstance(inputs, torch.Tensor)
+        or inputs.device.type == "meta"
+        or inputs.ndim < 2
+    ):
+        return keras_call(layer, inputs, training=training, mask=mask)
+    compute_dtype = keras.backend.result_type(inputs.dtype, "float32")
+    x = ops.cast(inputs, compute_dtype)
+    axis = layer.axis % x.ndim
+    if axis != 1:
+        # A view, no copy: NHWC memory seen as NCHW is torch's channels_last format,
+        # which its CPU and CUDA batch-norm kernels read in place.
+        x = torch.movedim(x, axis, 1)
+    gamma = ops.cast(layer.gamma, compute_dtype) if layer.scale else None
+    beta = ops.cast(layer.beta, compute_dtype) if layer.center else None
+    moving_mean = ops.cast(layer.moving_mean, compute_dtype)
+    moving_variance = ops.cast(layer.moving_variance, compute_dtype)
+    if training and layer.trainable:
+        outputs, mean, invstd = torch.native_batch_norm(
+            x, gamma, beta, None, None, True, 0.0, layer.epsilon
+        )
+        with torch.no_grad():
+            # Keras' moving statistics use the biased batch variance (torch's running_var
+            # takes the unbiased one), so they are updated here from the kernel's saved
+            # mean and 1 / sqrt(var + epsilon), the variance recovered in float64.
+            variance = ops.cast(invstd.double().pow(-2) - layer.epsilon, compute_dtype)
+            mean = ops.cast(mean, compute_dtype)
+            momentum = layer.momentum
+            layer.moving_mean.assign(moving_mean * momentum + mean * (1.0 - momentum))
+            layer.moving_variance.assign(moving_variance * momentum + variance * (1.0 - momentum))
+    else:
+        outputs, _, _ = torch.native_batch_norm(
+            x, gamma, beta, moving_mean, moving_variance, False, 0.0, layer.epsilon
+        )
+    if axis != 1:
+        outputs = torch.movedim(outputs, 1, axis)
+    return ops.cast(outputs, layer.compute_dtype)
+
+
+def use_fused_batch_norm(model):
+    """Makes every `BatchNormalization` in `model` run torch's fused kernel on torch.
+
+    Every nested layer counts (a backbone inside the model, the BatchNorm inside a
+    kseg layer, a keras.applications encoder). Only the layer's `call` changes, per
+    instance: its class, config, weights and saved files stay Keras' own, so `.keras`
+    files load on every backend, with or without kseg. Outputs, gradients and moving
+    statistics equal Keras' `call` (tests/test_backend.py). A layer whose attribute
+    `FUSED_BATCH_NORM_ATTRIBUTE` is False, or with `synchronized=True`, keeps Keras'
+    computation at call time (synchronisation across processes wins). Nothing changes
+    on TensorFlow and JAX, which compile Keras' ops into fused programs.
+
+    Returns:
+        The number of layers that take the fused path on this backend (0 off torch).
+    """
+    if keras.backend.backend() != "torch":
+        return 0
+    from kseg.training import _keras_internals
+
+    count = 0
+    seen = set()
+    for layer in _keras_internals.nested_layers(model):
+        if id(layer) in seen or not isinstance(layer, keras.layers.BatchNormalization):
+            continue
+        seen.add(id(layer))
+        if "call" not in vars(layer):
+            layer.call = functools.partial(_fused_batch_norm_call, layer)
+        count += 1
+    return count
+
+
+# --- Convolutions on torch ------------------------------------------------------------------
+#
+# Keras' torch `conv` turns an NHWC input into a contiguous NCHW copy and then into a
+# channels_last copy again before `conv2d`; each copy costs a pass over the activation, and
+# the second one is what autograd keeps for the backward pass. An NHWC tensor seen through
+# `permute(0, 3, 1, 2)` already is an NCHW tensor in torch's channels_last memory format,
+# which its convolutions take as it is. Measured in benchmarks/README.md ("Training step on
+# the torch backend").
+
+#: Set this attribute of a `Conv2D` or `DepthwiseConv2D` to False to keep it on Keras' `call`.
+DIRECT_CONV_ATTRIBUTE = "kseg_direct_conv"
+
+
+def _torch_conv_padding(size, kernel, stride, dilation, padding):
+    """torch's symmetric `padding` for one spatial axis, or None when it cannot express it."""
+    if padding == "valid":
+        return 0
+    effective = (kernel - 1) * dilation + 1
+    total = max((-(-size // stride) - 1) * stride + effective - size, 0)
+    return None if total % 2 else total // 2
+
+
+def _direct_conv_call(layer, inputs):
+    """`Conv2D.call` / `DepthwiseConv2D.call` on a channels_last view; same results."""
+    import torch
+
+    keras_call = type(layer).call
+    depthwise = isinstance(layer, keras.layers.DepthwiseConv2D)
+    if (
+        not getattr(layer, DIRECT_CONV_ATTRIBUTE, True)
+        or layer.data_format != "channels_last"
+        or getattr(layer, "quantization_mode", None) is not None
+        or not isinstance(inputs, torch.Tensor)
+        or inputs.device.type == "meta"
+        or inputs.ndim != 4
+    ):
+        return keras_call(layer, inputs)
+    kernel = ops.convert_to_tensor(layer.kernel)
+    padding = [
+        _torch_conv_padding(inputs.shape[1 + i], kernel.shape[i], s, d, layer.padding)
+        for i, (s, d) in enumerate(zip(layer.strides, layer.dilation_rate))
+    ]
+    if None in padding:
+        return keras_call(layer, inputs)
+    channels = inputs.shape[-1]
+    if depthwise:
+        # (kh, kw, in, multiplier) -> (in * multiplier, 1, kh, kw), one group per channel.
+        weight = kernel.reshape(kernel.shape[0], kernel.shape[1], 1, -1).permute(3, 2, 0, 1)
+        groups = channels
+    else:
+        weight = kernel.permute(3, 2, 0, 1)  # (kh, kw, in / groups, out) -> (out, in, kh, kw)
+        groups = channels // kernel.shape[2]
+    weight = weight.contiguous(memory_format=torch.channels_last)
+    bias = ops.convert_to_tensor(layer.bias) if layer.use_bias else None
+    x = ops.cast(inputs, kernel.dtype).permute(0, 3, 1, 2)
+    outputs = torch.nn.functional.conv2d(
+        x, weight, bias, layer.strides, padding, layer.dilation_rate, groups
+    ).permute(0, 2, 3, 1)
+    if layer.activation is not None:
+        return layer.activation(outputs)
+    return outputs
+
+
+def use_direct_conv(model):
+    """Makes every NHWC `Conv2D` and `DepthwiseConv2D` in `model` skip Keras' copies on torch.
+
+    As `use_fused_batch_norm`: per instance, nested layers included, only `call`
+    changes (classes, configs and saved files stay Keras'); outputs and gradients
+    equal Keras' `call` (tests/test_backend.py). Padding that torch cannot express
+    symmetrically (`"same"` with an even total, such as a stride-2 3x3 on an even
+    size) keeps Keras' path at call time.
+
+    Returns:
+        The number of layers changed (0 off torch).
+    """
+    if keras.backend.backend() != "torch":
+        return 0
+    from kseg.training import _keras_internals
+
+    count = 0
+    seen = set()
+    for layer in _keras_internals.nested_layers(model):
+        if id(layer) in seen or type(layer) not in (
+            keras.layers.Conv2D,
+            keras.layers.DepthwiseConv2D,
+        ):
+            continue
+        seen.add(id(layer))
+        if "call" not in vars(layer):
+            layer.call = functools.partial(_direct_conv_call, layer)
+        count += 1
+    return count

@@ -4,6 +4,8 @@ import dataclasses
 
 import keras
 
+from kseg import _backend
+
 
 @dataclasses.dataclass(frozen=True)
 class FeatureSpec:
@@ -164,6 +166,9 @@ class Functional(keras.Model):
         super().__init__(*args, **kwargs)
         #: The `BackboneInfo` of the outputs (None when built without one).
         self.feature_info = info_from_config(feature_info)
+        # On torch: fused BatchNorm and copy-free convolutions, as in `SegmentationModel`.
+        _backend.use_fused_batch_norm(self)
+        _backend.use_direct_conv(self)
 
     def get_config(self):
         info = self.feature_info

@@ -8,6 +8,8 @@ import numbers
 import keras
 import numpy as np
 
+from kseg import _backend
+
 _KEYS = ("name", "class_names", "palette", "ignore_index")
 
 
@@ -191,6 +193,11 @@ class SegmentationModel(keras.Model):
                 )
         # Kept as a JSON string so that Keras does not track it as state.
         self._dataset_json = None if description is None else json.dumps(description)
+        # On torch every BatchNormalization (the backbone's included) runs torch's fused
+        # kernel and every NHWC convolution skips Keras' layout copies: built, loaded and
+        # re-wrapped models alike (see `_backend`).
+        _backend.use_fused_batch_norm(self)
+        _backend.use_direct_conv(self)
 
     @property
     def dataset(self):
