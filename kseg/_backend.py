@@ -764,6 +764,17 @@ def use_fused_batch_norm(model):
     Returns:
         The number of layers that take the fused path on this backend (0 off torch).
     """
+    return _replace_torch_calls(
+        model,
+        lambda layer: isinstance(layer, keras.layers.BatchNormalization),
+        _fused_batch_norm_call,
+    )
+
+
+def _replace_torch_calls(model, applies, call):
+    """On torch, gives every nested layer of `model` for which `applies(layer)` holds the
+    instance `call` `call(layer, ...)`, unless the instance already has its own (a
+    synchronised BatchNorm's, say). Returns the number of layers that apply."""
     if keras.backend.backend() != "torch":
         return 0
     from kseg.training import _keras_internals
@@ -771,11 +782,11 @@ def use_fused_batch_norm(model):
     count = 0
     seen = set()
     for layer in _keras_internals.nested_layers(model):
-        if id(layer) in seen or not isinstance(layer, keras.layers.BatchNormalization):
+        if id(layer) in seen or not applies(layer):
             continue
         seen.add(id(layer))
         if "call" not in vars(layer):
-            layer.call = functools.partial(_fused_batch_norm_call, layer)
+            layer.call = functools.partial(call, layer)
         count += 1
     return count
 
@@ -855,20 +866,8 @@ def use_direct_conv(model):
     Returns:
         The number of layers changed (0 off torch).
     """
-    if keras.backend.backend() != "torch":
-        return 0
-    from kseg.training import _keras_internals
-
-    count = 0
-    seen = set()
-    for layer in _keras_internals.nested_layers(model):
-        if id(layer) in seen or type(layer) not in (
-            keras.layers.Conv2D,
-            keras.layers.DepthwiseConv2D,
-        ):
-            continue
-        seen.add(id(layer))
-        if "call" not in vars(layer):
-            layer.call = functools.partial(_direct_conv_call, layer)
-        count += 1
-    return count
+    return _replace_torch_calls(
+        model,
+        lambda layer: type(layer) in (keras.layers.Conv2D, keras.layers.DepthwiseConv2D),
+        _direct_conv_call,
+    )

@@ -512,12 +512,7 @@ def _sum_metric_updates(model, before, group):
         dist.all_reduce(flat, group=group)
         for index, value in zip(indices, _unflatten(flat, [values[i] for i in indices])):
             averaged[index].assign(value / world if value.is_floating_point() else value // world)
-    source = dist.get_global_rank(group, 0) if group is not None else 0
-    values = [v.value.detach() for v in first]
-    for indices, flat in _buckets(values, None):
-        dist.broadcast(flat, source, group=group)
-        for index, value in zip(indices, _unflatten(flat, [values[i] for i in indices])):
-            first[index].assign(value)
+    _broadcast_variables(first, group)
 
 
 def _config_unsynchronized(layer):
