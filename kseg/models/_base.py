@@ -328,6 +328,15 @@ def skip_features(info, strides):
     }
 
 
+def stride32_features(backbone, model, **kwargs):
+    """`resnet_features` at output stride 32, for the encoder-decoder builders (U-Net on a
+    backbone, UNet++, FPN, Linknet): raises unless the deepest feature has the true stride
+    32 (`require_output_stride`; `model` names the decoder in the message)."""
+    inputs, feats, info = resnet_features(backbone, output_stride=32, **kwargs)
+    require_output_stride(info, 32, model)
+    return inputs, feats, info
+
+
 def require_output_stride(info, output_stride, model):
     """Raises unless the backbone's deepest feature has the true stride `output_stride`."""
     stride = info.stride(info.high_level)

@@ -6,9 +6,8 @@ from kseg._common import check_choice, check_float, check_int
 from kseg.layers import ResizeLike
 from kseg.models._base import (
     check_num_classes,
-    require_output_stride,
-    resnet_features,
     skip_features,
+    stride32_features,
     upsample_logits,
 )
 from kseg.models.segmentation_model import builder
@@ -138,15 +137,14 @@ def FPN(
     dropout = check_float("dropout", dropout, 0.0, 1.0)
     if dropout == 1.0:
         raise ValueError(f"Expected `dropout` in [0, 1). Received: dropout={dropout}")
-    inputs, feats, info = resnet_features(
+    inputs, feats, info = stride32_features(
         backbone,
+        "FPN",
         input_shape=input_shape,
         backbone_weights=backbone_weights,
         normalization=normalization,
-        output_stride=32,
         bn_momentum=bn_momentum,
     )
-    require_output_stride(info, 32, "FPN")
     keys = {**skip_features(info, (4, 8, 16)), 32: info.high_level}
     missing = sorted(stride for stride, key in keys.items() if key is None)
     if missing:

@@ -6,9 +6,8 @@ from kseg._common import check_int
 from kseg.layers import ConvBNAct, ResizeLike
 from kseg.models._base import (
     check_num_classes,
-    require_output_stride,
-    resnet_features,
     skip_features,
+    stride32_features,
 )
 from kseg.models.segmentation_model import builder
 
@@ -109,15 +108,14 @@ def Linknet(
     num_classes = check_num_classes(num_classes)
     final_filters = check_int("final_filters", final_filters)
     batch_norm = bool(batch_norm)
-    inputs, feats, info = resnet_features(
+    inputs, feats, info = stride32_features(
         backbone,
+        "Linknet",
         input_shape=input_shape,
         backbone_weights=backbone_weights,
         normalization=normalization,
-        output_stride=32,
         bn_momentum=bn_momentum,
     )
-    require_output_stride(info, 32, "Linknet")
     skips = skip_features(info, STRIDES[:-1])
     axis = -1 if keras.config.image_data_format() == "channels_last" else 1
 

@@ -9,8 +9,7 @@ from kseg.layers import ConvBNAct, CropLike, Resize2D, ResizeLike
 from kseg.models._base import (
     check_num_classes,
     normalization_layer,
-    require_output_stride,
-    resnet_features,
+    stride32_features,
 )
 from kseg.models.segmentation_model import builder
 
@@ -414,15 +413,14 @@ def _encoder_unet(
     name,
 ):
     decoder_filters = _check_decoder_filters(decoder_filters)
-    inputs, feats, info = resnet_features(
+    inputs, feats, info = stride32_features(
         backbone,
+        "U-Net",
         input_shape=input_shape,
         backbone_weights=backbone_weights,
         normalization=normalization,
-        output_stride=32,
         bn_momentum=bn_momentum,
     )
-    require_output_stride(info, 32, "U-Net")
     channels_last = keras.config.image_data_format() == "channels_last"
     axis = -1 if channels_last else 1
 

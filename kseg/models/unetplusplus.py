@@ -4,7 +4,7 @@ import keras
 
 from kseg._common import check_float
 from kseg.layers import ConvBNAct, Resize2D, ResizeLike
-from kseg.models._base import check_num_classes, require_output_stride, resnet_features
+from kseg.models._base import check_num_classes, stride32_features
 from kseg.models.segmentation_model import builder
 from kseg.models.unet import DECODER_FILTERS, _check_decoder_filters, _skip_features
 
@@ -130,15 +130,14 @@ def UNetPlusPlus(
     bn_momentum = check_float("bn_momentum", bn_momentum, 0.0, 1.0)
     decoder_filters = _check_decoder_filters(decoder_filters)
     batch_norm = bool(batch_norm)
-    inputs, feats, info = resnet_features(
+    inputs, feats, info = stride32_features(
         backbone,
+        "UNet++",
         input_shape=input_shape,
         backbone_weights=backbone_weights,
         normalization=normalization,
-        output_stride=32,
         bn_momentum=bn_momentum,
     )
-    require_output_stride(info, 32, "UNet++")
     axis = -1 if keras.config.image_data_format() == "channels_last" else 1
 
     def double_conv(x, filters, prefix):
