@@ -66,6 +66,20 @@ def nhwc(tensor):
     return tensor.detach().numpy().transpose(0, 2, 3, 1)
 
 
+def random_images(h, w, batch=1, seed=0):
+    """`batch` random NHWC float32 images of `h` x `w` in [0, 255]."""
+    return np.random.default_rng(seed).uniform(0, 255, (batch, h, w, 3)).astype("float32")
+
+
+def reference_logits(reference, images):
+    """A torch model's NCHW output on NHWC `images` in [0, 255] (normalised as
+    `torch_input`), as NHWC NumPy, without recording gradients."""
+    import torch
+
+    with torch.no_grad():
+        return nhwc(reference(torch_input(images)))
+
+
 def assert_matches(got, expected, rtol=1e-4):
     """`got` equals `expected` to `rtol` of the reference's largest magnitude.
 

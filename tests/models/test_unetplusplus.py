@@ -14,8 +14,9 @@ from tests.torch_refs import (
     assert_matches,
     import_reference,
     nhwc,
+    random_images,
     randomize_batchnorm,
-    torch_input,
+    reference_logits,
 )
 
 FILTERS = (32, 16, 16, 8, 8)
@@ -51,16 +52,9 @@ def model(reference):
     return _convert(reference)
 
 
-def _images(h, w, batch=1, seed=0):
-    return np.random.default_rng(seed).uniform(0, 255, (batch, h, w, 3)).astype("float32")
-
-
 def test_logits_equal_smp(reference, model):
-    import torch
-
-    x = _images(64, 96, batch=2)
-    with torch.no_grad():
-        expected = nhwc(reference(torch_input(x)))
+    x = random_images(64, 96, batch=2)
+    expected = reference_logits(reference, x)
     got = infer(model, x)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
 
@@ -73,9 +67,8 @@ def test_smp_defaults_on_full_size_encoders(smp, encoder):
 
     torch.manual_seed(0)
     reference = randomize_batchnorm(smp.UnetPlusPlus(encoder, encoder_weights=None, classes=3))
-    x = _images(64, 96)
-    with torch.no_grad():
-        expected = nhwc(reference(torch_input(x)))
+    x = random_images(64, 96)
+    expected = reference_logits(reference, x)
     # The full-width decoder's logits reach ~10^2 (UNet++): 1e-4 of their scale.
     assert_matches(infer(_convert(reference), x), expected)
 
@@ -87,7 +80,7 @@ def test_the_layout_of_smp_by_name_at_an_odd_size(model):
     for (i, j), filters in widths.items():
         assert model.get_layer(f"decoder_x{i}_{j}_conv2").filters == filters
     assert model.get_layer("resnet18").feature_info.output_stride == 32
-    logits = infer(model, _images(45, 61))
+    logits = infer(model, random_images(45, 61))
     assert logits.shape == (1, 45, 61, 3) and np.all(np.isfinite(logits))
 
 
@@ -141,7 +134,7 @@ def test_a_backbone_without_a_stride_2_feature_as_smp(smp):
     copy.keep(backbone)
     copy.finish(model)
 
-    x = _images(h, w, batch=2)
+    x = random_images(h, w, batch=2)
     feats = to_numpy(backbone(model.get_layer("normalize")(x)))
     features = [torch.zeros(2, 3, h, w), torch.zeros(2, 0, h // 2, w // 2)]
     features += [torch.from_numpy(feats[f"level{i}"].transpose(0, 3, 1, 2)) for i in (2, 3, 4, 5)]

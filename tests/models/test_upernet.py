@@ -19,8 +19,9 @@ from tests.torch_refs import (
     assert_matches,
     import_reference,
     nhwc,
+    random_images,
     randomize_batchnorm,
-    torch_input,
+    reference_logits,
 )
 
 
@@ -62,16 +63,9 @@ def model(reference, tmp_path_factory):
     return kseg.convert.from_smp(folder)
 
 
-def _images(h, w, batch=1, seed=0):
-    return np.random.default_rng(seed).uniform(0, 255, (batch, h, w, 3)).astype("float32")
-
-
 def test_logits_equal_smp(reference, model):
-    import torch
-
-    x = _images(64, 96, batch=2)
-    with torch.no_grad():
-        expected = nhwc(reference(torch_input(x)))
+    x = random_images(64, 96, batch=2)
+    expected = reference_logits(reference, x)
     got = infer(model, x)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
 
@@ -80,12 +74,10 @@ def test_logits_equal_smp(reference, model):
 @pytest.mark.parametrize("encoder", ["resnet34", "resnet50"])
 def test_smp_defaults_on_full_size_encoders(encoder):
     # smp's default encoder and decoder width (256); ResNet-50 as v1.5.
-    import torch
 
     reference = _smp_upernet(encoder)
-    x = _images(64, 96)
-    with torch.no_grad():
-        expected = nhwc(reference(torch_input(x)))
+    x = random_images(64, 96)
+    expected = reference_logits(reference, x)
     # The full-width decoder's logits reach ~10^2 (UNet++): 1e-4 of their scale.
     assert_matches(infer(_convert(reference), x), expected)
 
@@ -96,7 +88,7 @@ def test_smp_layout_by_name_at_an_odd_size(model):
     smp_options = {"decoder_filters": 32, "feature_norm": True, "dropout": 0.0}
     assert {k: arguments[k] for k in smp_options} == smp_options
     assert arguments["logits_align_corners"] is True and arguments["align_corners"] is False
-    logits = infer(model, _images(45, 61))
+    logits = infer(model, random_images(45, 61))
     assert logits.shape == (1, 45, 61, 3) and np.all(np.isfinite(logits))
 
 
@@ -162,7 +154,7 @@ def test_default_layout_with_aux_head_equals_transformers_upernet(tmp_path):
     copy.finish(model)
 
     h, w = 45, 61
-    x = _images(h, w, batch=2)
+    x = random_images(h, w, batch=2)
     feats = to_numpy(backbone(model.get_layer("normalize")(x)))
     features = [torch.from_numpy(feats[k].transpose(0, 3, 1, 2)) for k in keys]
     expected = {}
