@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 import kseg
-from kseg.backbones import BackboneInfo, FeatureSpec, feature_info
+from kseg.backbones import feature_info
 from kseg.models.unet import _tile_geometry
 from tests.helpers import infer, run_model_test, to_numpy, torch_or_skip
+from tests.models.conftest import convnext_like
 from tests.torch_refs import assert_matches
 
 
@@ -218,34 +219,11 @@ def test_decoder_reads_the_stride_16_8_4_2_features():
     assert tuple(model.output.shape[1:]) == (h, w, 2)
 
 
-def _convnext_like(h, w):
-    """A tiny stand-in for keras.applications' ConvNeXt: features at strides 4 ... 32 only,
-    `floor(h / s)` rows (4x4/4 stem, 2x2/2 downsampling), family "convnext"."""
-    inputs = keras.Input((h, w, 3))
-    x, outputs, specs = inputs, {}, []
-    for level, (size, width) in enumerate(((4, 6), (2, 10), (2, 12), (2, 14)), start=2):
-        x = keras.layers.Conv2D(width, size, strides=size, name=f"down{level}")(x)
-        outputs[f"level{level}"] = x
-        specs.append(FeatureSpec(f"level{level}", f"down{level}", width, 2**level))
-    model = keras.Model(inputs, outputs, name="convnext_like")
-    model.feature_info = BackboneInfo(
-        family="convnext",
-        variant="convnexttiny",
-        output_stride=32,
-        features=tuple(specs),
-        low_level="level2",
-        aux="level4",
-        high_level="level5",
-        preprocessing=None,
-    )
-    return model
-
-
 def test_encoder_without_a_stride_2_feature():
     # keras.applications' ConvNeXt has no stride-2 feature; the stand-in has the same layout.
     assert kseg.backbones.applications.TABLE["convnexttiny"][2][0] is None
     h, w = 45, 61
-    backbone = _convnext_like(h, w)
+    backbone = convnext_like(h, w)
     model = _encoder_unet(2, backbone, input_shape=(h, w, 3))
     for block, key in enumerate(("level4", "level3", "level2"), start=1):
         stride = 2 ** (5 - block)

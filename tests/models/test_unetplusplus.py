@@ -1,15 +1,14 @@
 """UNet++ against segmentation_models.pytorch's `UnetPlusPlus` (random weights, copied)."""
 
-import keras
 import numpy as np
 import pytest
 
 import kseg
-from kseg.backbones import BackboneInfo, FeatureSpec
 from kseg.convert import _smp_decoders
 from kseg.convert.state_dict import StrictCopy, read_state_dict
 from kseg.models.unetplusplus import node_filters
 from tests.helpers import infer, to_numpy
+from tests.models.conftest import convnext_like
 from tests.torch_refs import (
     assert_matches,
     import_reference,
@@ -84,36 +83,13 @@ def test_the_layout_of_smp_by_name_at_an_odd_size(model):
     assert logits.shape == (1, 45, 61, 3) and np.all(np.isfinite(logits))
 
 
-def _strided_stand_in(h, w):
-    """Features at strides 4 ... 32 only (`floor(h / s)` rows), like keras.applications'
-    ConvNeXt, which has no stride-2 feature."""
-    inputs = keras.Input((h, w, 3))
-    x, outputs, specs = inputs, {}, []
-    for level, (size, width) in enumerate(((4, 6), (2, 10), (2, 12), (2, 14)), start=2):
-        x = keras.layers.Conv2D(width, size, strides=size, name=f"down{level}")(x)
-        outputs[f"level{level}"] = x
-        specs.append(FeatureSpec(f"level{level}", f"down{level}", width, 2**level))
-    model = keras.Model(inputs, outputs, name="stand_in")
-    model.feature_info = BackboneInfo(
-        family="convnext",
-        variant="convnexttiny",
-        output_stride=32,
-        features=tuple(specs),
-        low_level="level2",
-        aux="level4",
-        high_level="level5",
-        preprocessing=None,
-    )
-    return model
-
-
 def test_a_backbone_without_a_stride_2_feature_as_smp(smp):
     """smp gives such encoders a zero-channel stride-2 feature: the level's inner nodes
     are empty, and its main-path node upsamples without a skip."""
     import torch
 
     h, w = 64, 96
-    backbone = _strided_stand_in(h, w)
+    backbone = convnext_like(h, w)
     filters = (16, 8, 8, 4, 4)
     model = kseg.models.UNetPlusPlus(
         3, input_shape=(h, w, 3), backbone=backbone, decoder_filters=filters
